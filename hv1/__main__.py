@@ -1,0 +1,5 @@
+import sys
+
+from hv1.cli import main
+
+sys.exit(main())

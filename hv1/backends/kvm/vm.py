@@ -1,0 +1,188 @@
+"""/dev/kvm, the VM, its memory and its CPUID: everything outside the vCPU run loop.
+
+Setup ioctls use `fcntl.ioctl` (clear and safe; cost does not matter here). The hot `KVM_RUN` call
+lives in vcpu.py and goes through ctypes without argtypes, the cheapest binding measured without a
+compiler (shared/reference/python-ecosystem.md §1.2).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+from dataclasses import dataclass
+
+from hv1.backends.kvm import ioctls as k
+from hv1.backends.kvm.memory import GuestRam
+from hv1.errors import KvmUnavailable
+
+KVM_PATH = "/dev/kvm"
+
+# Hyper-V's CPUID range; KVM's own signature leaves live here too and must be replaced, not merged.
+HV_LEAF_FIRST = 0x40000000
+HV_LEAF_LAST = 0x400000FF
+
+CPUID1_ECX_TSC_DEADLINE = 1 << 24
+CPUID1_ECX_HYPERVISOR = 1 << 31
+
+
+class KvmSystem:
+    """An open /dev/kvm and what it can do."""
+
+    def __init__(self, path: str = KVM_PATH) -> None:
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise KvmUnavailable(
+                f"{path} does not exist: load the KVM module (modprobe kvm_intel or kvm_amd) "
+                "or run on a host with hardware virtualization"
+            ) from None
+        except PermissionError:
+            raise KvmUnavailable(
+                f"no permission to open {path}: add yourself to the 'kvm' group "
+                f"(sudo usermod -aG kvm $USER, then log in again) or run as root"
+            ) from None
+        version = fcntl.ioctl(self.fd, k.KVM_GET_API_VERSION, 0)
+        if version != 12:
+            raise KvmUnavailable(f"unexpected KVM API version {version} (need 12)")
+        self.vcpu_mmap_size = fcntl.ioctl(self.fd, k.KVM_GET_VCPU_MMAP_SIZE, 0)
+
+    def check(self, cap: int) -> int:
+        try:
+            return int(fcntl.ioctl(self.fd, k.KVM_CHECK_EXTENSION, cap))
+        except OSError:
+            return 0
+
+    def supported_cpuid(self) -> list[k.kvm_cpuid_entry2]:
+        n = 256
+        while True:
+            buf = cpuid2_buffer([], n)
+            try:
+                fcntl.ioctl(self.fd, k.KVM_GET_SUPPORTED_CPUID, buf)
+            except OSError as e:
+                if e.errno == errno.E2BIG and n < 4096:
+                    n *= 2
+                    continue
+                raise
+            t = k.cpuid2_type(n)
+            c = t.from_buffer(buf)
+            return [k.kvm_cpuid_entry2.from_buffer_copy(c.entries[i]) for i in range(c.nent)]  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def cpuid2_buffer(entries: list[k.kvm_cpuid_entry2], capacity: int | None = None) -> bytearray:
+    n = capacity if capacity is not None else len(entries)
+    t = k.cpuid2_type(n)
+    c = t()
+    c.nent = n  # type: ignore[attr-defined]
+    for i, e in enumerate(entries):
+        c.entries[i] = e  # type: ignore[attr-defined]
+    # KVM_SET_CPUID2 needs a mutable buffer: fcntl rejects immutable arguments over 1024 bytes.
+    return bytearray(bytes(c))
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """The KVM capabilities that matter to hv1 (printed by `hv1 info`)."""
+
+    api_version: int
+    max_vcpus: int
+    sync_regs: int
+    split_irqchip: bool
+    user_space_msr: bool
+    msr_filter: bool
+    immediate_exit: bool
+    signal_msi: bool
+    tsc_khz: int
+    in_kernel_hyperv: bool
+    enforce_pv_cpuid: bool
+    readonly_mem: bool
+
+
+def host_info(system: KvmSystem) -> HostInfo:
+    vm = KvmVm(system)
+    try:
+        vfd = vm.create_vcpu_fd(0)
+        tsc = int(fcntl.ioctl(vfd, k.KVM_GET_TSC_KHZ, 0))
+        os.close(vfd)
+    finally:
+        vm.close()
+    return HostInfo(
+        api_version=12,
+        max_vcpus=system.check(k.KVM_CAP_MAX_VCPUS) or system.check(k.KVM_CAP_NR_VCPUS),
+        sync_regs=system.check(k.KVM_CAP_SYNC_REGS),
+        split_irqchip=bool(system.check(k.KVM_CAP_SPLIT_IRQCHIP)),
+        user_space_msr=bool(system.check(k.KVM_CAP_X86_USER_SPACE_MSR)),
+        msr_filter=bool(system.check(k.KVM_CAP_X86_MSR_FILTER)),
+        immediate_exit=bool(system.check(k.KVM_CAP_IMMEDIATE_EXIT)),
+        signal_msi=bool(system.check(k.KVM_CAP_SIGNAL_MSI)),
+        tsc_khz=tsc,
+        in_kernel_hyperv=bool(system.check(k.KVM_CAP_HYPERV)),
+        enforce_pv_cpuid=bool(system.check(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID)),
+        readonly_mem=bool(system.check(k.KVM_CAP_READONLY_MEM)),
+    )
+
+
+class KvmVm:
+    """One KVM VM: guest RAM slots, the interrupt controller choice, MSR routing, MSIs."""
+
+    def __init__(self, system: KvmSystem) -> None:
+        self.system = system
+        self.fd = fcntl.ioctl(system.fd, k.KVM_CREATE_VM, 0)
+        self._next_slot = 0
+        self.ram: GuestRam | None = None
+        self._msr_filter_bitmaps: list[ctypes.Array[ctypes.c_uint8]] = []
+
+    def enable_cap(self, cap: int, *args: int, fd: int | None = None) -> None:
+        c = k.kvm_enable_cap()
+        c.cap = cap
+        for i, a in enumerate(args):
+            c.args[i] = a
+        fcntl.ioctl(self.fd if fd is None else fd, k.KVM_ENABLE_CAP, bytearray(bytes(c)))
+
+    def add_ram(self, ram: GuestRam, gpa: int = 0) -> None:
+        region = k.kvm_userspace_memory_region(
+            slot=self._next_slot, flags=0, guest_phys_addr=gpa, memory_size=ram.size,
+            userspace_addr=ram.host_address,
+        )  # fmt: skip
+        fcntl.ioctl(self.fd, k.KVM_SET_USER_MEMORY_REGION, bytes(region))
+        self._next_slot += 1
+        self.ram = ram
+
+    def use_split_irqchip(self) -> None:
+        """The local APIC in the kernel, everything else (PIC, IOAPIC, PIT) in userspace: MSIs can be
+        sent from any thread and HLT/LAPIC timers never leave the kernel (host-kvm.md §1)."""
+        self.enable_cap(k.KVM_CAP_SPLIT_IRQCHIP, 24)
+
+    def route_msrs_to_userspace(self, ranges: list[tuple[int, int]]) -> None:
+        """Send unknown/invalid MSRs and every MSR in `ranges` ([first, last]) to userspace."""
+        self.enable_cap(
+            k.KVM_CAP_X86_USER_SPACE_MSR,
+            k.KVM_MSR_EXIT_REASON_INVAL | k.KVM_MSR_EXIT_REASON_UNKNOWN | k.KVM_MSR_EXIT_REASON_FILTER,
+        )
+        f = k.kvm_msr_filter()
+        f.flags = k.KVM_MSR_FILTER_DEFAULT_ALLOW
+        for i, (first, last) in enumerate(ranges):
+            n = last - first + 1
+            bitmap = (ctypes.c_uint8 * ((n + 7) // 8))()  # all zero: deny, i.e. exit to userspace
+            self._msr_filter_bitmaps.append(bitmap)
+            r = f.ranges[i]
+            r.flags = k.KVM_MSR_FILTER_READ | k.KVM_MSR_FILTER_WRITE
+            r.nmsrs = n
+            r.base = first
+            r.bitmap = ctypes.addressof(bitmap)
+        fcntl.ioctl(self.fd, k.KVM_X86_SET_MSR_FILTER, bytearray(bytes(f)))
+
+    def signal_msi(self, apic_id: int, vector: int) -> None:
+        """Fixed, edge, physical-destination MSI to the in-kernel local APIC `apic_id`."""
+        msi = k.kvm_msi(address_lo=0xFEE00000 | (apic_id << 12), address_hi=0, data=vector & 0xFF)
+        fcntl.ioctl(self.fd, k.KVM_SIGNAL_MSI, bytes(msi))
+
+    def create_vcpu_fd(self, vcpu_id: int) -> int:
+        return int(fcntl.ioctl(self.fd, k.KVM_CREATE_VCPU, vcpu_id))
+
+    def close(self) -> None:
+        os.close(self.fd)

@@ -1,0 +1,567 @@
+"""The Machine: a partition (hv1/hv), a KVM VM, a PC's worth of devices, and one thread per VP.
+
+Life of a run: load the kernel, build CPUID from the capability model, put the BSP at the Multiboot
+entry (32-bit flat protected mode, paging off), start a thread per VP (APs wait for INIT/SIPI), and
+wait until the guest writes the debug-exit port, faults fatally, reports a crash or the timeout
+expires. The exit status says which (hv1/errors.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import BinaryIO, TextIO
+
+from hv1.backends.kvm import ioctls as k
+from hv1.backends.kvm.memory import GuestRam
+from hv1.backends.kvm.vcpu import KvmVcpu, install_kick_handler
+from hv1.backends.kvm.vm import (
+    CPUID1_ECX_HYPERVISOR,
+    CPUID1_ECX_TSC_DEADLINE,
+    HV_LEAF_FIRST,
+    HV_LEAF_LAST,
+    KvmSystem,
+    KvmVm,
+    cpuid2_buffer,
+)
+from hv1.errors import EXIT_GUEST_CRASH, EXIT_GUEST_FATAL, EXIT_INTERNAL, EXIT_TIMEOUT, UsageError
+from hv1.hv.apic import ApicRouter, LocalApic
+from hv1.hv.caps import parse_profile
+from hv1.hv.hypercall_page import HYPERCALL_PORT
+from hv1.hv.interfaces import GuestException
+from hv1.hv.partition import Partition
+from hv1.machine import multiboot
+from hv1.machine.devices.base import IoBus
+from hv1.machine.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
+from hv1.machine.devices.fwcfg import FW_CFG_PORT_SEL, FwCfg
+from hv1.machine.devices.legacy import Cmos, Pic8259Pair, Pit8254, PostPort
+from hv1.machine.devices.uart import COM1, Uart16550
+from hv1.machine.paging import read_virtual
+from hv1.machine.scheduler import Scheduler
+from hv1.trace import Tracer
+
+APIC_MODES = ("kernel", "user")
+MAX_CPUS = 64
+MIN_MEMORY = 2 << 20
+MAX_MEMORY = 3 << 30  # below the PCI/APIC hole at 3 GiB: one RAM slot, no remapping
+APIC_MMIO_BASE = 0xFEE00000
+APIC_MSR_BASE = 0x1B
+X2APIC_FIRST, X2APIC_LAST = 0x800, 0x8FF
+SYNTHETIC_MSRS = (0x40000000, 0x400001FF)
+NESTED_SYNTHETIC_MSRS = (0x40001000, 0x400010FF)
+
+
+@dataclass
+class MachineConfig:
+    kernel: str
+    cpus: int = 1
+    memory: int = 128 << 20
+    append: str = ""
+    modules: list[multiboot.Module] = field(default_factory=list)
+    apic: str = "kernel"
+    hv: str = "default"
+    timeout: float | None = None
+    on_crash: str = "stop"
+
+
+@dataclass
+class RunResult:
+    status: int
+    reason: str
+    exits: dict[str, int] = field(default_factory=dict)
+
+
+class MonotonicClock:
+    """Partition reference time (100 ns units) from the host's monotonic clock, 0 at creation."""
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic_ns()
+
+    def now(self) -> int:
+        return (time.monotonic_ns() - self._t0) // 100
+
+
+class Vp:
+    """One virtual processor: its KVM vCPU, its thread, and (user mode) its local APIC.
+    Implements the backend's ExitHandler."""
+
+    def __init__(self, machine: Machine, index: int, vcpu: KvmVcpu, apic: LocalApic | None) -> None:
+        self.m = machine
+        self.index = index
+        self.vcpu = vcpu
+        self.apic = apic
+        self.wake = threading.Event()
+        self.started = index == 0  # APs wait for INIT/SIPI
+        self.sipi_vector: int | None = None
+        self.init_pending = False
+        self.exit_counts = [0] * 64
+        self._trace_exits = machine.tracer.wants("exits")
+        self._timer_armed: int | None = None
+        self.thread: threading.Thread | None = None
+
+    # ---- ExitHandler ----
+    def count_exit(self, reason: int) -> None:
+        self.exit_counts[reason & 63] += 1
+        if self._trace_exits:
+            self.m.tracer.emit("exits", self.index, k.EXIT_NAMES.get(reason, str(reason)))
+
+    def io_out(self, port: int, size: int, value: int) -> None:
+        if port == HYPERCALL_PORT and size == 1 and self.m.partition.hypercall_page_enabled():
+            self._hypercall()
+            return
+        self.m.bus.write(self.index, port, size, value)
+
+    def io_in(self, port: int, size: int) -> int:
+        return self.m.bus.read(self.index, port, size)
+
+    def _hypercall(self) -> None:
+        try:
+            self.m.partition.hypercall(self.index, self.vcpu)
+        except GuestException as e:
+            # A fault: RIP back on the trapping `out` (2 bytes) so the exception reports it.
+            self.vcpu.set("rip", self.vcpu.get("rip") - 2)
+            self.vcpu.inject_exception(e.vector, e.error_code)
+
+    def mmio_read(self, addr: int, size: int) -> int:
+        apic = self.apic
+        if apic is not None and APIC_MMIO_BASE <= addr < APIC_MMIO_BASE + 0x1000:
+            return apic.mmio_read(addr - APIC_MMIO_BASE, size)
+        if self.m.tracer.wants("mmio"):
+            self.m.tracer.emit("mmio", self.index, "read-unassigned", addr=addr, size=size)
+        return (1 << (8 * size)) - 1
+
+    def mmio_write(self, addr: int, size: int, value: int) -> None:
+        apic = self.apic
+        if apic is not None and APIC_MMIO_BASE <= addr < APIC_MMIO_BASE + 0x1000:
+            apic.mmio_write(addr - APIC_MMIO_BASE, size, value)
+            return
+        if self.m.tracer.wants("mmio"):
+            self.m.tracer.emit("mmio", self.index, "write-unassigned", addr=addr, size=size, value=value)
+
+    def rdmsr(self, index: int) -> int | None:
+        try:
+            if self.m.partition.owns_msr(index):
+                return self.m.partition.rdmsr(self.index, index)
+            if self.apic is not None and (index == APIC_MSR_BASE or X2APIC_FIRST <= index <= X2APIC_LAST):
+                return self.apic.msr_read(index)
+        except GuestException:
+            return None
+        if self.m.tracer.wants("msrs"):
+            self.m.tracer.emit("msrs", self.index, "rdmsr-unknown", msr=index, result="#GP")
+        return None
+
+    def wrmsr(self, index: int, value: int) -> bool:
+        try:
+            if self.m.partition.owns_msr(index):
+                self.m.partition.wrmsr(self.index, index, value)
+                return True
+            if self.apic is not None and (index == APIC_MSR_BASE or X2APIC_FIRST <= index <= X2APIC_LAST):
+                self.apic.msr_write(index, value)
+                return True
+        except GuestException:
+            return False
+        if self.m.tracer.wants("msrs"):
+            self.m.tracer.emit("msrs", self.index, "wrmsr-unknown", msr=index, value=value, result="#GP")
+        return False
+
+    def before_entry(self) -> None:
+        apic = self.apic
+        if apic is None:
+            return
+        if self.init_pending:
+            self._enter_wait_for_sipi()
+            return
+        now = time.monotonic_ns()
+        apic.poll_timer(now)
+        deadline = apic.timer_deadline()
+        if deadline != self._timer_armed:
+            self._timer_armed = deadline
+            if deadline is None:
+                self.m.scheduler.cancel(("lvt", self.index))
+            else:
+                self.m.scheduler.schedule(("lvt", self.index), deadline, self.kick)
+        vec = apic.pending_vector()
+        vcpu = self.vcpu
+        if vec is None:
+            vcpu.request_interrupt_window(False)
+        elif vcpu.can_inject():
+            vcpu.inject_interrupt(vec)
+            apic.acknowledge(vec)
+            vcpu.request_interrupt_window(False)
+            if self.m.tracer.wants("irq"):
+                self.m.tracer.emit("irq", self.index, "inject", vector=vec)
+        else:
+            vcpu.request_interrupt_window(True)
+
+    def halted(self) -> None:
+        """HLT (user APIC mode): sleep until an interrupt can be taken, INIT, or stop."""
+        apic = self.apic
+        assert apic is not None
+        while not self.vcpu.stop_requested and not self.init_pending:
+            apic.poll_timer(time.monotonic_ns())
+            if apic.pending_vector() is not None and self.vcpu.if_flag():
+                return
+            deadline = apic.timer_deadline()
+            timeout = None if deadline is None else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+            self.wake.wait(timeout)
+            self.wake.clear()
+
+    def fatal(self, kind: str, detail: str) -> None:
+        self.m.fatal(self, kind, detail, EXIT_GUEST_FATAL)
+
+    # ---- lifecycle ----
+    def kick(self) -> None:
+        self.wake.set()
+        self.vcpu.kick()
+
+    def deliver_init(self) -> None:
+        if self.index == 0 and self.started:
+            # INIT to the BSP of a running system is a reset of that CPU; test kernels never do it.
+            self.m.tracer.emit("vp", self.index, "init-ignored")
+            return
+        self.init_pending = True
+        self.kick()
+
+    def deliver_sipi(self, vector: int) -> None:
+        if not self.started and self.sipi_vector is None:
+            self.sipi_vector = vector
+            self.wake.set()
+
+    def _enter_wait_for_sipi(self) -> None:
+        self.init_pending = False
+        self.started = False
+        self.sipi_vector = None
+        if self.apic is not None:
+            self.apic.init()
+        self.m.tracer.emit("vp", self.index, "init")
+        self._wait_for_sipi()
+
+    def _wait_for_sipi(self) -> None:
+        while not self.vcpu.stop_requested and self.sipi_vector is None:
+            self.wake.wait()
+            self.wake.clear()
+        if self.vcpu.stop_requested or self.sipi_vector is None:
+            return
+        vector = self.sipi_vector
+        self.m.tracer.emit("vp", self.index, "sipi", vector=vector)
+        set_real_mode_start(self.vcpu, vector)
+        self.started = True
+
+    def thread_main(self) -> None:
+        try:
+            if self.apic is not None and not self.started:
+                self._wait_for_sipi()
+            self.vcpu.run(self)
+        except Exception as e:  # an hv1 bug: stop this partition cleanly with a diagnostic
+            self.m.fatal(self, "internal-fault", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", EXIT_INTERNAL)
+
+
+def set_real_mode_start(vcpu: KvmVcpu, vector: int) -> None:
+    """An AP after INIT-SIPI: real mode at CS = vector << 8, IP = 0 (Intel SDM 8.4.4.1)."""
+    s = vcpu.get_sregs()
+    s.cs.selector = vector << 8
+    s.cs.base = vector << 12
+    s.cs.limit = 0xFFFF
+    for seg in (s.ds, s.es, s.fs, s.gs, s.ss):
+        seg.selector = 0
+        seg.base = 0
+        seg.limit = 0xFFFF
+    s.cr0 = 0x60000010
+    s.cr4 = 0
+    s.efer = 0
+    vcpu.set_sregs(s)
+    r = k.kvm_regs()
+    r.rflags = 2
+    r.rdx = 0x600  # family/model/stepping after reset, as hardware leaves it
+    vcpu.set_regs(r)
+
+
+def set_multiboot_entry(vcpu: KvmVcpu, entry: int, eax: int, ebx: int) -> None:
+    """Multiboot machine state: 32-bit flat protected mode, paging off, A20 on, IF=0."""
+    s = vcpu.get_sregs()
+    for seg, sel, typ in ((s.cs, 0x08, 0xB), (s.ds, 0x10, 0x3), (s.es, 0x10, 0x3), (s.fs, 0x10, 0x3),
+                          (s.gs, 0x10, 0x3), (s.ss, 0x10, 0x3)):  # fmt: skip
+        seg.base = 0
+        seg.limit = 0xFFFFFFFF
+        seg.selector = sel
+        seg.type = typ
+        seg.present = 1
+        seg.dpl = 0
+        seg.db = 1
+        seg.s = 1
+        seg.l = 0
+        seg.g = 1
+        seg.unusable = 0
+    s.cr0 = 0x11  # PE | ET
+    s.cr4 = 0
+    s.efer = 0
+    vcpu.set_sregs(s)
+    r = k.kvm_regs()
+    r.rax = eax
+    r.rbx = ebx
+    r.rip = entry
+    r.rflags = 2
+    vcpu.set_regs(r)
+
+
+class Machine:
+    def __init__(
+        self,
+        cfg: MachineConfig,
+        tracer: Tracer | None = None,
+        serial_out: BinaryIO | int | None = None,
+        diag: TextIO | None = None,
+    ) -> None:
+        if not 1 <= cfg.cpus <= MAX_CPUS:
+            raise UsageError(f"--cpus must be between 1 and {MAX_CPUS}, not {cfg.cpus}")
+        if cfg.apic not in APIC_MODES:
+            raise UsageError(f"--apic must be one of {', '.join(APIC_MODES)}")
+        if not MIN_MEMORY <= cfg.memory <= MAX_MEMORY:
+            raise UsageError(f"--memory must be between {MIN_MEMORY >> 20} MiB and {MAX_MEMORY >> 20} MiB")
+        if cfg.memory % 0x1000:
+            raise UsageError("--memory must be a multiple of 4 KiB")
+        self.cfg = cfg
+        self.tracer = tracer or Tracer()
+        self.diag = diag or sys.stderr
+        self._stop = threading.Event()
+        self._stop_lock = threading.Lock()
+        self.result: RunResult | None = None
+        self.fatal_report: str | None = None
+
+        try:
+            with open(cfg.kernel, "rb") as f:
+                kernel = f.read()
+        except FileNotFoundError:
+            raise UsageError(f"kernel image not found: {cfg.kernel}") from None
+        except IsADirectoryError:
+            raise UsageError(f"kernel image is a directory: {cfg.kernel}") from None
+        except PermissionError:
+            raise UsageError(f"cannot read kernel image: {cfg.kernel}") from None
+        mods: list[tuple[multiboot.Module, bytes]] = []
+        for m in cfg.modules:
+            try:
+                with open(m.path, "rb") as f:
+                    mods.append((m, f.read()))
+            except OSError as e:
+                raise UsageError(f"cannot read module {m.path}: {e.strerror}") from None
+        try:
+            caps = parse_profile(cfg.hv, apic_mode=cfg.apic)
+        except ValueError as e:
+            raise UsageError(f"--hv: {e}") from None
+
+        self.system = KvmSystem()
+        self.vm = KvmVm(self.system)
+        self.ram = GuestRam(cfg.memory)
+        self.boot = multiboot.load(cfg.kernel, kernel, self.ram, cfg.append, mods)
+        self.vm.add_ram(self.ram)
+        if cfg.apic == "kernel":
+            self.vm.use_split_irqchip()
+        msr_ranges = [SYNTHETIC_MSRS, NESTED_SYNTHETIC_MSRS]
+        if cfg.apic == "user":
+            msr_ranges.append((APIC_MSR_BASE, APIC_MSR_BASE))
+        self.vm.route_msrs_to_userspace(msr_ranges)
+
+        self.scheduler = Scheduler()
+        self.clock = MonotonicClock()
+        self.apic_ids = list(range(cfg.cpus))
+        self.partition = Partition(
+            caps, cfg.cpus, self.ram, self.clock, self, self, self, tracer=self.tracer, apic_ids=self.apic_ids
+        )
+        self.partition.boot_zeroed = self._boot_zeroed_ranges()
+
+        self.router: ApicRouter | None = None
+        apics: list[LocalApic | None] = [None] * cfg.cpus
+        if cfg.apic == "user":
+            apics = [
+                LocalApic(self.apic_ids[i], now_ns=time.monotonic_ns, bsp=(i == 0), tracer=self.tracer, vp_index=i)
+                for i in range(cfg.cpus)
+            ]
+            self.router = ApicRouter(
+                [a for a in apics if a is not None],
+                kick=lambda apic_id: self.vps[apic_id].kick(),
+                on_init=lambda apic_id: self.vps[apic_id].deliver_init(),
+                on_sipi=lambda apic_id, vec: self.vps[apic_id].deliver_sipi(vec),
+                on_nmi=lambda apic_id: None,
+            )
+        self.vps: list[Vp] = []
+        cpuid = self._cpuid_template(caps_leaves=self.partition.cpuid_leaves())
+        for i in range(cfg.cpus):
+            vcpu = KvmVcpu(self.vm.fd, i, self.system.vcpu_mmap_size)
+            if self.system.check(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID):
+                vcpu.enable_cap(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID, 1)
+            vcpu.set_cpuid(cpuid2_buffer(self._cpuid_for(cpuid, self.apic_ids[i])))
+            self.vps.append(Vp(self, i, vcpu, apics[i]))
+        self.tsc_khz = self.vps[0].vcpu.tsc_khz()
+        set_multiboot_entry(self.vps[0].vcpu, self.boot.entry, self.boot.eax, self.boot.mbi)
+
+        self.bus = IoBus(self.tracer)
+        self.uart = Uart16550(serial_out if serial_out is not None else sys.stdout.buffer)
+        self.bus.register(self.uart, COM1, 8)
+        self.bus.register(DebugExit(self._debug_exit), DEBUG_EXIT_PORT, 4)
+        self.bus.register(FwCfg(cfg.cpus, cfg.memory, cfg.append), FW_CFG_PORT_SEL, 2)
+        pic = Pic8259Pair()
+        for p in (0x20, 0x21, 0xA0, 0xA1):
+            self.bus.register(pic, p)
+        pit = Pit8254()
+        for p in (0x40, 0x41, 0x42, 0x43, 0x61):
+            self.bus.register(pit, p)
+        self.bus.register(PostPort(), 0x80)
+        self.cmos = Cmos(cfg.memory)
+        self.bus.register(self.cmos, 0x70, 2)
+
+    # ---- CPUID ----
+    def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[k.kvm_cpuid_entry2]:
+        entries = [e for e in self.system.supported_cpuid() if not HV_LEAF_FIRST <= e.function <= HV_LEAF_LAST]
+        for e in entries:
+            if e.function == 1:
+                e.ecx |= CPUID1_ECX_HYPERVISOR
+                if self.cfg.apic == "user":
+                    e.ecx &= ~CPUID1_ECX_TSC_DEADLINE  # hv1's APIC model has no TSC-deadline mode
+        for leaf, (a, b, c, d) in sorted(caps_leaves.items()):
+            entries.append(k.kvm_cpuid_entry2(function=leaf, index=0, flags=0, eax=a, ebx=b, ecx=c, edx=d))
+        return entries
+
+    @staticmethod
+    def _cpuid_for(template: list[k.kvm_cpuid_entry2], apic_id: int) -> list[k.kvm_cpuid_entry2]:
+        out = []
+        for e in template:
+            c = k.kvm_cpuid_entry2.from_buffer_copy(e)
+            if c.function == 1:
+                c.ebx = (c.ebx & 0x00FFFFFF) | (apic_id << 24)
+            elif c.function in (0xB, 0x1F):
+                c.edx = apic_id
+            out.append(c)
+        return out
+
+    def _boot_zeroed_ranges(self) -> list[tuple[int, int]]:
+        """RAM the loader did not write: still zero since boot (HvExtCallGetBootZeroedMemory)."""
+        used = sorted((gpa & ~0xFFF, (gpa + n + 0xFFF) & ~0xFFF) for gpa, n in self.boot.loaded)
+        ranges: list[tuple[int, int]] = []
+        cursor = 0
+        for start, end in used:
+            if start > cursor:
+                ranges.append((cursor, start - cursor))
+            cursor = max(cursor, end)
+        if cursor < self.ram.size:
+            ranges.append((cursor, self.ram.size - cursor))
+        return ranges
+
+    # ---- interfaces the partition uses: InterruptSink, Kicker, PartitionHooks ----
+    def request_interrupt(self, vp_index: int, vector: int, auto_eoi: bool = False) -> None:
+        if self.cfg.apic == "kernel":
+            self.vm.signal_msi(self.apic_ids[vp_index], vector)
+            return
+        vp = self.vps[vp_index]
+        assert vp.apic is not None
+        vp.apic.accept(vector, auto_eoi=auto_eoi)
+        vp.kick()
+
+    def kick(self, vp_index: int) -> None:
+        self.vps[vp_index].kick()
+
+    def request_reset(self) -> None:
+        # A partition reset reboots the guest; hv1 has no reboot path yet, so it ends the run the way
+        # `qemu -no-reboot` does: cleanly, with status 0.
+        self.tracer.emit("vp", -1, "reset-requested")
+        self.stop(0, "guest requested a partition reset (HV_X64_MSR_RESET)")
+
+    def guest_crash(self, vp_index: int, params: tuple[int, ...], message: bytes | None) -> None:
+        text = " ".join(f"P{i}={p:#x}" for i, p in enumerate(params))
+        self.tracer.emit("crash", vp_index, "guest-crash", params=list(params), message=message or b"")
+        self.diag.write(f"hv1: guest crash reported by vp{vp_index}: {text}\n")
+        if message:
+            self.diag.write("hv1: crash message: " + message.decode("utf-8", "replace").rstrip("\0") + "\n")
+        self.diag.flush()
+        if self.cfg.on_crash == "stop":
+            self.stop(EXIT_GUEST_CRASH, "guest crash notification")
+
+    def yield_vp(self, vp_index: int) -> None:
+        os.sched_yield()
+
+    # ---- running ----
+    def _debug_exit(self, status: int) -> None:
+        self.stop(status, "debug-exit")
+
+    def stop(self, status: int, reason: str) -> None:
+        with self._stop_lock:
+            if self.result is None:
+                self.result = RunResult(status, reason)
+        self._stop.set()
+
+    def fatal(self, vp: Vp, kind: str, detail: str, status: int) -> None:
+        with self._stop_lock:
+            if self.result is not None:
+                return
+            self.fatal_report = self._dump(vp, kind, detail)
+            self.result = RunResult(status, kind)
+        self.diag.write(self.fatal_report)
+        self.diag.flush()
+        self._stop.set()
+
+    def _dump(self, vp: Vp, kind: str, detail: str) -> str:
+        lines = [f"hv1: partition stopped: {kind} on vp{vp.index}", f"hv1: {detail.rstrip()}"]
+        try:
+            r = vp.vcpu.get_regs()
+            s = vp.vcpu.get_sregs()
+            names = [n for n, _ in k.kvm_regs._fields_]
+            vals = [f"{n:>6}={getattr(r, n):016x}" for n in names]
+            for i in range(0, len(vals), 4):
+                lines.append("  " + "  ".join(vals[i : i + 4]))
+            lines.append(
+                f"  cr0={s.cr0:#x} cr2={s.cr2:#x} cr3={s.cr3:#x} cr4={s.cr4:#x} efer={s.efer:#x} "
+                f"cs={s.cs.selector:#x}(l={s.cs.l} db={s.cs.db} dpl={s.cs.dpl}) ss={s.ss.selector:#x}"
+            )
+            rip = r.rip + (s.cs.base if not s.cr0 & 1 else 0)
+            code = read_virtual(self.ram, rip, 16, s.cr0, s.cr3, s.cr4, s.efer)
+            lines.append(f"  code at rip: {code.hex(' ') if code is not None else '(not mapped)'}")
+        except OSError as e:
+            lines.append(f"  (registers unavailable: {e})")
+        events = self.tracer.last_events()
+        if events:
+            lines.append("  last trace events:")
+            lines.extend("    " + e for e in events[-16:])
+        return "\n".join(lines) + "\n"
+
+    def exit_counts(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for vp in self.vps:
+            for reason, n in enumerate(vp.exit_counts):
+                if n:
+                    name = k.EXIT_NAMES.get(reason, str(reason))
+                    totals[name] = totals.get(name, 0) + n
+        return totals
+
+    def run(self) -> RunResult:
+        install_kick_handler()
+        for vp in self.vps:
+            vp.thread = threading.Thread(target=vp.thread_main, name=f"hv1-vp{vp.index}", daemon=True)
+            vp.thread.start()
+        finished = self._stop.wait(self.cfg.timeout)
+        if not finished:
+            self.stop(EXIT_TIMEOUT, f"timeout after {self.cfg.timeout:g} s")
+        self._halt_all()
+        self.uart.flush()
+        assert self.result is not None
+        self.result.exits = self.exit_counts()
+        return self.result
+
+    def _halt_all(self) -> None:
+        for vp in self.vps:
+            vp.vcpu.stop_requested = True
+        deadline = time.monotonic() + 3.0
+        for vp in self.vps:
+            while vp.thread is not None and vp.thread.is_alive() and time.monotonic() < deadline:
+                vp.kick()
+                vp.thread.join(timeout=0.05)
+
+    def close(self) -> None:
+        self.scheduler.stop()
+        for vp in self.vps:
+            if vp.thread is None or not vp.thread.is_alive():
+                vp.vcpu.close()
+        self.vm.close()
+        self.system.close()

@@ -1,0 +1,72 @@
+"""One host thread that calls functions at deadlines (monotonic ns): the wake-up source for APIC
+LVT timers in user mode and for synthetic timers. It sleeps until the earliest deadline and is idle
+(blocked on a condition, no polling) when nothing is armed."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Hashable
+
+
+class Scheduler:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[int, int, Hashable]] = []
+        self._armed: dict[Hashable, tuple[int, int, Callable[[], None]]] = {}
+        self._seq = itertools.count()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="hv1-scheduler", daemon=True)
+        self._thread.start()
+        self.fired = 0
+
+    def schedule(self, key: Hashable, deadline_ns: int, fn: Callable[[], None]) -> None:
+        """Arm (or re-arm) `key` to call `fn` at `deadline_ns` (time.monotonic_ns() clock)."""
+        with self._cond:
+            seq = next(self._seq)
+            self._armed[key] = (deadline_ns, seq, fn)
+            heapq.heappush(self._heap, (deadline_ns, seq, key))
+            if self._heap[0][1] == seq:
+                self._cond.notify()
+
+    def cancel(self, key: Hashable) -> None:
+        with self._cond:
+            self._armed.pop(key, None)
+
+    def deadline(self, key: Hashable) -> int | None:
+        entry = self._armed.get(key)
+        return entry[0] if entry else None
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped:
+                    # Drop entries that were cancelled or re-armed since they were pushed.
+                    while self._heap:
+                        d, seq, key = self._heap[0]
+                        armed = self._armed.get(key)
+                        if armed is not None and armed[1] == seq:
+                            break
+                        heapq.heappop(self._heap)
+                    if not self._heap:
+                        self._cond.wait()
+                        continue
+                    now = time.monotonic_ns()
+                    d = self._heap[0][0]
+                    if d <= now:
+                        break
+                    self._cond.wait((d - now) / 1e9)
+                if self._stopped:
+                    return
+                _, _, key = heapq.heappop(self._heap)
+                _, _, fn = self._armed.pop(key)
+            self.fired += 1
+            fn()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=2)

@@ -1,0 +1,129 @@
+"""Trace events: one readable line per event (`--trace CATS`) and JSON lines (`--trace-json FILE`).
+
+Every event also goes into a small ring buffer, whatever is enabled, so that a fatal stop can print
+the last events that led to it. Callers on hot paths test `tracer.wants(cat)` before building fields.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+# Categories a user can name with --trace. "all" enables every one.
+CATEGORIES = (
+    "exits",  # every VM exit by kind
+    "io",  # port I/O reaching a device (or nobody)
+    "mmio",  # MMIO accesses
+    "msrs",  # synthetic and APIC MSR reads/writes, decoded
+    "hypercalls",  # one line per hypercall
+    "synic",  # messages posted/queued/delivered/EOM, event flags, SINT interrupts
+    "timers",  # synthetic timer arm/fire/deliver/cancel
+    "apic",  # APIC model: IPIs, EOI, LVT timer
+    "irq",  # interrupt injection
+    "ipi",  # IPI hypercalls
+    "flush",  # TLB flush hypercalls
+    "vp",  # VP lifecycle: start, INIT/SIPI, halt, stop
+    "crash",  # guest crash notifications
+)
+
+RING_SIZE = 64
+
+
+class TraceError(ValueError):
+    pass
+
+
+def parse_categories(spec: str) -> frozenset[str]:
+    cats: set[str] = set()
+    for raw in spec.split(","):
+        name = raw.strip()
+        if not name:
+            continue
+        if name == "all":
+            cats.update(CATEGORIES)
+        elif name in CATEGORIES:
+            cats.add(name)
+        else:
+            raise TraceError(f"unknown trace category {name!r} (choose from: all, {', '.join(CATEGORIES)})")
+    return frozenset(cats)
+
+
+class Tracer:
+    """Thread-safe event sink. `emit` is cheap when the category is off (ring buffer append only)."""
+
+    def __init__(
+        self,
+        categories: Iterable[str] = (),
+        text: TextIO | None = None,
+        json_out: TextIO | None = None,
+    ) -> None:
+        self.categories = frozenset(categories)
+        self._text = text if text is not None else sys.stderr
+        self._json = json_out
+        self._ring: collections.deque[tuple[float, str, int, str, dict[str, Any]]] = collections.deque(
+            maxlen=RING_SIZE
+        )
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def wants(self, cat: str) -> bool:
+        return cat in self.categories or self._json is not None
+
+    def emit(self, cat: str, vp: int, event: str, **fields: Any) -> None:
+        t = time.monotonic() - self._t0
+        self._ring.append((t, cat, vp, event, fields))
+        if cat in self.categories or self._json is not None:
+            self._write(t, cat, vp, event, fields)
+
+    def _write(self, t: float, cat: str, vp: int, event: str, fields: dict[str, Any]) -> None:
+        with self._lock:
+            if cat in self.categories:
+                self._text.write(format_line(t, cat, vp, event, fields) + "\n")
+                self._text.flush()
+            if self._json is not None:
+                rec = {"t": round(t, 7), "cat": cat, "vp": vp, "event": event}
+                rec.update({k: _jsonable(v) for k, v in fields.items()})
+                self._json.write(json.dumps(rec) + "\n")
+
+    def last_events(self) -> list[str]:
+        return [format_line(*e) for e in list(self._ring)]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._json is not None:
+                self._json.flush()
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    if isinstance(v, (bytes, bytearray)):
+        return v.hex()
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return str(v)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return f"{v:#x}" if v > 9 else str(v)
+    if isinstance(v, (bytes, bytearray)):
+        return v.hex()
+    return str(v)
+
+
+def format_line(t: float, cat: str, vp: int, event: str, fields: dict[str, Any]) -> str:
+    parts = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+    vps = f"vp{vp}" if vp >= 0 else "host"
+    return f"[{t:12.6f}] {cat:<10} {vps:<5} {event}" + (f" {parts}" if parts else "")
+
+
+NULL_TRACER = Tracer()
