@@ -353,10 +353,11 @@ class Machine:
         except ValueError as e:
             raise UsageError(f"--hv: {e}") from None
 
-        self.system = KvmSystem()
-        self.vm = KvmVm(self.system)
+        # Load first: every mistake in the image is reported before /dev/kvm is even opened.
         self.ram = GuestRam(cfg.memory)
         self.boot = multiboot.load(cfg.kernel, kernel, self.ram, cfg.append, mods)
+        self.system = KvmSystem()
+        self.vm = KvmVm(self.system)
         self.vm.add_ram(self.ram)
         if cfg.apic == "kernel":
             self.vm.use_split_irqchip()
