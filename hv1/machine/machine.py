@@ -48,7 +48,6 @@ APIC_MODES = ("kernel", "user")
 MAX_CPUS = 64
 MIN_MEMORY = 2 << 20
 MAX_MEMORY = 3 << 30  # below the PCI/APIC hole at 3 GiB: one RAM slot, no remapping
-APIC_MMIO_BASE = 0xFEE00000
 APIC_MSR_BASE = 0x1B
 X2APIC_FIRST, X2APIC_LAST = 0x800, 0x8FF
 SYNTHETIC_MSRS = (0x40000000, 0x400001FF)
@@ -128,17 +127,21 @@ class Vp:
 
     def mmio_read(self, addr: int, size: int) -> int:
         apic = self.apic
-        if apic is not None and APIC_MMIO_BASE <= addr < APIC_MMIO_BASE + 0x1000:
-            return apic.mmio_read(addr - APIC_MMIO_BASE, size)
+        if apic is not None:
+            base = apic.mmio_base()  # None in x2APIC mode or when disabled: the page is not decoded
+            if base is not None and base <= addr < base + 0x1000:
+                return apic.mmio_read(addr - base, size)
         if self.m.tracer.wants("mmio"):
             self.m.tracer.emit("mmio", self.index, "read-unassigned", addr=addr, size=size)
         return (1 << (8 * size)) - 1
 
     def mmio_write(self, addr: int, size: int, value: int) -> None:
         apic = self.apic
-        if apic is not None and APIC_MMIO_BASE <= addr < APIC_MMIO_BASE + 0x1000:
-            apic.mmio_write(addr - APIC_MMIO_BASE, size, value)
-            return
+        if apic is not None:
+            base = apic.mmio_base()
+            if base is not None and base <= addr < base + 0x1000:
+                apic.mmio_write(addr - base, size, value)
+                return
         if self.m.tracer.wants("mmio"):
             self.m.tracer.emit("mmio", self.index, "write-unassigned", addr=addr, size=size, value=value)
 
