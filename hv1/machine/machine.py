@@ -8,11 +8,13 @@ expires. The exit status says which (hv1/errors.py).
 
 from __future__ import annotations
 
+import collections
 import os
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO, TextIO
 
@@ -51,6 +53,7 @@ MAX_MEMORY = 3 << 30  # below the PCI/APIC hole at 3 GiB: one RAM slot, no remap
 APIC_MSR_BASE = 0x1B
 X2APIC_FIRST, X2APIC_LAST = 0x800, 0x8FF
 SYNTHETIC_MSRS = (0x40000000, 0x400001FF)
+CR4_PGE = 1 << 7
 NESTED_SYNTHETIC_MSRS = (0x40001000, 0x400010FF)
 
 
@@ -98,9 +101,13 @@ class Vp:
         self.sipi_vector: int | None = None
         self.init_pending = False
         self.exit_counts = [0] * 64
+        self.tlb_flushes = 0
         self._trace_exits = machine.tracer.wants("exits")
         self._timer_armed: int | None = None
         self.thread: threading.Thread | None = None
+        # Work other threads need done on this VP's own thread while it is out of guest mode (a
+        # TLB flush must happen on the target vCPU). Serviced before every entry and while waiting.
+        self._work: collections.deque[Callable[[], None]] = collections.deque()
 
     # ---- ExitHandler ----
     def count_exit(self, reason: int) -> None:
@@ -172,6 +179,8 @@ class Vp:
         return False
 
     def before_entry(self) -> None:
+        if self._work:
+            self.service_work()
         apic = self.apic
         if apic is None:
             return
@@ -202,11 +211,19 @@ class Vp:
 
     def halted(self) -> None:
         """HLT (user APIC mode): sleep until an interrupt can be taken, INIT, or stop."""
+        self.sleep(wake_with_if_clear=False)
+
+    def sleep(self, wake_with_if_clear: bool) -> None:
+        """Sleep on the host until an interrupt is pending (and IF=1, unless `wake_with_if_clear`:
+        the guest-idle MSR wakes "even if the interrupt is masked", TLFS vp-properties.md), an INIT,
+        or the end of the run. Work posted to this VP is done meanwhile."""
         apic = self.apic
         assert apic is not None
         while not self.vcpu.stop_requested and not self.init_pending:
+            if self._work:
+                self.service_work()
             apic.poll_timer(time.monotonic_ns())
-            if apic.pending_vector() is not None and self.vcpu.if_flag():
+            if apic.pending_vector() is not None and (wake_with_if_clear or self.vcpu.if_flag()):
                 return
             deadline = apic.timer_deadline()
             timeout = None if deadline is None else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
@@ -215,6 +232,26 @@ class Vp:
 
     def fatal(self, kind: str, detail: str) -> None:
         self.m.fatal(self, kind, detail, EXIT_GUEST_FATAL)
+
+    # ---- work done on this VP's thread for others ----
+    def post_work(self, fn: Callable[[], None]) -> None:
+        self._work.append(fn)
+        self.kick()
+
+    def service_work(self) -> None:
+        while self._work:
+            self._work.popleft()()
+
+    def flush_tlb(self) -> None:
+        """Flush this vCPU's guest TLB: KVM flushes on KVM_SET_SREGS when CR4 changes, so toggle
+        CR4.PGE and put it back (the architectural way to flush global entries too)."""
+        s = self.vcpu.get_sregs()
+        cr4 = s.cr4
+        s.cr4 = cr4 ^ CR4_PGE
+        self.vcpu.set_sregs(s)
+        s.cr4 = cr4
+        self.vcpu.set_sregs(s)
+        self.tlb_flushes += 1
 
     # ---- lifecycle ----
     def kick(self) -> None:
@@ -245,6 +282,8 @@ class Vp:
 
     def _wait_for_sipi(self) -> None:
         while not self.vcpu.stop_requested and self.sipi_vector is None:
+            if self._work:
+                self.service_work()
             self.wake.wait()
             self.wake.clear()
         if self.vcpu.stop_requested or self.sipi_vector is None:
@@ -483,8 +522,41 @@ class Machine:
         if self.cfg.on_crash == "stop":
             self.stop(EXIT_GUEST_CRASH, "guest crash notification")
 
+    def guest_idle(self, vp_index: int) -> None:
+        """HV_X64_MSR_GUEST_IDLE read (user APIC mode): the VP idles until an interrupt arrives."""
+        vp = self.vps[vp_index]
+        if vp.apic is not None:
+            vp.sleep(wake_with_if_clear=True)
+
     def yield_vp(self, vp_index: int) -> None:
         os.sched_yield()
+
+    def flush_tlb(self, src_vp: int, targets: Iterable[int]) -> None:
+        """Flush the guest TLB of every target VP and return only when all are done (TLFS
+        virtual-mmu.md: the flush hypercalls complete when the flush has happened on each target).
+        Running targets are kicked out of guest mode and flush before they re-enter. While it waits,
+        the caller services its own queue, so two VPs flushing each other cannot deadlock. Callers
+        must not hold the partition lock."""
+        pending: list[threading.Event] = []
+        for t in set(targets):
+            vp = self.vps[t]
+            if t == src_vp:
+                vp.flush_tlb()
+                continue
+            done = threading.Event()
+
+            def work(vp: Vp = vp, done: threading.Event = done) -> None:
+                vp.flush_tlb()
+                done.set()
+
+            vp.post_work(work)
+            pending.append(done)
+        me = self.vps[src_vp]
+        for done in pending:
+            while not done.wait(0.0002):
+                me.service_work()
+                if self._stop.is_set():
+                    return
 
     # ---- running ----
     def _debug_exit(self, status: int) -> None:
