@@ -1,0 +1,814 @@
+#!/usr/bin/env python3
+"""hv1 benchmarks: every figure next to its floor, measured in the same run.
+
+    python bench/run.py [--quick] [--json OUT.json] [--only NAME[,NAME]] [--markdown] [--list]
+    python bench/run.py --render bench/results/latest.json      # table from saved results, no runs
+
+A *row* measures one thing hv1 does (the figure) and the cheapest known way to do the same thing (the
+floor: a minimal C VMM, QEMU, a bare ioctl), reports median / p10 / p90 over many samples (this host is
+noisy: 2 shared vCPUs inside a nested PVM) and the ratio figure / floor. Rows whose prerequisites are
+missing (no `hv1 run` yet, guest kernel not built, no gcc, no /dev/kvm) are reported as
+"skipped: <reason>" instead of failing the whole run.
+
+Adding a row: most later rows (hypercall round trip, SynIC message latency, timers, ...) come from
+`BENCH <name> cycles_per_op=<n> [key=value ...]` lines printed by a guest bench kernel. For those, add one
+`guest_bench_row(...)` entry to ROWS with the kernel, the hv1 arguments, the BENCH line that is the
+figure and where the floor comes from (`GuestLine(...)`: another BENCH line of the same guest, or
+`CFloor(...)`: a key of bench/kvm_floor's JSON). Anything else is a `Row` with its own measure function.
+
+Standard library only. Output: a Markdown table on stdout (progress goes to stderr) and JSON with a
+stable key order in bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import fcntl
+import json
+import os
+import platform
+import re
+import select
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+BUILD_DIR = BENCH_DIR / "build"
+RESULTS_DIR = BENCH_DIR / "results"
+FLOOR_SRC = BENCH_DIR / "kvm_floor.c"
+FLOOR_BIN = BUILD_DIR / "kvm_floor"
+GUESTS_BUILD = REPO / "guests" / "build"
+
+KVM_CHECK_EXTENSION = 0xAE03
+KVM_CAP_SYNC_REGS = 74
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+class Skip(Exception):
+    """A prerequisite is missing: the row is reported as skipped, with this reason."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Summary of samples in one unit. Percentiles by nearest rank (same rule as kvm_floor.c)."""
+
+    median: float
+    p10: float
+    p90: float
+    n: int
+
+    @staticmethod
+    def of(samples: Sequence[float]) -> Stat:
+        if not samples:
+            raise ValueError("no samples")
+        v = sorted(samples)
+        n = len(v)
+
+        def rank(q: float) -> float:
+            return v[int(q * (n - 1) + 0.5)]
+
+        return Stat(median=rank(0.5), p10=rank(0.1), p90=rank(0.9), n=n)
+
+    def scaled(self, k: float) -> Stat:
+        return Stat(self.median * k, self.p10 * k, self.p90 * k, self.n)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "median": round(self.median, 4),
+            "p10": round(self.p10, 4),
+            "p90": round(self.p90, 4),
+            "n": self.n,
+        }
+
+
+@dataclass
+class Figure:
+    """One line of the table: a measured figure, its floor and their ratio."""
+
+    figure: str  # what is measured, e.g. "hv1: guest-timed out exit"
+    unit: str  # "us", "ms" or "s"
+    value: Stat
+    floor_label: str  # e.g. "C VMM (kvm_floor)"
+    floor: Stat | None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.floor is None or self.floor.median <= 0:
+            return None
+        return self.value.median / self.floor.median
+
+    def to_json(self) -> dict[str, Any]:
+        ratio = self.ratio
+        return {
+            "figure": self.figure,
+            "unit": self.unit,
+            "value": self.value.to_json(),
+            "floor_label": self.floor_label,
+            "floor": self.floor.to_json() if self.floor else None,
+            "ratio": round(ratio, 3) if ratio is not None else None,
+        }
+
+
+@dataclass
+class RowResult:
+    name: str
+    status: str  # "ok", "skipped" or "error"
+    reason: str = ""
+    figures: list[Figure] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "reason": self.reason,
+            "figures": [f.to_json() for f in self.figures],
+            "extra": self.extra,
+        }
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    hv1_cmd: list[str] | None  # from --hv1, else found automatically
+    kernels: Path = GUESTS_BUILD  # where guest kernels are (--kernels)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Shared prerequisites (each found or built at most once per run)
+
+
+_cache: dict[str, Any] = {}
+
+
+def build_floor() -> Path:
+    """Compile bench/kvm_floor.c into bench/build/ (cached: rebuilt only when the source is newer)."""
+    if "floor_bin" in _cache:
+        return Path(_cache["floor_bin"])
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        raise Skip("no read/write access to /dev/kvm")
+    if FLOOR_BIN.exists() and FLOOR_BIN.stat().st_mtime >= FLOOR_SRC.stat().st_mtime:
+        _cache["floor_bin"] = str(FLOOR_BIN)
+        return FLOOR_BIN
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        raise Skip("no C compiler (gcc) to build bench/kvm_floor.c")
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    cmd = [gcc, "-O2", "-Wall", "-Wextra", "-o", str(FLOOR_BIN), str(FLOOR_SRC)]
+    log("building the C floor: " + " ".join(cmd))
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"building kvm_floor failed:\n{r.stderr}")
+    _cache["floor_bin"] = str(FLOOR_BIN)
+    return FLOOR_BIN
+
+
+def run_floor(cfg: Config) -> dict[str, Any]:
+    """Run the C floor once; returns its JSON (see kvm_floor.c)."""
+    exe = build_floor()
+    args = [
+        "--exits",
+        "200",
+        "--batches",
+        "10" if cfg.quick else "40",
+        "--ioctls",
+        "5000" if cfg.quick else "20000",
+    ]
+    r = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"kvm_floor failed (status {r.returncode}): {r.stderr.strip()}")
+    data: dict[str, Any] = json.loads(r.stdout)
+    _cache["tsc_khz"] = int(data["tsc_khz"])
+    return data
+
+
+def tsc_khz() -> float:
+    """TSC frequency: from kvm_floor (KVM_GET_TSC_KHZ on its vCPU) if it ran, else /proc/cpuinfo."""
+    if "tsc_khz" in _cache:
+        return float(_cache["tsc_khz"])
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return float(line.split(":")[1]) * 1000.0
+    except OSError:
+        pass
+    raise Skip("TSC frequency unknown (no tsc_khz in BENCH line, kvm_floor or /proc/cpuinfo)")
+
+
+def hv1_command(cfg: Config) -> list[str]:
+    """The command that starts hv1 (prefix of `... run KERNEL`). Raises Skip when hv1 run is not there yet."""
+    if "hv1_cmd" in _cache:
+        cached = _cache["hv1_cmd"]
+        if isinstance(cached, Skip):
+            raise cached
+        return list(cached)
+    if cfg.hv1_cmd is not None:
+        cmd = cfg.hv1_cmd
+    elif (REPO / "hv1" / "__main__.py").exists():
+        cmd = [sys.executable, "-m", "hv1"]  # the working tree (PYTHONPATH set in hv1_env)
+    elif shutil.which("hv1"):
+        cmd = ["hv1"]
+    else:
+        err = Skip("hv1 CLI not available (no hv1/__main__.py, no `hv1` on PATH)")
+        _cache["hv1_cmd"] = err
+        raise err
+    try:
+        r = subprocess.run([*cmd, "run", "--help"], capture_output=True, text=True, timeout=60, env=hv1_env())
+    except (OSError, subprocess.TimeoutExpired) as e:
+        err = Skip(f"`{' '.join(cmd)} run --help` failed: {e}")
+        _cache["hv1_cmd"] = err
+        raise err from None
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
+        err = Skip(f"`hv1 run` not available yet: {last}")
+        _cache["hv1_cmd"] = err
+        raise err
+    _cache["hv1_cmd"] = cmd
+    return list(cmd)
+
+
+def hv1_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def guest_kernel(cfg: Config, name: str) -> Path:
+    """A guest kernel from guests/build (or --kernels); tries the guests build once if it is missing."""
+    path = cfg.kernels / name
+    if path.exists():
+        return path
+    if cfg.kernels == GUESTS_BUILD and "guests_built" not in _cache:
+        _cache["guests_built"] = True
+        if (REPO / "guests" / "Makefile").exists() and shutil.which("make"):
+            log("guest kernels missing: running `make -C guests`")
+            subprocess.run(["make", "-C", str(REPO / "guests")], capture_output=True, timeout=600)
+    if path.exists():
+        return path
+    raise Skip(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path} not built")
+
+
+def qemu_binary() -> str:
+    """qemu-system-x86_64, installed from Debian's packages when missing and we are root."""
+    exe = shutil.which("qemu-system-x86_64")
+    if exe:
+        return exe
+    if os.geteuid() != 0:
+        raise Skip("qemu-system-x86_64 not installed (and not root to install it)")
+    if "qemu_install_tried" not in _cache:
+        _cache["qemu_install_tried"] = True
+        for cmd in (
+            ["apt-get", "install", "-y", "qemu-system-x86"],
+            ["apt-get", "update"],
+            ["apt-get", "install", "-y", "qemu-system-x86"],
+        ):
+            log("installing QEMU: " + " ".join(cmd))
+            r = subprocess.run(
+                cmd,
+                stdout=sys.stderr,
+                stderr=sys.stderr,
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
+            if cmd[1] == "install" and r.returncode == 0:
+                break
+    exe = shutil.which("qemu-system-x86_64")
+    if not exe:
+        raise Skip("qemu-system-x86_64 missing and `apt-get install -y qemu-system-x86` did not provide it")
+    return exe
+
+
+# ----------------------------------------------------------------------------------------------------------
+# BENCH lines printed by guest bench kernels
+
+BENCH_RE = re.compile(r"^BENCH\s+(\S+)((?:\s+\S+=\S+)*)\s*$")
+
+
+def parse_bench_lines(text: str) -> list[tuple[str, dict[str, str]]]:
+    """`BENCH <name> key=value ...` lines, in order (a guest may print one line per batch)."""
+    out: list[tuple[str, dict[str, str]]] = []
+    for raw in text.splitlines():
+        m = BENCH_RE.match(raw.strip())
+        if m:
+            kv = dict(tok.split("=", 1) for tok in m.group(2).split())
+            out.append((m.group(1), kv))
+    return out
+
+
+def run_hv1(
+    cfg: Config, kernel: Path, args: Sequence[str], timeout: int = 120
+) -> subprocess.CompletedProcess[str]:
+    cmd = [*hv1_command(cfg), "run", str(kernel), *args, "--timeout", str(timeout)]
+    log("running " + " ".join(shlex.quote(c) for c in cmd))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30, env=hv1_env())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Rows
+
+Measure = Callable[[Config], RowResult]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    what: str  # one line for --list and the README
+    measure: Measure
+
+
+@dataclass(frozen=True)
+class GuestLine:
+    """Floor = another BENCH line printed by the same guest run (e.g. a native/in-guest baseline)."""
+
+    name: str
+    metric: str = "cycles_per_op"
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class CFloor:
+    """Floor = a per-batch statistic of bench/kvm_floor's JSON, in guest TSC cycles (or `unit`)."""
+
+    key: str
+    label: str = "C VMM (kvm_floor)"
+    unit: str = "cycles"  # "cycles" (converted with the TSC frequency) or "us"
+
+
+Floor = GuestLine | CFloor
+
+
+def cycles_to_us(cycles: float, khz: float) -> float:
+    return cycles / khz * 1000.0
+
+
+def guest_bench_row(
+    name: str,
+    what: str,
+    kernel: str,
+    line: str,
+    floor: Floor,
+    hv1_args: Sequence[str] = (),
+    metric: str = "cycles_per_op",
+    figure: str | None = None,
+    runs: int = 3,
+    quick_runs: int = 1,
+) -> Row:
+    """A row from a guest bench kernel: run `hv1 run KERNEL HV1_ARGS` `runs` times, take every
+    `BENCH <line> <metric>=<cycles>` as one sample (a guest may print one per batch), convert cycles to
+    microseconds with the TSC frequency (tsc_khz= on the line, else KVM_GET_TSC_KHZ via kvm_floor, else
+    /proc/cpuinfo), and compare with the floor. A metric whose name does not start or end with "cycles"
+    is taken as microseconds already. A CFloor runs kvm_floor before and after the hv1 runs
+    and pools both, so slow drift of this noisy host hits figure and floor alike."""
+
+    def measure(cfg: Config) -> RowResult:
+        kpath = guest_kernel(cfg, kernel)
+        hv1_command(cfg)  # Skip early, before the floor runs, if hv1 run is not there
+        floors: list[dict[str, Any]] = []
+        if isinstance(floor, CFloor):
+            floors.append(run_floor(cfg))
+        samples: list[float] = []
+        floor_samples: list[float] = []
+        line_khz: list[float] = []
+        statuses: list[int] = []
+        for _ in range(quick_runs if cfg.quick else runs):
+            r = run_hv1(cfg, kpath, hv1_args)
+            statuses.append(r.returncode)
+            found = False
+            for bname, kv in parse_bench_lines(r.stdout):
+                if "tsc_khz" in kv:
+                    line_khz.append(float(kv["tsc_khz"]))
+                if bname == line and metric in kv:
+                    samples.append(float(kv[metric]))
+                    found = True
+                if isinstance(floor, GuestLine) and bname == floor.name and floor.metric in kv:
+                    floor_samples.append(float(kv[floor.metric]))
+            if not found:
+                tail = (r.stdout + r.stderr).strip().splitlines()[-8:]
+                reason = f"no `BENCH {line} {metric}=` line in hv1's output (status {r.returncode})"
+                return RowResult(name, "error", reason, extra={"output_tail": tail})
+        if isinstance(floor, CFloor):
+            floors.append(run_floor(cfg))
+            for f in floors:
+                floor_samples.extend(float(x) for x in f[floor.key]["samples"])
+        khz = statistics.median(line_khz) if line_khz else tsc_khz()
+        conv = (
+            (lambda c: cycles_to_us(c, khz))
+            if (metric.startswith("cycles") or metric.endswith("cycles"))
+            else float
+        )
+        value = Stat.of([conv(s) for s in samples])
+        fl: Stat | None = None
+        if floor_samples:
+            fconv = conv if isinstance(floor, GuestLine) or floor.unit == "cycles" else float
+            fl = Stat.of([fconv(s) for s in floor_samples])
+        label = floor.label or (f"guest `{floor.name}`" if isinstance(floor, GuestLine) else "")
+        fig = Figure(figure or f"hv1: guest `{line}`", "us", value, label, fl)
+        extra: dict[str, Any] = {
+            "kernel": kernel,
+            "hv1_args": list(hv1_args),
+            "tsc_khz": khz,
+            "hv1_exit_status": statuses,
+            "cycles": Stat.of(samples).to_json(),
+        }
+        if isinstance(floor, CFloor):
+            extra["floor_cycles"] = Stat.of(floor_samples).to_json()
+            extra["floor_runs"] = [_floor_summary(f) for f in floors]
+        res = RowResult(name, "ok", figures=[fig], extra=extra)
+        if isinstance(floor, CFloor) and floor.key == "guest_out_loop_cycles":
+            # Also the host-timed view of the same C floor (KVM_RUN -> KVM_EXIT_IO -> KVM_RUN), for scale.
+            host = [float(x) for f in floors for x in f["host_batch_us_per_exit"]["samples"]]
+            res.extra["floor_host_timed_us_per_exit"] = Stat.of(host).to_json()
+        return res
+
+    return Row(name, what, measure)
+
+
+def _floor_summary(f: dict[str, Any]) -> dict[str, Any]:
+    keep = ("exit_roundtrip_us_median", "p10", "p90", "n", "tsc_khz", "exits_per_batch", "batches")
+    out = {k: f[k] for k in keep}
+    for k in ("guest_out_loop_cycles", "guest_empty_loop_cycles", "check_extension_us"):
+        out[k] = {s: f[k][s] for s in ("median", "p10", "p90", "n")}
+    return out
+
+
+# --- kvm-floor: the C floor alone (always runnable where /dev/kvm is; no hv1 needed) ---
+
+
+def measure_kvm_floor(cfg: Config) -> RowResult:
+    f = run_floor(cfg)
+    khz = float(f["tsc_khz"])
+    host = Stat(f["exit_roundtrip_us_median"], f["p10"], f["p90"], f["n"])
+    batch = [float(x) for x in f["host_batch_us_per_exit"]["samples"]]
+    gout = [cycles_to_us(float(x), khz) for x in f["guest_out_loop_cycles"]["samples"]]
+    gempty = [cycles_to_us(float(x), khz) for x in f["guest_empty_loop_cycles"]["samples"]]
+    figs = [
+        Figure("C: host-timed KVM_RUN→IO exit→KVM_RUN", "us", host, "", None),
+        Figure("C: host-timed, batch mean per exit", "us", Stat.of(batch), "", None),
+        Figure("C: guest-timed out exit (out; dec; jnz)", "us", Stat.of(gout), "", None),
+        Figure("C: guest-timed empty loop (nop; dec; jnz)", "us", Stat.of(gempty), "", None),
+    ]
+    return RowResult("kvm-floor", "ok", figures=figs, extra={"kvm_floor": _floor_summary(f)})
+
+
+# --- kvm-ioctl: one ioctl from Python (what every hv1 exit pays several times) vs from C ---
+
+
+def measure_ioctl(cfg: Config) -> RowResult:
+    f = run_floor(cfg)
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as e:
+        raise Skip(f"/dev/kvm: {e}") from None
+    n = 5000 if cfg.quick else 20000
+    samples: list[float] = []
+    try:
+        ioctl = fcntl.ioctl
+        clock = time.perf_counter_ns
+        for _ in range(200):  # warm-up
+            ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS)
+        for _ in range(n):
+            t0 = clock()
+            ioctl(fd, KVM_CHECK_EXTENSION, KVM_CAP_SYNC_REGS)
+            samples.append((clock() - t0) / 1000.0)
+    finally:
+        os.close(fd)
+    c = f["check_extension_us"]
+    floor = Stat(c["median"], c["p10"], c["p90"], c["n"])
+    fig = Figure(
+        "Python fcntl.ioctl(KVM_CHECK_EXTENSION)", "us", Stat.of(samples), "C ioctl (kvm_floor)", floor
+    )
+    return RowResult("kvm-ioctl", "ok", figures=[fig])
+
+
+# --- startup: process start -> first serial byte, and -> exit; hv1 next to QEMU ---
+
+
+@dataclass
+class StartupSample:
+    first_byte_ms: float | None
+    exit_ms: float
+    status: int | None
+    output: bytes
+    timed_out: bool
+
+
+def time_startup(cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> StartupSample:
+    """Spawn `cmd` with stdout on a pipe; time (from just before spawning) the first byte on stdout and
+    the process exit."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, bufsize=0, env=env
+        )
+        assert p.stdout is not None
+        fd = p.stdout.fileno()
+        first: float | None = None
+        chunks: list[bytes] = []
+        deadline = t0 + timeout
+        timed_out = False
+        while True:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                timed_out = True
+                p.kill()
+                break
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                continue
+            data = os.read(fd, 1 if first is None else 65536)
+            if not data:
+                break
+            if first is None:
+                first = time.perf_counter()
+            chunks.append(data)
+        status = p.wait()
+        t_exit = time.perf_counter()
+        p.stdout.close()
+    return StartupSample(
+        first_byte_ms=(first - t0) * 1000.0 if first is not None else None,
+        exit_ms=(t_exit - t0) * 1000.0,
+        status=None if timed_out else status,
+        output=b"".join(chunks),
+        timed_out=timed_out,
+    )
+
+
+def portable_cmdline(cmd: Sequence[str]) -> str:
+    """A command line for the JSON that does not depend on where the repository is checked out."""
+    out = []
+    for c in cmd:
+        if c == sys.executable:
+            c = "python"
+        elif c.startswith("/") and Path(c).is_relative_to(REPO):
+            c = str(Path(c).relative_to(REPO))
+        elif c.startswith("/") and shutil.which(Path(c).name) == c:
+            c = Path(c).name
+        out.append(c)
+    return shlex.join(out)
+
+
+def qemu_cmd(exe: str, kernel: Path, accel: str) -> list[str]:
+    accel_args = ["-enable-kvm"] if accel == "kvm" else ["-accel", "tcg"]
+    return [
+        exe,
+        *accel_args,
+        "-kernel",
+        str(kernel),
+        "-serial",
+        "stdio",
+        "-display",
+        "none",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-no-reboot",
+    ]
+
+
+def measure_startup(cfg: Config) -> RowResult:
+    kernel = guest_kernel(cfg, "hello.elf")
+    hv1 = [*hv1_command(cfg), "run", str(kernel), "--timeout", "60"]
+    qemu = qemu_binary()
+    runs = 3 if cfg.quick else 10
+    timeout = 90.0
+
+    # QEMU with KVM may not boot on this nested PVM host: probe once (also the warm-up) and fall back to TCG.
+    extra: dict[str, Any] = {"kernel": "hello.elf", "runs": runs}
+    comparators: dict[str, list[str]] = {}
+    probe = time_startup(qemu_cmd(qemu, kernel, "kvm"), timeout)
+    if probe.first_byte_ms is not None and not probe.timed_out:
+        comparators["qemu-kvm"] = qemu_cmd(qemu, kernel, "kvm")
+    else:
+        extra["qemu_kvm_failed"] = (
+            "timed out" if probe.timed_out else f"no serial output, status {probe.status}"
+        )
+        log(f"QEMU with -enable-kvm failed here ({extra['qemu_kvm_failed']}): using -accel tcg as the floor")
+    tcg = "qemu-tcg" if "qemu-kvm" in comparators else "qemu-tcg (qemu-kvm failed here)"
+    comparators[tcg] = qemu_cmd(qemu, kernel, "tcg")
+    extra["qemu_cmdlines"] = {k: portable_cmdline(v) for k, v in comparators.items()}
+    extra["hv1_cmdline"] = portable_cmdline(hv1)
+
+    log(f"startup warm-up: {shlex.join(hv1)}")
+    warm = time_startup(hv1, timeout, env=hv1_env())
+    if warm.first_byte_ms is None:
+        reason = "timed out" if warm.timed_out else f"status {warm.status}"
+        return RowResult("startup", "error", f"hv1 produced no serial output ({reason})")
+    time_startup(comparators[tcg], timeout)
+
+    results: dict[str, list[StartupSample]] = {"hv1": [], **{k: [] for k in comparators}}
+    for i in range(runs):  # interleaved, so drift of the host hits all alike
+        log(f"startup run {i + 1}/{runs}")
+        results["hv1"].append(time_startup(hv1, timeout, env=hv1_env()))
+        for k, cmd in comparators.items():
+            results[k].append(time_startup(cmd, timeout))
+
+    def stats(k: str, attr: str) -> Stat | None:
+        vals = [getattr(s, attr) for s in results[k] if getattr(s, attr) is not None and not s.timed_out]
+        return Stat.of(vals) if vals else None
+
+    figs: list[Figure] = []
+    hv1_first, hv1_exit = stats("hv1", "first_byte_ms"), stats("hv1", "exit_ms")
+    if hv1_first is None or hv1_exit is None:
+        return RowResult("startup", "error", "hv1 timed out or printed nothing in every run", extra=extra)
+    for k in comparators:
+        figs.append(
+            Figure("hv1 run: start → first serial byte", "ms", hv1_first, k, stats(k, "first_byte_ms"))
+        )
+        figs.append(Figure("hv1 run: start → exit", "ms", hv1_exit, k, stats(k, "exit_ms")))
+    ref = results[tcg][0].output
+    extra["same_serial_output_as_qemu"] = all(s.output == ref for s in results["hv1"])
+    extra["exit_status"] = {k: sorted({s.status for s in v}, key=str) for k, v in results.items()}
+    label = "startup" if "qemu-kvm" in comparators else "startup (QEMU floor: tcg; KVM failed)"
+    extra["label"] = label
+    return RowResult("startup", "ok", figures=figs, extra=extra)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The registry. Order = table order.
+
+ROWS: list[Row] = [
+    Row(
+        "kvm-floor",
+        "the C floor alone: KVM exit round trip host-timed and guest-timed (no hv1 needed)",
+        measure_kvm_floor,
+    ),
+    guest_bench_row(
+        "kvm-exit-roundtrip",
+        "guest-timed `out` exit: hv1's run loop (bench_exit.elf) vs the same guest loop in kvm_floor.c",
+        kernel="bench_exit.elf",
+        line="out_exit",
+        floor=CFloor("guest_out_loop_cycles"),
+        figure="hv1: guest-timed out exit",
+        runs=5,
+        quick_runs=2,
+    ),
+    Row("kvm-ioctl", "one KVM ioctl (KVM_CHECK_EXTENSION) from Python vs from C", measure_ioctl),
+    Row(
+        "startup", "process start → first serial byte / exit for hello.elf: hv1 run vs QEMU", measure_startup
+    ),
+    # Later rows are one entry each, e.g.:
+    # guest_bench_row("hypercall-null", "null fast hypercall round trip", kernel="bench_hvcall.elf",
+    #                 line="hvcall_null", floor=GuestLine("out_exit", label="bare out exit, same guest")),
+]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Output
+
+
+def fmt(v: float, unit: str) -> str:
+    if v >= 1000:
+        return f"{v:,.0f} {unit}"
+    if v >= 100:
+        return f"{v:.0f} {unit}"
+    if v >= 10:
+        return f"{v:.1f} {unit}"
+    return f"{v:.2f} {unit}"
+
+
+def markdown(rows: dict[str, dict[str, Any]], order: Sequence[str]) -> str:
+    out = [
+        "| row | figure | median | p10 | p90 | floor (median) | ratio |",
+        "|---|---|---:|---:|---:|---|---:|",
+    ]
+    for name in order:
+        r = rows.get(name)
+        if r is None:
+            continue
+        if r["status"] != "ok":
+            reason = r["reason"].splitlines()[0] if r["reason"] else ""
+            out.append(f"| {name} | {r['status']}: {reason.replace('|', '/')} | | | | | |")
+            continue
+        for f in r["figures"]:
+            u, v, fl = f["unit"].replace("us", "µs"), f["value"], f["floor"]
+            floor = f"{f['floor_label']}: {fmt(fl['median'], u)}" if fl else "—"
+            ratio = f"{f['ratio']:.2f}×" if f["ratio"] is not None else "—"
+            out.append(
+                f"| {name} | {f['figure']} | {fmt(v['median'], u)} | {fmt(v['p10'], u)} | {fmt(v['p90'], u)} "
+                f"| {floor} | {ratio} |"
+            )
+    return "\n".join(out)
+
+
+def host_meta(cfg: Config) -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    commit = ""
+    try:
+        r = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        )
+        commit = r.stdout.strip()
+    except OSError:
+        pass
+    return {
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "kernel": platform.release(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "commit": commit,
+        "quick": cfg.quick,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer iterations and runs (a smoke test)")
+    ap.add_argument("--json", type=Path, default=RESULTS_DIR / "latest.json", help="where to write the JSON")
+    ap.add_argument("--only", action="append", default=[], help="run only these rows (repeatable, or a,b)")
+    ap.add_argument("--markdown", action="store_true", help="print only the Markdown table on stdout")
+    ap.add_argument("--render", type=Path, help="print the table of a saved results JSON and exit (no runs)")
+    ap.add_argument("--list", action="store_true", help="list the rows and exit")
+    ap.add_argument("--hv1", help="command that starts hv1 (default: python -m hv1 from this tree, or hv1)")
+    ap.add_argument(
+        "--kernels", type=Path, default=GUESTS_BUILD, help="guest kernels directory (guests/build)"
+    )
+    a = ap.parse_args(argv)
+
+    if a.list:
+        for row in ROWS:
+            print(f"{row.name:20} {row.what}")
+        return 0
+    if a.render:
+        saved = json.loads(a.render.read_text())["rows"]
+        known = [r.name for r in ROWS]
+        print(markdown(saved, [n for n in known if n in saved] + sorted(n for n in saved if n not in known)))
+        return 0
+
+    wanted = [n for item in a.only for n in item.split(",") if n]
+    names = [r.name for r in ROWS]
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        print(f"unknown row(s): {', '.join(unknown)}; rows: {', '.join(names)}", file=sys.stderr)
+        return 2
+    cfg = Config(quick=a.quick, hv1_cmd=shlex.split(a.hv1) if a.hv1 else None, kernels=a.kernels.resolve())
+
+    results: dict[str, dict[str, Any]] = {}
+    for row in ROWS:
+        if wanted and row.name not in wanted:
+            continue
+        log(f"row {row.name}: {row.what}")
+        t0 = time.monotonic()
+        try:
+            res = row.measure(cfg)
+        except Skip as e:
+            res = RowResult(row.name, "skipped", str(e))
+        except Exception as e:  # one broken row must not lose the others
+            res = RowResult(row.name, "error", f"{type(e).__name__}: {e}")
+        res.extra["seconds"] = round(time.monotonic() - t0, 1)
+        results[row.name] = res.to_json()
+        if res.status != "ok":
+            log(f"row {row.name}: {res.status}: {res.reason}")
+
+    # --only merges into the existing file so that the saved table stays complete.
+    doc: dict[str, Any] = {"meta": host_meta(cfg), "rows": {}}
+    if wanted and a.json.exists():
+        with contextlib.suppress(OSError, ValueError):
+            doc["rows"] = json.loads(a.json.read_text()).get("rows", {})
+    doc["rows"].update(results)
+    doc["rows"] = {n: doc["rows"][n] for n in names if n in doc["rows"]}
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = a.json.with_suffix(a.json.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    tmp.replace(a.json)
+
+    table = markdown(results, [n for n in names if n in results])
+    if a.markdown:
+        print(table)
+    else:
+        print(table)
+        print()
+        for name, r in results.items():
+            if r["status"] != "ok":
+                print(f"{name}: {r['status']}: {r['reason']}")
+                for t in r["extra"].get("output_tail", []):
+                    print(f"    {t}")
+        print(f"\nJSON: {a.json}")
+    return 1 if any(r["status"] == "error" for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
