@@ -49,15 +49,17 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--module", action="append", default=[], metavar="FILE[,ARGS]",
                    help="Multiboot module (repeatable); ARGS become its string")  # fmt: skip
     r.add_argument("--apic", default="kernel", choices=("kernel", "user"),
-                   help="kernel: KVM's local APIC (fast); user: hv1's APIC model (full TLFS fidelity)")  # fmt: skip
+                   help="kernel: KVM's local APIC (fast); user: hv1's APIC model (TLFS fidelity)")  # fmt: skip
     r.add_argument("--hv", default="default", metavar="PROFILE",
                    help="capability profile: minimal | default, with +feature/-feature edits")  # fmt: skip
     r.add_argument("--trace", default="", metavar="CATS", help="comma-separated trace categories, or 'all'")
     r.add_argument("--trace-json", metavar="FILE", help="write every trace event as a JSON line to FILE")
     r.add_argument("--serial", metavar="FILE", help="write COM1 output to FILE instead of stdout")
-    r.add_argument("--timeout", type=float, metavar="SECONDS", help="stop the guest after this long (exit 124)")
+    r.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="stop the guest after this long (exit 124)"
+    )
     r.add_argument("--on-crash", choices=("stop", "continue"), default="stop",
-                   help="what a guest crash notification (crash MSRs) does (default: stop, exit 6)")  # fmt: skip
+                   help="what a guest crash notification does (default: stop, exit 6)")  # fmt: skip
     r.add_argument("--stats", action="store_true", help="print exit counts when the guest stops")
 
     i = sub.add_parser("info", help="show host KVM capabilities and what hv1 will use")
@@ -125,7 +127,9 @@ def _cmd_run(a: argparse.Namespace) -> int:
     if result.reason not in ("debug-exit",) and result.status != EXIT_OK:
         sys.stderr.write(f"hv1: {result.reason} (exit status {result.status})\n")
     if a.stats:
-        sys.stderr.write("hv1: exits: " + ", ".join(f"{k}={v}" for k, v in sorted(result.exits.items())) + "\n")
+        sys.stderr.write(
+            "hv1: exits: " + ", ".join(f"{k}={v}" for k, v in sorted(result.exits.items())) + "\n"
+        )
     return result.status
 
 
@@ -173,7 +177,9 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     from hv1.machine.guests import build_guest
 
     kernel = build_guest("demo")
-    ns = _build_parser().parse_args(["run", str(kernel), "--cpus", a.cpus, "--apic", a.apic, "--timeout", "60"])
+    ns = _build_parser().parse_args(
+        ["run", str(kernel), "--cpus", a.cpus, "--apic", a.apic, "--timeout", "60"]
+    )
     status = _cmd_run(ns)
     # The demo guest exits through the debug port with 0, i.e. status 1 under QEMU's convention.
     return EXIT_OK if status == 1 else status

@@ -105,3 +105,21 @@ class FakeKicker:
 
     def kick(self, vp_index: int) -> None:
         self.kicked.append(vp_index)
+
+
+@dataclass
+class FakeHooks:
+    """Records the partition's machine hooks (hv1.hv.partition.PartitionHooks)."""
+
+    resets: int = 0
+    crashes: list[tuple[int, tuple[int, ...], bytes | None]] = field(default_factory=list)
+    yields: list[int] = field(default_factory=list)
+
+    def request_reset(self) -> None:
+        self.resets += 1
+
+    def guest_crash(self, vp_index: int, params: tuple[int, ...], message: bytes | None) -> None:
+        self.crashes.append((vp_index, params, message))
+
+    def yield_vp(self, vp_index: int) -> None:
+        self.yields.append(vp_index)

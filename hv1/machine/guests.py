@@ -21,7 +21,7 @@ _CHECKOUT = Path(__file__).resolve().parents[2] / "guests"
 def source_dir() -> Path:
     if (_CHECKOUT / "Makefile").is_file():
         return _CHECKOUT
-    import hv1._guests  # the installed copy of guests/
+    import hv1._guests  # type: ignore[import-not-found,unused-ignore]  # the installed copy of guests/
 
     return Path(next(iter(hv1._guests.__path__)))
 
@@ -39,7 +39,10 @@ def build_guest(name: str) -> Path:
     out = build_dir(src)
     missing = [t for t in ("make", "gcc", "objcopy") if shutil.which(t) is None]
     if missing:
-        raise UsageError(f"cannot build the guest kernels: {', '.join(missing)} not found (apt-get install gcc make binutils)")
+        raise UsageError(
+            f"cannot build the guest kernels: {', '.join(missing)} not found "
+            "(apt-get install gcc make binutils)"
+        )
     target = out / f"{name}.elf"
     p = subprocess.run(
         ["make", "-s", "-C", str(src), f"BUILD={out}", str(target)], capture_output=True, text=True

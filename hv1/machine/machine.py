@@ -299,7 +299,9 @@ class Vp:
                 self._wait_for_sipi()
             self.vcpu.run(self)
         except Exception as e:  # an hv1 bug: stop this partition cleanly with a diagnostic
-            self.m.fatal(self, "internal-fault", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", EXIT_INTERNAL)
+            self.m.fatal(
+                self, "internal-fault", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", EXIT_INTERNAL
+            )
 
 
 def set_real_mode_start(vcpu: KvmVcpu, vector: int) -> None:
@@ -420,7 +422,9 @@ class Machine:
         apics: list[LocalApic | None] = [None] * cfg.cpus
         if cfg.apic == "user":
             apics = [
-                LocalApic(self.apic_ids[i], now_ns=time.monotonic_ns, bsp=(i == 0), tracer=self.tracer, vp_index=i)
+                LocalApic(
+                    self.apic_ids[i], now_ns=time.monotonic_ns, bsp=(i == 0), tracer=self.tracer, vp_index=i
+                )
                 for i in range(cfg.cpus)
             ]
             self.router = ApicRouter(
@@ -458,7 +462,9 @@ class Machine:
 
     # ---- CPUID ----
     def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[k.kvm_cpuid_entry2]:
-        entries = [e for e in self.system.supported_cpuid() if not HV_LEAF_FIRST <= e.function <= HV_LEAF_LAST]
+        entries = [
+            e for e in self.system.supported_cpuid() if not HV_LEAF_FIRST <= e.function <= HV_LEAF_LAST
+        ]
         for e in entries:
             if e.function == 1:
                 e.ecx |= CPUID1_ECX_HYPERVISOR
@@ -583,7 +589,7 @@ class Machine:
         try:
             r = vp.vcpu.get_regs()
             s = vp.vcpu.get_sregs()
-            names = [n for n, _ in k.kvm_regs._fields_]
+            names = [f[0] for f in k.kvm_regs._fields_]
             vals = [f"{n:>6}={getattr(r, n):016x}" for n in names]
             for i in range(0, len(vals), 4):
                 lines.append("  " + "  ".join(vals[i : i + 4]))

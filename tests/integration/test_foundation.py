@@ -41,7 +41,9 @@ def test_hello_sees_modules(guest: Guest, tmp_path: Path) -> None:
     m1.write_bytes(b"\x01" * 100)
     m2 = tmp_path / "two.bin"
     m2.write_bytes(b"\x02" * 5000)
-    r = run_hv1("run", str(guest("hello")), "--module", f"{m1},first arg", "--module", str(m2), "--timeout", "60")
+    r = run_hv1(
+        "run", str(guest("hello")), "--module", f"{m1},first arg", "--module", str(m2), "--timeout", "60"
+    )
     assert r.status == 1, r.describe()
     assert "first arg" in r.stdout and "two.bin" in r.stdout, r.describe()
 
@@ -55,7 +57,9 @@ def test_exceptions_are_handled_in_the_guest(guest: Guest, apic: str) -> None:
 # behaves as if every interrupt were auto-EOI'd. These checks pass under QEMU/TCG and in hv1's own
 # APIC model (--apic user); in kernel mode they are the only failures allowed.
 KERNEL_APIC_HOST_QUIRKS = {
-    f"apic.{mode}.{rule}" for mode in ("xapic", "x2apic") for rule in ("isr-set-in-handler", "isr-held-without-eoi")
+    f"apic.{mode}.{rule}"
+    for mode in ("xapic", "x2apic")
+    for rule in ("isr-set-in-handler", "isr-held-without-eoi")
 }
 
 

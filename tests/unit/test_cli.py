@@ -77,7 +77,10 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: os.PathLike[
     ("data", "message"),
     [
         (b"just some text, no kernel here\n" * 4, "no Multiboot header"),
-        (_mb_aout(0x100000, 0x101000)[:12] + bytes(64), "not an ELF image"),
+        (
+            struct.pack("<III", 0x1BADB002, 3, (-(0x1BADB002 + 3)) & 0xFFFFFFFF) + bytes(64),
+            "not an ELF image",
+        ),
         (_mb_aout(0x7F00000, 0x9000000), "does not fit"),
     ],
 )

@@ -54,13 +54,16 @@ LAYOUT = {
 def test_constants_match_linux_headers(tmp_path: os.PathLike[str]) -> None:
     exprs = [*NAMES, *LAYOUT]
     body = "\n".join(f'printf("%lu\\n", (unsigned long)({e}));' for e in exprs)
-    src = f"#include <stddef.h>\n#include <stdio.h>\n#include <linux/kvm.h>\nint main(void){{\n{body}\nreturn 0;}}\n"
+    includes = "#include <stddef.h>\n#include <stdio.h>\n#include <linux/kvm.h>\n"
+    src = f"{includes}int main(void){{\n{body}\nreturn 0;}}\n"
     c = os.path.join(tmp_path, "abi.c")
     exe = os.path.join(tmp_path, "abi")
     with open(c, "w") as f:
         f.write(src)
     subprocess.run(["gcc", "-o", exe, c], check=True)
-    values = [int(x) for x in subprocess.run([exe], check=True, capture_output=True, text=True).stdout.split()]
+    values = [
+        int(x) for x in subprocess.run([exe], check=True, capture_output=True, text=True).stdout.split()
+    ]
     got = dict(zip(exprs, values, strict=True))
     for name in NAMES:
         assert getattr(k, name) == got[name], name

@@ -12,9 +12,9 @@ from tests.fakes import FakeMemory
 
 
 def header(flags: int = 0x3, addrs: tuple[int, ...] = ()) -> bytes:
-    return struct.pack("<III", mb.MB_HEADER_MAGIC, flags, (-(mb.MB_HEADER_MAGIC + flags)) & 0xFFFFFFFF) + b"".join(
-        struct.pack("<I", a) for a in addrs
-    )
+    return struct.pack(
+        "<III", mb.MB_HEADER_MAGIC, flags, (-(mb.MB_HEADER_MAGIC + flags)) & 0xFFFFFFFF
+    ) + b"".join(struct.pack("<I", a) for a in addrs)
 
 
 def elf32(entry: int, paddr: int, code: bytes, memsz: int | None = None) -> bytes:

@@ -15,7 +15,14 @@ from hv1.hv.interfaces import GpaError
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -54,21 +61,21 @@ class GuestRam:
         return self._size
 
     def contains(self, gpa: int, length: int) -> bool:
-        return 0 <= gpa and 0 <= length and gpa + length <= self._size
+        return gpa >= 0 and length >= 0 and gpa + length <= self._size
 
     def read(self, gpa: int, length: int) -> bytes:
-        if not (0 <= gpa and 0 <= length and gpa + length <= self._size):
+        if not (gpa >= 0 and length >= 0 and gpa + length <= self._size):
             raise GpaError(gpa, length)
         return self._mv[gpa : gpa + length].tobytes()
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
         n = len(data)
-        if not (0 <= gpa and gpa + n <= self._size):
+        if not (gpa >= 0 and gpa + n <= self._size):
             raise GpaError(gpa, n)
         self._mv[gpa : gpa + n] = data
 
     def view(self, gpa: int, length: int) -> memoryview:
-        if not (0 <= gpa and 0 <= length and gpa + length <= self._size):
+        if not (gpa >= 0 and length >= 0 and gpa + length <= self._size):
             raise GpaError(gpa, length)
         return self._mv[gpa : gpa + length]
 

@@ -40,5 +40,3 @@ def guest_tsc_offset(vcpu_fd: int) -> int:
             best = (width, guest - (t0 + t1) // 2)
     assert best is not None
     return best[1]
-
-

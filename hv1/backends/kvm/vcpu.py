@@ -10,6 +10,7 @@ The run loop decodes each exit with one precomputed struct per kind and calls th
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -207,10 +208,8 @@ class KvmVcpu:
         self._u8[k.RUN_IMMEDIATE_EXIT] = 1
         tid = self.thread_id
         if tid is not None:
-            try:
+            with contextlib.suppress(OSError):  # the thread has already exited
                 signal.pthread_kill(tid, KICK_SIGNAL)
-            except (ProcessLookupError, OSError):
-                pass
 
     # ---- the loop ----
     def run(self, h: ExitHandler) -> None:
@@ -250,7 +249,9 @@ class KvmVcpu:
                 else:
                     for i in range(count):
                         p = off + i * size
-                        mm[p : p + size] = (h.io_in(port, size) & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+                        mm[p : p + size] = (h.io_in(port, size) & ((1 << (8 * size)) - 1)).to_bytes(
+                            size, "little"
+                        )
             elif reason == EXIT_MMIO:
                 addr, data, length, is_write = _MMIO.unpack_from(mm, 32)
                 length = min(length, 8)

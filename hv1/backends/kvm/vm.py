@@ -67,7 +67,7 @@ class KvmSystem:
                 raise
             t = k.cpuid2_type(n)
             c = t.from_buffer(buf)
-            return [k.kvm_cpuid_entry2.from_buffer_copy(c.entries[i]) for i in range(c.nent)]  # type: ignore[attr-defined]
+            return [k.kvm_cpuid_entry2.from_buffer_copy(c.entries[i]) for i in range(c.nent)]
 
     def close(self) -> None:
         os.close(self.fd)
@@ -77,9 +77,9 @@ def cpuid2_buffer(entries: list[k.kvm_cpuid_entry2], capacity: int | None = None
     n = capacity if capacity is not None else len(entries)
     t = k.cpuid2_type(n)
     c = t()
-    c.nent = n  # type: ignore[attr-defined]
+    c.nent = n
     for i, e in enumerate(entries):
-        c.entries[i] = e  # type: ignore[attr-defined]
+        c.entries[i] = e
     # KVM_SET_CPUID2 needs a mutable buffer: fcntl rejects immutable arguments over 1024 bytes.
     return bytearray(bytes(c))
 

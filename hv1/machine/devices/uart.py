@@ -25,7 +25,7 @@ class Uart16550:
 
     def __init__(self, out: BinaryIO | int, base: int = COM1) -> None:
         self.base = base
-        self._fd = out if isinstance(out, int) else out.fileno()
+        self._out = out
         self._buf = bytearray()
         self._lock = threading.Lock()
         self.ier = 0
@@ -87,14 +87,15 @@ class Uart16550:
     def _flush_locked(self) -> None:
         data = bytes(self._buf)
         self._buf.clear()
-        while data:
-            try:
-                n = os.write(self._fd, data)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return  # a closed pipe must not take the VM down
-            data = data[n:]
+        try:
+            if isinstance(self._out, int):
+                while data:
+                    data = data[os.write(self._out, data) :]
+            else:
+                self._out.write(data)
+                self._out.flush()
+        except (OSError, ValueError):
+            pass  # a closed pipe or file must not take the VM down
 
     def flush(self) -> None:
         with self._lock:
