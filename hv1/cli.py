@@ -49,7 +49,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--module", action="append", default=[], metavar="FILE[,ARGS]",
                    help="Multiboot module (repeatable); ARGS become its string")  # fmt: skip
     r.add_argument("--apic", default="kernel", choices=("kernel", "user"),
-                   help="kernel: KVM's local APIC (fast); user: hv1's APIC model (TLFS fidelity)")  # fmt: skip
+                   help="kernel: KVM's local APIC; user: hv1's APIC model (full TLFS fidelity)")  # fmt: skip
     r.add_argument("--hv", default="default", metavar="PROFILE",
                    help="capability profile: minimal | default, with +feature/-feature edits")  # fmt: skip
     r.add_argument("--trace", default="", metavar="CATS", help="comma-separated trace categories, or 'all'")
