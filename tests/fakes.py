@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from hv1.hv.interfaces import GPR_NAMES, CpuMode, GpaError
 
@@ -123,3 +125,22 @@ class FakeHooks:
 
     def yield_vp(self, vp_index: int) -> None:
         self.yields.append(vp_index)
+
+    # EnlightenmentHooks (hv1.hv.enlightenments)
+    flushes: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
+    idles: list[int] = field(default_factory=list)
+    starts: list[tuple[int, Any]] = field(default_factory=list)
+    started: set[int] = field(default_factory=lambda: {0})  # VPs that run (VP 0 boots)
+
+    def flush_tlb(self, src_vp: int, targets: Iterable[int]) -> None:
+        self.flushes.append((src_vp, tuple(targets)))
+
+    def guest_idle(self, vp_index: int) -> None:
+        self.idles.append(vp_index)
+
+    def start_vp(self, vp_index: int, ctx: Any) -> bool:
+        if vp_index in self.started:
+            return False
+        self.started.add(vp_index)
+        self.starts.append((vp_index, ctx))
+        return True

@@ -1,0 +1,81 @@
+"""Hypercalls of vp-properties.md: HvCallNotifyLongSpinWait ("Guest Spinlocks") and
+HvCallGetVpIndexFromApicId ("Virtual Processor Indices"; PDF §7.10.4)."""
+
+from __future__ import annotations
+
+from hv1.hv.caps import privilege_gate
+from hv1.hv.hypercalls.table import HypercallContext, HypercallDef, Kind
+from hv1.tlfs.hypercalls import HypercallCode
+from hv1.tlfs.partition import HV_PARTITION_ID_SELF, PartitionPrivilege
+from hv1.tlfs.status import HvStatus
+from hv1.tlfs.vp import (
+    GET_VP_INDEX_FROM_APIC_ID_ELEMENT_IN,
+    GET_VP_INDEX_FROM_APIC_ID_ELEMENT_OUT,
+    GET_VP_INDEX_FROM_APIC_ID_HEADER,
+    HV_VTL_0,
+    NOTIFY_LONG_SPIN_WAIT_INPUT,
+)
+
+
+def notify_long_spin_wait(ctx: HypercallContext) -> int:
+    """ "There is no error status for this hypercall, only HV_STATUS_SUCCESS will be returned as this
+    is an advisory hypercall": RsvdZ is not checked. The VP yields its host CPU once the call is done
+    (hooks.yield_vp, outside the partition lock), so that a preempted lock holder can run."""
+    spin_count, _rsvd = NOTIFY_LONG_SPIN_WAIT_INPUT.unpack_from(ctx.input)
+    p = ctx.partition
+    p.counters["spin_wait_yields"] += 1
+    vp_index = ctx.vp.index
+    ctx.vp.defer(lambda: p.hooks.yield_vp(vp_index))
+    return HvStatus.SUCCESS
+
+
+def _own_partition(ctx: HypercallContext, partition_id: int) -> bool:
+    return partition_id in (HV_PARTITION_ID_SELF, ctx.partition.partition_id)
+
+
+def get_vp_index_from_apic_id_header(ctx: HypercallContext) -> int:
+    partition_id, target_vtl = GET_VP_INDEX_FROM_APIC_ID_HEADER.unpack_from(ctx.input)
+    if not _own_partition(ctx, partition_id):
+        # hv1 has no child partitions: any other ID names no partition the caller may address.
+        return HvStatus.INVALID_PARTITION_ID
+    if target_vtl != HV_VTL_0:
+        return HvStatus.INVALID_VTL_STATE  # "The VTL specified is invalid" (hv1 has VTL 0 only)
+    return HvStatus.SUCCESS
+
+
+def get_vp_index_from_apic_id_element(
+    ctx: HypercallContext, index: int, elem_in: memoryview, elem_out: memoryview
+) -> int:
+    (apic_id,) = GET_VP_INDEX_FROM_APIC_ID_ELEMENT_IN.unpack_from(elem_in)
+    vp_index = ctx.partition.vp_index_from_apic_id(apic_id)
+    if vp_index is None:
+        return HvStatus.INVALID_PARAMETER  # no VP has this APIC ID
+    GET_VP_INDEX_FROM_APIC_ID_ELEMENT_OUT.pack_into(elem_out, 0, vp_index)
+    return HvStatus.SUCCESS
+
+
+DEFS = (
+    HypercallDef(
+        code=HypercallCode.HvCallNotifyLongSpinWait,
+        name="HvCallNotifyLongSpinWait",
+        kind=Kind.SIMPLE,
+        handler=notify_long_spin_wait,
+        input_size=NOTIFY_LONG_SPIN_WAIT_INPUT.size,
+        xmm=False,
+        # Accepted whatever 0x40000004.EBX recommends (inventory §7.9): a hint cannot be misused.
+        doc="scheduling hint: yield the VP; always SUCCESS",
+    ),
+    HypercallDef(
+        code=HypercallCode.HvCallGetVpIndexFromApicId,
+        name="HvCallGetVpIndexFromApicId",
+        kind=Kind.REP,
+        handler=get_vp_index_from_apic_id_header,
+        element=get_vp_index_from_apic_id_element,
+        input_size=GET_VP_INDEX_FROM_APIC_ID_HEADER.size,
+        rep_input_size=GET_VP_INDEX_FROM_APIC_ID_ELEMENT_IN.size,
+        rep_output_size=GET_VP_INDEX_FROM_APIC_ID_ELEMENT_OUT.size,
+        # PDF: ACCESS_DENIED if "the caller does not have the AccessVpIndex privilege".
+        gate=privilege_gate(PartitionPrivilege.AccessVpIndex),
+        doc="APIC ID -> VP index",
+    ),
+)

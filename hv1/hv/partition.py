@@ -1,0 +1,180 @@
+"""The partition: the hypervisor state of one guest and the entry points a backend calls.
+
+Backend entry points (each takes `lock`; hooks that may block run after it is released):
+
+- `cpuid_leaves()`: the hypervisor CPUID leaves to install (hv/cpuid.py composes a full table).
+- `owns_msr(msr)`: whether an RDMSR/WRMSR exit for `msr` belongs here.
+- `rdmsr(vp_index, msr) -> int`, `wrmsr(vp_index, msr, value)`: raise GuestException (#GP).
+- `hypercall(vp_index, regs)`: the `out` to HYPERCALL_PORT from the hypercall page; raises
+  GuestException (#UD); otherwise the result is in `regs`.
+- `reset()`: all Hv state back to reset values (the machine calls it on a platform reset).
+
+Extension points for later subsystems (SynIC, timers, APIC enlightenments, VP assist, TSC page):
+`msrs.register(...)` (hv/msrs.py), `hypercalls.register(HypercallDef(...))` (hv/hypercalls),
+`vp.add_state(name, obj)` and `add_subsystem(name, obj)` (objects with `reset()`), and
+`new_overlay()` for overlay pages. Everything they do runs under `lock`.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from hv1.hv.caps import Caps
+from hv1.hv.hypercall_page import HypercallPage
+from hv1.hv.hypercalls import HypercallTable, core_table, dispatch
+from hv1.hv.interfaces import Clock, GuestException, GuestMemory, InterruptSink, Kicker, VpRegisters
+from hv1.hv.msrs import MsrTable, register_core_msrs
+from hv1.hv.overlay import OverlayLayer, OverlayPage
+from hv1.hv.vp import Resettable, Vp
+from hv1.tlfs.msrs import HV_X64_MSR_GUEST_OS_ID
+from hv1.trace import NULL_TRACER, Tracer
+
+# HV_PARTITION_ID of the (only) partition: IDs are allocated by the hypervisor from 1.
+PARTITION_ID = 1
+
+# Continuation budget for rep hypercalls (hv/hypercalls/dispatch.py). The TLFS aims at 50 us per
+# hypercall; a Python exit costs ~15-30 us by itself, so hv1 allows more per exit.
+DEFAULT_REP_BUDGET_NS = 200_000
+
+
+class PartitionHooks(Protocol):
+    """What the hypervisor asks of the machine. Called outside the partition lock, on the VP's thread
+    that caused it."""
+
+    def request_reset(self) -> None:
+        """The guest wrote HV_X64_MSR_RESET: reset the platform (and call Partition.reset())."""
+        ...
+
+    def guest_crash(self, vp_index: int, params: tuple[int, ...], message: bytes | None) -> None:
+        """The guest wrote CRASH_CTL.CrashNotify: params = (P0, P1, P2, P3, P4); `message` is the
+        crash message buffer when CrashMessage was set and P3/P4 name readable RAM, else None."""
+        ...
+
+    def yield_vp(self, vp_index: int) -> None:
+        """HvCallNotifyLongSpinWait: give the host CPU to another VP for a moment."""
+        ...
+
+
+class Partition:
+    def __init__(
+        self,
+        caps: Caps,
+        vp_count: int,
+        memory: GuestMemory,
+        clock: Clock,
+        irq: InterruptSink,
+        kicker: Kicker,
+        hooks: PartitionHooks,
+        tracer: Tracer = NULL_TRACER,
+        apic_ids: Sequence[int] | None = None,
+        boot_zeroed: Iterable[tuple[int, int]] = (),
+    ) -> None:
+        if vp_count < 1:
+            raise ValueError("a partition needs at least one VP")
+        apic_ids = list(range(vp_count)) if apic_ids is None else list(apic_ids)
+        if len(apic_ids) != vp_count or len(set(apic_ids)) != vp_count:
+            raise ValueError(f"need {vp_count} distinct APIC IDs, got {apic_ids}")
+        self.caps: Caps = caps
+        self.memory: GuestMemory = memory
+        self.clock: Clock = clock
+        self.irq: InterruptSink = irq
+        self.kicker: Kicker = kicker
+        self.hooks: PartitionHooks = hooks
+        self.tracer: Tracer = tracer
+        self.partition_id: int = PARTITION_ID
+        self.lock = threading.RLock()
+        self.counters: collections.Counter[str] = collections.Counter()
+        # RAM that was zero at boot, as (start GPA, length in bytes): set by the machine, used by
+        # HvExtCallGetBootZeroedMemory (partial pages at the edges are left out).
+        self.boot_zeroed: list[tuple[int, int]] = list(boot_zeroed)
+        self.rep_budget_ns = DEFAULT_REP_BUDGET_NS
+        self.rep_budget_reps: int | None = None  # also yield after this many rep elements per exit
+        self.vps = [Vp(self, i, apic_ids[i]) for i in range(vp_count)]
+        self._vp_by_apic_id = {vp.apic_id: vp.index for vp in self.vps}
+        self.subsystems: dict[str, Resettable] = {}
+        self.overlays = OverlayLayer(memory)
+        self.hypercall_page = HypercallPage(self.new_overlay())
+        self.msrs = MsrTable(self)
+        register_core_msrs(self.msrs)
+        self.hypercalls: HypercallTable = core_table()
+
+    # --- state --------------------------------------------------------------------------------------
+    @property
+    def guest_os_id(self) -> int:
+        return self.msrs.values[HV_X64_MSR_GUEST_OS_ID]
+
+    def hypercall_page_enabled(self) -> bool:
+        """Whether the backend should route `out HYPERCALL_PORT` here (hv/hypercall_page.py)."""
+        return self.hypercall_page.enabled
+
+    def vp_index_from_apic_id(self, apic_id: int) -> int | None:
+        return self._vp_by_apic_id.get(apic_id)
+
+    def new_overlay(self) -> OverlayPage:
+        return OverlayPage(self.memory, self.overlays)
+
+    def add_subsystem(self, name: str, obj: Resettable) -> None:
+        if name in self.subsystems:
+            raise ValueError(f"subsystem {name!r} already attached")
+        self.subsystems[name] = obj
+
+    # --- backend entry points -------------------------------------------------------------------
+    def cpuid_leaves(self) -> dict[int, tuple[int, int, int, int]]:
+        """Leaves 0x40000000..max. Leaf 0x40000002 follows GUEST_OS_ID at the time of the call; the
+        KVM backend asks once before the first run, so it is zero there (caps.DEVIATIONS)."""
+        return self.caps.cpuid_leaves(guest_os_id_set=self.guest_os_id != 0)
+
+    def owns_msr(self, msr: int) -> bool:
+        return self.msrs.owns(msr)
+
+    def rdmsr(self, vp_index: int, msr: int) -> int:
+        vp = self.vps[vp_index]
+        try:
+            with self.lock:
+                try:
+                    value = self.msrs.read(vp, msr)
+                except GuestException:
+                    self.tracer.emit("msrs", vp_index, "rdmsr", msr=self.msrs.name(msr), gp=True)
+                    raise
+                self.tracer.emit("msrs", vp_index, "rdmsr", msr=self.msrs.name(msr), value=value)
+                return value
+        finally:
+            vp.run_deferred()
+
+    def wrmsr(self, vp_index: int, msr: int, value: int) -> None:
+        vp = self.vps[vp_index]
+        value &= (1 << 64) - 1
+        try:
+            with self.lock:
+                try:
+                    self.msrs.write(vp, msr, value)
+                except GuestException:
+                    self.tracer.emit("msrs", vp_index, "wrmsr", msr=self.msrs.name(msr), value=value, gp=True)
+                    raise
+                self.tracer.emit("msrs", vp_index, "wrmsr", msr=self.msrs.name(msr), value=value)
+        finally:
+            vp.run_deferred()
+
+    def hypercall(self, vp_index: int, regs: VpRegisters) -> None:
+        vp = self.vps[vp_index]
+        try:
+            with self.lock:
+                dispatch(self, vp, regs)
+        finally:
+            vp.run_deferred()
+
+    def reset(self) -> None:
+        """Every piece of Hv state back to its reset value: MSRs, the hypercall page (disabled,
+        unlocked), every overlay unmapped (guest RAM under it restored) and zeroed, per-VP state and
+        subsystems. Counters are kept (they are statistics, not guest-visible state)."""
+        with self.lock:
+            self.hypercall_page.reset()
+            self.overlays.reset()
+            self.msrs.reset()
+            for vp in self.vps:
+                vp.reset()
+            for obj in self.subsystems.values():
+                obj.reset()
