@@ -60,6 +60,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--on-crash", choices=("stop", "continue"), default="stop",
                    help="what a guest crash notification does (default: stop, exit 6)")  # fmt: skip
+    r.add_argument("--no-reboot", action="store_true",
+                   help="exit (status 0) instead of rebooting when the guest resets the partition")  # fmt: skip
     r.add_argument("--stats", action="store_true", help="print exit counts when the guest stops")
 
     i = sub.add_parser("info", help="show host KVM capabilities and what hv1 will use")
@@ -110,7 +112,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     tracer = Tracer(cats, text=sys.stderr, json_out=json_out)
     cfg = MachineConfig(
         kernel=a.kernel, cpus=cpus, memory=memory, append=a.append, modules=modules, apic=a.apic,
-        hv=a.hv, timeout=a.timeout, on_crash=a.on_crash,
+        hv=a.hv, timeout=a.timeout, on_crash=a.on_crash, no_reboot=a.no_reboot,
     )  # fmt: skip
     try:
         machine = Machine(cfg, tracer=tracer, serial_out=serial)

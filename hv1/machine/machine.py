@@ -68,6 +68,7 @@ class MachineConfig:
     hv: str = "default"
     timeout: float | None = None
     on_crash: str = "stop"
+    no_reboot: bool = False  # QEMU's -no-reboot: a partition reset ends the run instead
 
 
 @dataclass
@@ -233,6 +234,17 @@ class Vp:
     def fatal(self, kind: str, detail: str) -> None:
         self.m.fatal(self, kind, detail, EXIT_GUEST_FATAL)
 
+    def reset_state(self) -> None:
+        """Power-on state of the VP's VMM-side bookkeeping (the partition reset does the vCPU)."""
+        self.started = self.index == 0
+        self.sipi_vector = None
+        self.init_pending = False
+        self._work.clear()
+        self._timer_armed = None
+        self.m.scheduler.cancel(("lvt", self.index))
+        if self.apic is not None:
+            self.apic.reset()
+
     # ---- work done on this VP's thread for others ----
     def post_work(self, fn: Callable[[], None]) -> None:
         self._work.append(fn)
@@ -307,14 +319,29 @@ class Vp:
 def set_real_mode_start(vcpu: KvmVcpu, vector: int) -> None:
     """An AP after INIT-SIPI: real mode at CS = vector << 8, IP = 0 (Intel SDM 8.4.4.1)."""
     s = vcpu.get_sregs()
-    s.cs.selector = vector << 8
-    s.cs.base = vector << 12
-    s.cs.limit = 0xFFFF
-    for seg in (s.ds, s.es, s.fs, s.gs, s.ss):
+    # Every attribute as INIT leaves it (a VP that ran in long mode before must not keep CS.L).
+    for seg, typ in ((s.cs, 0xB), (s.ds, 0x3), (s.es, 0x3), (s.fs, 0x3), (s.gs, 0x3), (s.ss, 0x3)):
         seg.selector = 0
         seg.base = 0
         seg.limit = 0xFFFF
+        seg.type = typ
+        seg.present = 1
+        seg.dpl = 0
+        seg.db = 0
+        seg.s = 1
+        seg.l = 0
+        seg.g = 0
+        seg.avl = 0
+        seg.unusable = 0
+    s.cs.selector = vector << 8
+    s.cs.base = vector << 12
+    s.tr.selector, s.tr.base, s.tr.limit, s.tr.type, s.tr.present, s.tr.s = 0, 0, 0xFFFF, 0xB, 1, 0
+    s.ldt.selector, s.ldt.base, s.ldt.limit, s.ldt.type, s.ldt.present, s.ldt.s = 0, 0, 0xFFFF, 0x2, 1, 0
+    s.gdt.base, s.gdt.limit = 0, 0xFFFF
+    s.idt.base, s.idt.limit = 0, 0xFFFF
     s.cr0 = 0x60000010
+    s.cr2 = 0
+    s.cr3 = 0
     s.cr4 = 0
     s.efer = 0
     vcpu.set_sregs(s)
@@ -399,6 +426,7 @@ class Machine:
 
         # Load first: every mistake in the image is reported before /dev/kvm is even opened.
         self.ram = GuestRam(cfg.memory)
+        self._kernel_image, self._module_images = kernel, mods
         self.boot = multiboot.load(cfg.kernel, kernel, self.ram, cfg.append, mods)
         self.system = KvmSystem()
         self.vm = KvmVm(self.system)
@@ -414,9 +442,11 @@ class Machine:
         self.clock = MonotonicClock()
         self.apic_ids = list(range(cfg.cpus))
         self.partition = Partition(
-            caps, cfg.cpus, self.ram, self.clock, self, self, self, tracer=self.tracer, apic_ids=self.apic_ids
-        )
-        self.partition.boot_zeroed = self._boot_zeroed_ranges()
+            caps, cfg.cpus, self.ram, self.clock, self, self, self, tracer=self.tracer, apic_ids=self.apic_ids,
+            boot_zeroed=self._boot_zeroed_ranges(),
+        )  # fmt: skip
+        self._reset_requested = False
+        self.resets = 0
 
         self.router: ApicRouter | None = None
         apics: list[LocalApic | None] = [None] * cfg.cpus
@@ -442,6 +472,8 @@ class Machine:
                 vcpu.enable_cap(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID, 1)
             vcpu.set_cpuid(cpuid2_buffer(self._cpuid_for(cpuid, self.apic_ids[i])))
             self.vps.append(Vp(self, i, vcpu, apics[i]))
+        # The in-kernel local APICs as KVM created them: a partition reset puts them back.
+        self._pristine_lapics = [vp.vcpu.get_lapic() for vp in self.vps] if cfg.apic == "kernel" else []
         self.tsc_khz = self.vps[0].vcpu.tsc_khz()
         set_multiboot_entry(self.vps[0].vcpu, self.boot.entry, self.boot.eax, self.boot.mbi)
 
@@ -513,10 +545,15 @@ class Machine:
         self.vps[vp_index].kick()
 
     def request_reset(self) -> None:
-        # A partition reset reboots the guest; hv1 has no reboot path yet, so it ends the run the way
-        # `qemu -no-reboot` does: cleanly, with status 0.
+        """HV_X64_MSR_RESET: reset the partition — every VP, guest RAM and all Hv state — and boot
+        the kernel again (or end the run with status 0 under --no-reboot, as QEMU's -no-reboot).
+        Called on a VP thread; the main thread does the work once every VP has stopped."""
         self.tracer.emit("vp", -1, "reset-requested")
-        self.stop(0, "guest requested a partition reset (HV_X64_MSR_RESET)")
+        if self.cfg.no_reboot:
+            self.stop(0, "guest requested a partition reset (HV_X64_MSR_RESET) with --no-reboot")
+            return
+        self._reset_requested = True
+        self._stop.set()
 
     def guest_crash(self, vp_index: int, params: tuple[int, ...], message: bytes | None) -> None:
         text = " ".join(f"P{i}={p:#x}" for i, p in enumerate(params))
@@ -617,14 +654,52 @@ class Machine:
                     totals[name] = totals.get(name, 0) + n
         return totals
 
-    def run(self) -> RunResult:
-        install_kick_handler()
+    def _start_threads(self) -> None:
         for vp in self.vps:
+            vp.vcpu.stop_requested = False
             vp.thread = threading.Thread(target=vp.thread_main, name=f"hv1-vp{vp.index}", daemon=True)
             vp.thread.start()
-        finished = self._stop.wait(self.cfg.timeout)
-        if not finished:
-            self.stop(EXIT_TIMEOUT, f"timeout after {self.cfg.timeout:g} s")
+
+    def _reboot(self) -> None:
+        """The power-on state again: RAM cleared and the kernel reloaded, Hv state reset, the BSP at
+        the Multiboot entry and the APs waiting for INIT/SIPI. CMOS NVRAM survives, as on a PC."""
+        self.resets += 1
+        self.ram.clear()
+        self.boot = multiboot.load(self.cfg.kernel, self._kernel_image, self.ram, self.cfg.append,
+                                   self._module_images)  # fmt: skip
+        self.partition.reset()
+        for vp in self.vps:
+            vp.reset_state()
+            vcpu = vp.vcpu
+            vcpu.set_vcpu_events(k.kvm_vcpu_events())  # nothing pending or in flight
+            s = vcpu.get_sregs()
+            s.apic_base = 0xFEE00800 | (0x100 if vp.index == 0 else 0)
+            vcpu.set_sregs(s)
+            if self._pristine_lapics:
+                vcpu.set_lapic(self._pristine_lapics[vp.index])
+                vcpu.set_mp_state(k.KVM_MP_STATE_RUNNABLE if vp.index == 0 else k.KVM_MP_STATE_UNINITIALIZED)
+        set_multiboot_entry(self.vps[0].vcpu, self.boot.entry, self.boot.eax, self.boot.mbi)
+        self.tracer.emit("vp", -1, "reset", count=self.resets)
+
+    def run(self) -> RunResult:
+        install_kick_handler()
+        self._start_threads()
+        deadline = None if self.cfg.timeout is None else time.monotonic() + self.cfg.timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._stop.wait(remaining):
+                self.stop(EXIT_TIMEOUT, f"timeout after {self.cfg.timeout:g} s")
+                break
+            with self._stop_lock:
+                rebooting = self._reset_requested and self.result is None
+                self._reset_requested = False
+                if rebooting:
+                    self._stop.clear()
+            if not rebooting:
+                break
+            self._halt_all()
+            self._reboot()
+            self._start_threads()
         self._halt_all()
         self.uart.flush()
         assert self.result is not None

@@ -127,3 +127,16 @@ def test_same_output_and_status_as_qemu(guest: Guest) -> None:
     h = run_hv1("run", k, "--append", "exit=2", "--timeout", "60")
     assert h.status == q.returncode == 5
     assert h.stdout.replace("\r", "") == q.stdout.replace("\r", "")
+
+
+@pytest.mark.parametrize("apic", ["kernel", "user"])
+def test_partition_reset_reboots_with_hv_state_cleared(guest: Guest, apic: str) -> None:
+    """HV_X64_MSR_RESET resets every VP, guest RAM and all Hv state, and the kernel boots again."""
+    r = run_hv1("run", str(guest("reset")), "--apic", apic, "--cpus", "2", "--timeout", "90")
+    assert "second boot after HV_X64_MSR_RESET" in r.stdout, r.describe()
+    _assert_all_pass(r)
+
+
+def test_partition_reset_with_no_reboot_exits_zero(guest: Guest) -> None:
+    r = run_hv1("run", str(guest("reset")), "--no-reboot", "--timeout", "60")
+    assert r.status == 0 and "second boot" not in r.stdout, r.describe()
