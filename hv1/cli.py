@@ -61,7 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--on-crash", choices=("stop", "continue"), default="stop",
                    help="what a guest crash notification does (default: stop, exit 6)")  # fmt: skip
     r.add_argument("--no-reboot", action="store_true",
-                   help="exit (status 0) instead of rebooting when the guest resets the partition")  # fmt: skip
+                   help="exit (status 0) instead of rebooting when the guest resets")  # fmt: skip
     r.add_argument("--stats", action="store_true", help="print exit counts when the guest stops")
 
     i = sub.add_parser("info", help="show host KVM capabilities and what hv1 will use")

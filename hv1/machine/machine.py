@@ -442,8 +442,8 @@ class Machine:
         self.clock = MonotonicClock()
         self.apic_ids = list(range(cfg.cpus))
         self.partition = Partition(
-            caps, cfg.cpus, self.ram, self.clock, self, self, self, tracer=self.tracer, apic_ids=self.apic_ids,
-            boot_zeroed=self._boot_zeroed_ranges(),
+            caps, cfg.cpus, self.ram, self.clock, irq=self, kicker=self, hooks=self, tracer=self.tracer,
+            apic_ids=self.apic_ids, boot_zeroed=self._boot_zeroed_ranges(),
         )  # fmt: skip
         self._reset_requested = False
         self.resets = 0
