@@ -206,40 +206,81 @@ FEATURES: tuple[Feature, ...] = (
         implemented_in=_BOTH,
         default=False,
     ),
-    # --- later subsystems: set implemented_in when they work end to end --------------------------
-    Feature("vp-runtime", "HV_X64_MSR_VP_RUNTIME", privileges=P.AccessVpRunTimeReg),
-    Feature("ref-count", "HV_X64_MSR_TIME_REF_COUNT", privileges=P.AccessPartitionReferenceCounter),
-    Feature("ref-tsc", "HV_X64_MSR_REFERENCE_TSC and the TSC page", privileges=P.AccessPartitionReferenceTsc),
+    # --- subsystems: implemented_in is set when they work end to end ----------------------------
+    Feature("vp-runtime", "HV_X64_MSR_VP_RUNTIME", privileges=P.AccessVpRunTimeReg, implemented_in=_BOTH),
+    Feature(
+        "ref-count",
+        "HV_X64_MSR_TIME_REF_COUNT",
+        privileges=P.AccessPartitionReferenceCounter,
+        implemented_in=_BOTH,
+    ),
+    Feature(
+        "ref-tsc",
+        "HV_X64_MSR_REFERENCE_TSC and the TSC page",
+        privileges=P.AccessPartitionReferenceTsc,
+        implemented_in=_BOTH,
+    ),
     Feature(
         "frequency-msrs",
         "HV_X64_MSR_TSC_FREQUENCY / APIC_FREQUENCY",
         privileges=P.AccessFrequencyRegs,
         features_edx=EDX.FrequencyRegsAvailable,
+        implemented_in=_BOTH,
     ),
-    Feature("synic", "SynIC MSRs: SCONTROL..EOM, SINT0-15, SIMP/SIEFP", privileges=P.AccessSynicRegs),
+    Feature(
+        "synic",
+        "SynIC MSRs: SCONTROL..EOM, SINT0-15, SIMP/SIEFP",
+        privileges=P.AccessSynicRegs,
+        implemented_in=_BOTH,
+    ),
     Feature(
         "stimer",
         "synthetic timers STIMER0-3",
         privileges=P.AccessSyntheticTimerRegs,
         requires=("synic",),
+        implemented_in=_BOTH,
     ),
     Feature(
         "direct-stimer",
         "synthetic timers in direct (APIC vector) mode",
         features_edx=EDX.DirectSyntheticTimers,
         requires=("stimer",),
+        implemented_in=_BOTH,
     ),
     Feature(
-        "sint-polling", "SINT polling mode", features_edx=EDX.SintPollingModeAvailable, requires=("synic",)
+        "sint-polling",
+        "SINT polling mode",
+        features_edx=EDX.SintPollingModeAvailable,
+        requires=("synic",),
+        implemented_in=_BOTH,
     ),
-    Feature("post-messages", "HvCallPostMessage", privileges=P.PostMessages, requires=("synic",)),
-    Feature("signal-events", "HvCallSignalEvent", privileges=P.SignalEvents, requires=("synic",)),
-    Feature("connect-port", "HvCallConnectPort", privileges=P.ConnectPort, requires=("synic",)),
+    Feature(
+        "post-messages",
+        "HvCallPostMessage",
+        privileges=P.PostMessages,
+        requires=("synic",),
+        implemented_in=_BOTH,
+    ),
+    Feature(
+        "signal-events",
+        "HvCallSignalEvent",
+        privileges=P.SignalEvents,
+        requires=("synic",),
+        implemented_in=_BOTH,
+    ),
+    Feature(
+        "connect-port",
+        "HvCallConnectPort",
+        privileges=P.ConnectPort,
+        requires=("synic",),
+        implemented_in=_BOTH,
+    ),
     Feature(
         "auto-eoi-deprecated",
         "recommend not using SINT AutoEOI: a hint",
         recommendations=REC.DeprecateAutoEoi,
-        implemented_in=_BOTH,
+        # Only in kernel mode: KVM's in-kernel APIC cannot skip ISR for a vector; hv1's APIC can.
+        implemented_in=frozenset({"kernel"}),
         requires=("synic",),
     ),
     Feature(
@@ -261,9 +302,18 @@ FEATURES: tuple[Feature, ...] = (
         features_edx=EDX.GuestIdleAvailable,
     ),
     Feature(
-        "reenlightenment", "reenlightenment / TSC emulation MSRs", privileges=P.AccessReenlightenmentControls
+        "reenlightenment",
+        "reenlightenment / TSC emulation MSRs",
+        privileges=P.AccessReenlightenmentControls,
+        implemented_in=_BOTH,
+        default=False,
     ),
-    Feature("tsc-invariant", "HV_X64_MSR_TSC_INVARIANT_CONTROL", privileges=P.AccessTscInvariantControls),
+    Feature(
+        "tsc-invariant",
+        "HV_X64_MSR_TSC_INVARIANT_CONTROL",
+        privileges=P.AccessTscInvariantControls,
+        implemented_in=_BOTH,
+    ),
     Feature("start-vp", "HvCallStartVirtualProcessor", privileges=P.StartVirtualProcessor),
     Feature("vp-registers", "HvCallGet/SetVpRegisters on self", privileges=P.AccessVpRegisters),
     Feature(

@@ -28,6 +28,10 @@ from hv1.hv.hypercalls import HypercallTable, core_table, dispatch
 from hv1.hv.interfaces import Clock, GuestException, GuestMemory, InterruptSink, Kicker, VpRegisters
 from hv1.hv.msrs import MsrTable, register_core_msrs
 from hv1.hv.overlay import OverlayLayer, OverlayPage
+from hv1.hv.ports import PartitionPorts
+from hv1.hv.reftime import ReferenceTime
+from hv1.hv.synic import attach_synic, synic_of
+from hv1.hv.time_msrs import PartitionTime, register_time_msrs
 from hv1.hv.vp import Resettable, Vp
 from hv1.tlfs.msrs import HV_X64_MSR_GUEST_OS_ID
 from hv1.trace import NULL_TRACER, Tracer
@@ -100,6 +104,17 @@ class Partition:
         self.msrs = MsrTable(self)
         register_core_msrs(self.msrs)
         self.hypercalls: HypercallTable = core_table()
+        # Subsystems: each registers its MSRs and hypercalls into the tables above and its state on
+        # the VPs. Registering is unconditional: the caps gate every access.
+        self.ports: PartitionPorts = attach_synic(self)
+        reftime = clock if isinstance(clock, ReferenceTime) else ReferenceTime.from_clock(clock)
+        self.time = PartitionTime(
+            caps, reftime, self.new_overlay(), vp_count, irq, lock=self.lock, tracer=tracer
+        )
+        self.add_subsystem("time", self.time)
+        for vp in self.vps:
+            self.time.attach_vp(vp, synic_of(vp))
+        register_time_msrs(self.msrs, self.time)
 
     # --- state --------------------------------------------------------------------------------------
     @property

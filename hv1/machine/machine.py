@@ -20,6 +20,7 @@ from typing import BinaryIO, TextIO
 
 from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.memory import GuestRam
+from hv1.backends.kvm.tsc import guest_tsc_offset, rdtsc
 from hv1.backends.kvm.vcpu import KvmVcpu, install_kick_handler
 from hv1.backends.kvm.vm import (
     CPUID1_ECX_HYPERVISOR,
@@ -31,16 +32,20 @@ from hv1.backends.kvm.vm import (
     cpuid2_buffer,
 )
 from hv1.errors import EXIT_GUEST_CRASH, EXIT_GUEST_FATAL, EXIT_INTERNAL, EXIT_TIMEOUT, UsageError
-from hv1.hv.apic import ApicRouter, LocalApic
+from hv1.hv.apic import ApicHooks, ApicRouter, LocalApic
 from hv1.hv.caps import parse_profile
 from hv1.hv.hypercall_page import HYPERCALL_PORT
 from hv1.hv.interfaces import GuestException
 from hv1.hv.partition import Partition
+from hv1.hv.reftime import ReferenceTime
+from hv1.hv.synic import synic_of
 from hv1.machine import multiboot
 from hv1.machine.devices.base import IoBus
 from hv1.machine.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
 from hv1.machine.devices.fwcfg import FW_CFG_PORT_SEL, FwCfg
+from hv1.machine.devices.hyperv_testdev import HYPERV_TESTDEV_PORT, HypervTestDev
 from hv1.machine.devices.legacy import Cmos, Pic8259Pair, Pit8254, PostPort
+from hv1.machine.devices.time_testdev import TIME_TESTDEV_PORT, TimeTestPort
 from hv1.machine.devices.uart import COM1, Uart16550
 from hv1.machine.paging import read_virtual
 from hv1.machine.scheduler import Scheduler
@@ -78,14 +83,15 @@ class RunResult:
     exits: dict[str, int] = field(default_factory=dict)
 
 
-class MonotonicClock:
-    """Partition reference time (100 ns units) from the host's monotonic clock, 0 at creation."""
+class SynicEoiHook(ApicHooks):
+    """User APIC mode: an EOI of a SINT vector lets the SynIC retry messages queued on that SINT
+    (TLFS inter-partition-communication.md, "SynIC Message Flags": EOI and EOM both prompt redelivery)."""
 
-    def __init__(self) -> None:
-        self._t0 = time.monotonic_ns()
+    def __init__(self, partition: Partition) -> None:
+        self.partition = partition
 
-    def now(self) -> int:
-        return (time.monotonic_ns() - self._t0) // 100
+    def eoi(self, apic: LocalApic, vector: int, level: bool) -> None:
+        synic_of(self.partition.vps[apic.vp_index]).eoi(vector)
 
 
 class Vp:
@@ -97,6 +103,7 @@ class Vp:
         self.index = index
         self.vcpu = vcpu
         self.apic = apic
+        self.synic = synic_of(machine.partition.vps[index])
         self.wake = threading.Event()
         self.started = index == 0  # APs wait for INIT/SIPI
         self.sipi_vector: int | None = None
@@ -105,6 +112,8 @@ class Vp:
         self.tlb_flushes = 0
         self._trace_exits = machine.tracer.wants("exits")
         self._timer_armed: int | None = None
+        self._stimer_armed: int | None = None
+        self._stimer_lock = threading.Lock()
         self.thread: threading.Thread | None = None
         # Work other threads need done on this VP's own thread while it is out of guest mode (a
         # TLB flush must happen on the target vCPU). Serviced before every entry and while waiting.
@@ -179,9 +188,30 @@ class Vp:
             self.m.tracer.emit("msrs", self.index, "wrmsr-unknown", msr=index, value=value, result="#GP")
         return False
 
+    def poll_stimers(self, force: bool = False) -> None:
+        """Fire due synthetic timers and (re)arm the host scheduler at the next deadline (reference
+        time → host monotonic ns). Runs on the VP thread before entry and from the scheduler thread."""
+        with self._stimer_lock:
+            d = self.m.partition.time.poll_vp(self.index)
+            if d != self._stimer_armed or force:
+                self._stimer_armed = d
+                key = ("stimer", self.index)
+                at = None if d is None else self.m.reftime.host_ns_at(d)
+                if at is None:
+                    self.m.scheduler.cancel(key)
+                else:
+                    self.m.scheduler.schedule(key, at, self._stimer_due)
+
+    def _stimer_due(self) -> None:
+        # On the scheduler thread: deliver from here (the partition lock serializes), then re-arm.
+        self.poll_stimers(force=True)
+
     def before_entry(self) -> None:
         if self._work:
             self.service_work()
+        self.poll_stimers()
+        if self.synic.has_pending:
+            self.synic.rescan()  # queued messages: retried even when no EOI/EOM is visible to hv1
         apic = self.apic
         if apic is None:
             return
@@ -223,6 +253,7 @@ class Vp:
         while not self.vcpu.stop_requested and not self.init_pending:
             if self._work:
                 self.service_work()
+            self.poll_stimers()
             apic.poll_timer(time.monotonic_ns())
             if apic.pending_vector() is not None and (wake_with_if_clear or self.vcpu.if_flag()):
                 return
@@ -241,7 +272,9 @@ class Vp:
         self.init_pending = False
         self._work.clear()
         self._timer_armed = None
+        self._stimer_armed = None
         self.m.scheduler.cancel(("lvt", self.index))
+        self.m.scheduler.cancel(("stimer", self.index))
         if self.apic is not None:
             self.apic.reset()
 
@@ -306,6 +339,9 @@ class Vp:
         self.started = True
 
     def thread_main(self) -> None:
+        # HV_X64_MSR_VP_RUNTIME counts this thread's CPU time: time in guest mode (a halted vCPU
+        # sleeps and costs none), plus the VMM's exit handling on its behalf.
+        self.m.partition.time.vp_runtime[self.index].bind_thread_clock()
         try:
             if self.apic is not None and not self.started:
                 self._wait_for_sipi()
@@ -439,12 +475,18 @@ class Machine:
         self.vm.route_msrs_to_userspace(msr_ranges)
 
         self.scheduler = Scheduler()
-        self.clock = MonotonicClock()
         self.apic_ids = list(range(cfg.cpus))
+        # vCPUs before the partition: reference time is defined from the guest TSC (hv/reftime.py),
+        # which is the host TSC plus the offset KVM gives the guest.
+        vcpus = [KvmVcpu(self.vm.fd, i, self.system.vcpu_mmap_size) for i in range(cfg.cpus)]
+        self.tsc_khz = vcpus[0].tsc_khz()
+        tsc_offset = guest_tsc_offset(vcpus[0].fd)
+        self.reftime = ReferenceTime(lambda: rdtsc() + tsc_offset, self.tsc_khz * 1000)
         self.partition = Partition(
-            caps, cfg.cpus, self.ram, self.clock, irq=self, kicker=self, hooks=self, tracer=self.tracer,
+            caps, cfg.cpus, self.ram, self.reftime, irq=self, kicker=self, hooks=self, tracer=self.tracer,
             apic_ids=self.apic_ids, boot_zeroed=self._boot_zeroed_ranges(),
         )  # fmt: skip
+        self.partition.time.on_change(self._time_changed)
         self._reset_requested = False
         self.resets = 0
 
@@ -465,16 +507,20 @@ class Machine:
                 on_nmi=lambda apic_id: None,
             )
         self.vps: list[Vp] = []
+        if self.router is not None:
+            hooks = SynicEoiHook(self.partition)
+            for a in apics:
+                if a is not None:
+                    a.hooks = hooks
         cpuid = self._cpuid_template(caps_leaves=self.partition.cpuid_leaves())
         for i in range(cfg.cpus):
-            vcpu = KvmVcpu(self.vm.fd, i, self.system.vcpu_mmap_size)
+            vcpu = vcpus[i]
             if self.system.check(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID):
                 vcpu.enable_cap(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID, 1)
             vcpu.set_cpuid(cpuid2_buffer(self._cpuid_for(cpuid, self.apic_ids[i])))
             self.vps.append(Vp(self, i, vcpu, apics[i]))
         # The in-kernel local APICs as KVM created them: a partition reset puts them back.
         self._pristine_lapics = [vp.vcpu.get_lapic() for vp in self.vps] if cfg.apic == "kernel" else []
-        self.tsc_khz = self.vps[0].vcpu.tsc_khz()
         set_multiboot_entry(self.vps[0].vcpu, self.boot.entry, self.boot.eax, self.boot.mbi)
 
         self.bus = IoBus(self.tracer)
@@ -491,6 +537,10 @@ class Machine:
         self.bus.register(PostPort(), 0x80)
         self.cmos = Cmos(cfg.memory)
         self.bus.register(self.cmos, 0x70, 2)
+        # Test devices, on by default and as harmless as QEMU's hyperv-testdev.
+        self.testdev = HypervTestDev(self.partition.ports, self.tracer)
+        self.bus.register(self.testdev, HYPERV_TESTDEV_PORT, 4)
+        self.bus.register(TimeTestPort(self.partition.time), TIME_TESTDEV_PORT, 4)
 
     # ---- CPUID ----
     def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[k.kvm_cpuid_entry2]:
@@ -498,6 +548,8 @@ class Machine:
             e for e in self.system.supported_cpuid() if not HV_LEAF_FIRST <= e.function <= HV_LEAF_LAST
         ]
         for e in entries:
+            if e.function == 0x80000007 and "ref-tsc" in self.partition.caps.features:
+                e.edx |= 1 << 8  # invariant TSC: advertised with the reference TSC page (TLFS timers.md)
             if e.function == 1:
                 e.ecx |= CPUID1_ECX_HYPERVISOR
                 if self.cfg.apic == "user":
@@ -530,6 +582,13 @@ class Machine:
         if cursor < self.ram.size:
             ranges.append((cursor, self.ram.size - cursor))
         return ranges
+
+    def _time_changed(self) -> None:
+        """Reference time was paused/resumed or rescaled: every VP re-arms its timers. Runs under the
+        partition lock: take no other lock here."""
+        for vp in getattr(self, "vps", []):
+            vp._stimer_armed = None
+            vp.kick()
 
     # ---- interfaces the partition uses: InterruptSink, Kicker, PartitionHooks ----
     def request_interrupt(self, vp_index: int, vector: int, auto_eoi: bool = False) -> None:
@@ -668,6 +727,7 @@ class Machine:
         self.boot = multiboot.load(self.cfg.kernel, self._kernel_image, self.ram, self.cfg.append,
                                    self._module_images)  # fmt: skip
         self.partition.reset()
+        self.testdev.reset()
         for vp in self.vps:
             vp.reset_state()
             vcpu = vp.vcpu

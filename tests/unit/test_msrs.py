@@ -379,7 +379,7 @@ def test_register_custom_msrs() -> None:
     with pytest.raises(ValueError, match="already registered"):
         p.msrs.register(0x40000150, "AGAIN", gate)
     # A gate that is not granted hides the MSR completely.
-    p.msrs.register(0x40000153, "TEST_GATED", privilege_gate(PartitionPrivilege.AccessSynicRegs))
+    p.msrs.register(0x40000153, "TEST_GATED", privilege_gate(PartitionPrivilege.AccessStatsReg))
     raises_gp(p.rdmsr, 0, 0x40000153)
     # Outside the synthetic range, registered MSRs are owned too (x2APIC in user mode).
     p.msrs.register(0x808, "X2APIC_TPR", gate)
