@@ -420,6 +420,9 @@ static void test_stimer_oneshot(void)
     stimers_off();
 }
 
+/* hv1/hv/timers.py CATCHUP_MAX_PERIODS: a timer further behind skips the older expiries. */
+#define CATCHUP_MAX_PERIODS 4
+
 static void test_stimer_periodic(bool lazy)
 {
     struct rx *x = &rx[0];
@@ -437,7 +440,12 @@ static void test_stimer_periodic(bool lazy)
      * contiguously: the stall stays within CATCHUP_MAX_PERIODS), a lazy one skips the missed ones. */
     uint32_t before = x->count;
     uint64_t f = irq_save();
+    uint64_t stall_start = hvt_ref_count();
     delay_us(7000);
+    /* On a loaded host the stall can stretch past the catch-up window; the TLFS then allows skipping
+     * ("some timer expiration signals may be skipped completely", timers.md), so contiguity is only
+     * required for a stall that stayed within it. */
+    uint64_t stall_periods = (hvt_ref_count() - stall_start) / period;
     restore_flags(f);
     bool after = halt_until(&x->count, before + 5, WAIT_US);
     bool enabled = rdmsr(HVT_STIMER_CONFIG(0)) & HVT_ST_ENABLE;
@@ -459,8 +467,8 @@ static void test_stimer_periodic(bool lazy)
     check(enabled, rule);
     bool ok;
     if (!lazy) {
-        ok = got && after && on_grid(x, before - 1, n - before + 1, period, true);
-        checkf(ok, "stimer.periodic.catch-up", "count=%u", n);
+        ok = got && after && on_grid(x, before - 1, n - before + 1, period, stall_periods < CATCHUP_MAX_PERIODS);
+        checkf(ok, "stimer.periodic.catch-up", "count=%u stall=%lu periods", n, stall_periods);
     } else {
         bool gap = false;
         for (uint32_t i = before; i < n; i++)
