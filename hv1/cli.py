@@ -44,6 +44,12 @@ def _build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="boot a Multiboot kernel (like qemu-system-x86_64 -kernel)")
     r.add_argument("kernel", help="Multiboot kernel image (ELF32/ELF64 or a.out-kludge)")
     r.add_argument("--cpus", "-smp", default="1", help="number of virtual processors, 1-64 (default 1)")
+    r.add_argument(
+        "--vp-index-map",
+        default=None,
+        metavar="I0,I1,...",
+        help="Hv VP index of each vCPU in APIC-ID order (default 0..N-1); the first must be 0",
+    )
     r.add_argument("--memory", "-m", default="128M", help="guest RAM, e.g. 256M or 1G (default 128M)")
     r.add_argument("--append", default="", help="kernel command line")
     r.add_argument("--module", action="append", default=[], metavar="FILE[,ARGS]",
@@ -85,6 +91,17 @@ def _parse_cpus(text: str) -> int:
     return n
 
 
+def _vp_index_map(spec: str | None, cpus: int) -> list[int] | None:
+    from hv1.hv.vpset import parse_vp_index_map
+
+    if spec is None:
+        return None
+    try:
+        return parse_vp_index_map(spec, cpus)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def _cmd_run(a: argparse.Namespace) -> int:
     from hv1.machine.machine import Machine, MachineConfig
     from hv1.machine.multiboot import Module
@@ -113,6 +130,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     cfg = MachineConfig(
         kernel=a.kernel, cpus=cpus, memory=memory, append=a.append, modules=modules, apic=a.apic,
         hv=a.hv, timeout=a.timeout, on_crash=a.on_crash, no_reboot=a.no_reboot,
+        vp_index_map=_vp_index_map(a.vp_index_map, cpus),
     )  # fmt: skip
     try:
         machine = Machine(cfg, tracer=tracer, serial_out=serial)

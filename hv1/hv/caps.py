@@ -283,23 +283,30 @@ FEATURES: tuple[Feature, ...] = (
         implemented_in=frozenset({"kernel"}),
         requires=("synic",),
     ),
+    # Issue 5 (hv/enlightenments.py). APIC MSRs, VP assist, guest idle and StartVirtualProcessor
+    # need hv1's APIC model (user mode). Recommendations measured with guests/tests/vp_bench.c: flush
+    # hypercalls are 1.7-4x cheaper than IPI + INVLPG in both modes; cluster IPIs pay only over
+    # userspace ICR writes (in kernel mode the in-kernel ICR is as fast).
     Feature(
         "apic-msrs",
         "HV_X64_MSR_EOI/ICR/TPR, recommended",
         privileges=P.AccessIntrCtrlRegs,
         recommendations=REC.UseApicMsrs,
+        implemented_in=frozenset({"user"}),
     ),
     Feature(
         "vp-assist",
         "HV_X64_MSR_VP_ASSIST_PAGE (gated by the same EAX[4] as the APIC MSRs)",
         privileges=P.AccessIntrCtrlRegs,
         requires=("apic-msrs",),
+        implemented_in=frozenset({"user"}),
     ),
     Feature(
         "guest-idle",
         "HV_X64_MSR_GUEST_IDLE",
         privileges=P.AccessGuestIdleReg,
         features_edx=EDX.GuestIdleAvailable,
+        implemented_in=frozenset({"user"}),
     ),
     Feature(
         "reenlightenment",
@@ -314,7 +321,12 @@ FEATURES: tuple[Feature, ...] = (
         privileges=P.AccessTscInvariantControls,
         implemented_in=_BOTH,
     ),
-    Feature("start-vp", "HvCallStartVirtualProcessor", privileges=P.StartVirtualProcessor),
+    Feature(
+        "start-vp",
+        "HvCallStartVirtualProcessor",
+        privileges=P.StartVirtualProcessor,
+        implemented_in=frozenset({"user"}),
+    ),
     Feature("vp-registers", "HvCallGet/SetVpRegisters on self", privileges=P.AccessVpRegisters),
     Feature(
         "address-space-switch",
@@ -330,14 +342,19 @@ FEATURES: tuple[Feature, ...] = (
         "remote-flush",
         "recommend HvCallFlushVirtualAddressSpace/List for remote flush",
         recommendations=REC.UseHypercallForRemoteFlushAndLocalFlushEntire,
+        implemented_in=_BOTH,
     ),
     Feature(
-        "cluster-ipi", "recommend HvCallSendSyntheticClusterIpi", recommendations=REC.UseSyntheticClusterIpi
+        "cluster-ipi",
+        "recommend HvCallSendSyntheticClusterIpi",
+        recommendations=REC.UseSyntheticClusterIpi,
+        implemented_in=frozenset({"user"}),
     ),
     Feature(
         "ex-processor-masks",
         "recommend the *Ex hypercalls with HV_VP_SET",
         recommendations=REC.UseExProcessorMasks,
+        implemented_in=_BOTH,
     ),
 )
 

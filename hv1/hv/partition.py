@@ -75,6 +75,7 @@ class Partition:
         tracer: Tracer = NULL_TRACER,
         apic_ids: Sequence[int] | None = None,
         boot_zeroed: Iterable[tuple[int, int]] = (),
+        vp_indexes: Sequence[int] | None = None,
     ) -> None:
         if vp_count < 1:
             raise ValueError("a partition needs at least one VP")
@@ -96,7 +97,13 @@ class Partition:
         self.boot_zeroed: list[tuple[int, int]] = list(boot_zeroed)
         self.rep_budget_ns = DEFAULT_REP_BUDGET_NS
         self.rep_budget_reps: int | None = None  # also yield after this many rep elements per exit
-        self.vps = [Vp(self, i, apic_ids[i]) for i in range(vp_count)]
+        # VP indexes (HV_X64_MSR_VP_INDEX) of the VPs in APIC-ID order; sparse maps allowed (hv/vpset.py
+        # parse_vp_index_map). Every entry point and hook names VPs by VP index.
+        vp_indexes = list(range(vp_count)) if vp_indexes is None else list(vp_indexes)
+        if len(vp_indexes) != vp_count or len(set(vp_indexes)) != vp_count:
+            raise ValueError(f"need {vp_count} distinct VP indexes, got {vp_indexes}")
+        self.vps = [Vp(self, vp_indexes[i], apic_ids[i]) for i in range(vp_count)]
+        self._vp_by_index = {vp.index: vp for vp in self.vps}
         self._vp_by_apic_id = {vp.apic_id: vp.index for vp in self.vps}
         self.subsystems: dict[str, Resettable] = {}
         self.overlays = OverlayLayer(memory)
@@ -125,6 +132,10 @@ class Partition:
         """Whether the backend should route `out HYPERCALL_PORT` here (hv/hypercall_page.py)."""
         return self.hypercall_page.enabled
 
+    def vp(self, vp_index: int) -> Vp | None:
+        """The VP with this VP index, if any."""
+        return self._vp_by_index.get(vp_index)
+
     def vp_index_from_apic_id(self, apic_id: int) -> int | None:
         return self._vp_by_apic_id.get(apic_id)
 
@@ -146,7 +157,7 @@ class Partition:
         return self.msrs.owns(msr)
 
     def rdmsr(self, vp_index: int, msr: int) -> int:
-        vp = self.vps[vp_index]
+        vp = self._vp_by_index[vp_index]
         try:
             with self.lock:
                 try:
@@ -160,7 +171,7 @@ class Partition:
             vp.run_deferred()
 
     def wrmsr(self, vp_index: int, msr: int, value: int) -> None:
-        vp = self.vps[vp_index]
+        vp = self._vp_by_index[vp_index]
         value &= (1 << 64) - 1
         try:
             with self.lock:
@@ -174,7 +185,7 @@ class Partition:
             vp.run_deferred()
 
     def hypercall(self, vp_index: int, regs: VpRegisters) -> None:
-        vp = self.vps[vp_index]
+        vp = self._vp_by_index[vp_index]
         try:
             with self.lock:
                 dispatch(self, vp, regs)

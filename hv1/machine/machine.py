@@ -32,13 +32,16 @@ from hv1.backends.kvm.vm import (
     cpuid2_buffer,
 )
 from hv1.errors import EXIT_GUEST_CRASH, EXIT_GUEST_FATAL, EXIT_INTERNAL, EXIT_TIMEOUT, UsageError
+from hv1.hv import enlightenments
 from hv1.hv.apic import ApicHooks, ApicRouter, LocalApic
 from hv1.hv.caps import parse_profile
 from hv1.hv.hypercall_page import HYPERCALL_PORT
+from hv1.hv.hypercalls.vp_calls import InitialVpContext
 from hv1.hv.interfaces import GuestException
 from hv1.hv.partition import Partition
 from hv1.hv.reftime import ReferenceTime
 from hv1.hv.synic import synic_of
+from hv1.hv.vp_assist import vp_assist_of
 from hv1.machine import multiboot
 from hv1.machine.devices.base import IoBus
 from hv1.machine.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
@@ -59,6 +62,7 @@ APIC_MSR_BASE = 0x1B
 X2APIC_FIRST, X2APIC_LAST = 0x800, 0x8FF
 SYNTHETIC_MSRS = (0x40000000, 0x400001FF)
 CR4_PGE = 1 << 7
+MSR_IA32_PAT = 0x277
 NESTED_SYNTHETIC_MSRS = (0x40001000, 0x400010FF)
 
 
@@ -74,6 +78,7 @@ class MachineConfig:
     timeout: float | None = None
     on_crash: str = "stop"
     no_reboot: bool = False  # QEMU's -no-reboot: a partition reset ends the run instead
+    vp_index_map: list[int] | None = None  # VP index of each vCPU in APIC-ID order (--vp-index-map)
 
 
 @dataclass
@@ -91,7 +96,10 @@ class SynicEoiHook(ApicHooks):
         self.partition = partition
 
     def eoi(self, apic: LocalApic, vector: int, level: bool) -> None:
-        synic_of(self.partition.vps[apic.vp_index]).eoi(vector)
+        vp = self.partition.vp(apic.vp_index)  # LocalApic.vp_index is the VP index (--vp-index-map)
+        assert vp is not None
+        vp_assist_of(vp).apic_eoi(vector, level)  # EOI assist bookkeeping (may retire one more vector)
+        synic_of(vp).eoi(vector)
 
 
 class Vp:
@@ -101,6 +109,9 @@ class Vp:
     def __init__(self, machine: Machine, index: int, vcpu: KvmVcpu, apic: LocalApic | None) -> None:
         self.m = machine
         self.index = index
+        self.vp_index = machine.vp_indexes[index]  # HV_VP_INDEX: what hv1/hv and the hooks use
+        self.assist = enlightenments.vp_assist(machine.partition, self.vp_index)
+        self.start_ctx: InitialVpContext | None = None
         self.vcpu = vcpu
         self.apic = apic
         self.synic = synic_of(machine.partition.vps[index])
@@ -121,6 +132,7 @@ class Vp:
 
     # ---- ExitHandler ----
     def count_exit(self, reason: int) -> None:
+        self.assist.after_exit()  # a lazy EOI the guest did shows in the APIC before anything reads it
         self.exit_counts[reason & 63] += 1
         if self._trace_exits:
             self.m.tracer.emit("exits", self.index, k.EXIT_NAMES.get(reason, str(reason)))
@@ -136,7 +148,7 @@ class Vp:
 
     def _hypercall(self) -> None:
         try:
-            self.m.partition.hypercall(self.index, self.vcpu)
+            self.m.partition.hypercall(self.vp_index, self.vcpu)
         except GuestException as e:
             # A fault: RIP back on the trapping `out` (2 bytes) so the exception reports it.
             self.vcpu.set("rip", self.vcpu.get("rip") - 2)
@@ -165,7 +177,7 @@ class Vp:
     def rdmsr(self, index: int) -> int | None:
         try:
             if self.m.partition.owns_msr(index):
-                return self.m.partition.rdmsr(self.index, index)
+                return self.m.partition.rdmsr(self.vp_index, index)
             if self.apic is not None and (index == APIC_MSR_BASE or X2APIC_FIRST <= index <= X2APIC_LAST):
                 return self.apic.msr_read(index)
         except GuestException:
@@ -177,7 +189,7 @@ class Vp:
     def wrmsr(self, index: int, value: int) -> bool:
         try:
             if self.m.partition.owns_msr(index):
-                self.m.partition.wrmsr(self.index, index, value)
+                self.m.partition.wrmsr(self.vp_index, index, value)
                 return True
             if self.apic is not None and (index == APIC_MSR_BASE or X2APIC_FIRST <= index <= X2APIC_LAST):
                 self.apic.msr_write(index, value)
@@ -192,7 +204,7 @@ class Vp:
         """Fire due synthetic timers and (re)arm the host scheduler at the next deadline (reference
         time → host monotonic ns). Runs on the VP thread before entry and from the scheduler thread."""
         with self._stimer_lock:
-            d = self.m.partition.time.poll_vp(self.index)
+            d = self.m.partition.time.poll_vp(self.vp_index)
             if d != self._stimer_armed or force:
                 self._stimer_armed = d
                 key = ("stimer", self.index)
@@ -212,6 +224,7 @@ class Vp:
         self.poll_stimers()
         if self.synic.has_pending:
             self.synic.rescan()  # queued messages: retried even when no EOI/EOM is visible to hv1
+        self.assist.after_exit()  # before the APIC is evaluated (EOI assist)
         apic = self.apic
         if apic is None:
             return
@@ -234,6 +247,7 @@ class Vp:
         elif vcpu.can_inject():
             vcpu.inject_interrupt(vec)
             apic.acknowledge(vec)
+            self.assist.interrupt_injected(vec)
             vcpu.request_interrupt_window(False)
             if self.m.tracer.wants("irq"):
                 self.m.tracer.emit("irq", self.index, "inject", vector=vec)
@@ -271,6 +285,7 @@ class Vp:
         self.sipi_vector = None
         self.init_pending = False
         self._work.clear()
+        self.start_ctx = None
         self._timer_armed = None
         self._stimer_armed = None
         self.m.scheduler.cancel(("lvt", self.index))
@@ -312,26 +327,51 @@ class Vp:
         self.kick()
 
     def deliver_sipi(self, vector: int) -> None:
-        if not self.started and self.sipi_vector is None:
+        with self.m.start_lock:
+            if self.started or self.sipi_vector is not None or self.start_ctx is not None:
+                return
             self.sipi_vector = vector
-            self.wake.set()
+        self.wake.set()
+
+    def try_start(self, ctx: InitialVpContext) -> bool:
+        """HvCallStartVirtualProcessor: claim a VP that waits for SIPI (atomic with deliver_sipi)."""
+        with self.m.start_lock:
+            if (
+                self.apic is None
+                or self.started
+                or self.sipi_vector is not None
+                or self.start_ctx is not None
+            ):
+                return False
+            self.start_ctx = ctx
+        self.wake.set()
+        return True
 
     def _enter_wait_for_sipi(self) -> None:
         self.init_pending = False
-        self.started = False
-        self.sipi_vector = None
+        with self.m.start_lock:
+            self.started = False
+            self.sipi_vector = None
+            self.start_ctx = None
         if self.apic is not None:
             self.apic.init()
         self.m.tracer.emit("vp", self.index, "init")
         self._wait_for_sipi()
 
     def _wait_for_sipi(self) -> None:
-        while not self.vcpu.stop_requested and self.sipi_vector is None:
+        while not self.vcpu.stop_requested and self.sipi_vector is None and self.start_ctx is None:
             if self._work:
                 self.service_work()
             self.wake.wait()
             self.wake.clear()
-        if self.vcpu.stop_requested or self.sipi_vector is None:
+        if self.vcpu.stop_requested:
+            return
+        if self.start_ctx is not None:
+            self.m.tracer.emit("vp", self.index, "start-vp", rip=self.start_ctx.rip)
+            set_initial_context(self.vcpu, self.start_ctx)
+            self.started = True
+            return
+        if self.sipi_vector is None:
             return
         vector = self.sipi_vector
         self.m.tracer.emit("vp", self.index, "sipi", vector=vector)
@@ -341,7 +381,7 @@ class Vp:
     def thread_main(self) -> None:
         # HV_X64_MSR_VP_RUNTIME counts this thread's CPU time: time in guest mode (a halted vCPU
         # sleeps and costs none), plus the VMM's exit handling on its behalf.
-        self.m.partition.time.vp_runtime[self.index].bind_thread_clock()
+        self.m.partition.time.vp_runtime[self.vp_index].bind_thread_clock()
         try:
             if self.apic is not None and not self.started:
                 self._wait_for_sipi()
@@ -350,6 +390,26 @@ class Vp:
             self.m.fatal(
                 self, "internal-fault", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", EXIT_INTERNAL
             )
+
+
+def set_initial_context(vcpu: KvmVcpu, ctx: InitialVpContext) -> None:
+    """HvCallStartVirtualProcessor: load an HV_INITIAL_VP_CONTEXT (validated and normalized by hv)."""
+    s = vcpu.get_sregs()
+    for name, seg in (("cs", s.cs), ("ds", s.ds), ("es", s.es), ("fs", s.fs), ("gs", s.gs), ("ss", s.ss),
+                      ("tr", s.tr), ("ldtr", s.ldt)):  # fmt: skip
+        src = getattr(ctx, name)
+        seg.base, seg.limit, seg.selector = src.base, src.limit, src.selector
+        seg.type, seg.s, seg.dpl, seg.present = src.type, int(src.s), src.dpl, int(src.present)
+        seg.avl, seg.l, seg.db, seg.g = int(src.avl), int(src.long), int(src.db), int(src.granularity)
+        seg.unusable = int(not src.present)
+    s.gdt.base, s.gdt.limit = ctx.gdtr.base, ctx.gdtr.limit
+    s.idt.base, s.idt.limit = ctx.idtr.base, ctx.idtr.limit
+    s.cr0, s.cr3, s.cr4, s.efer = ctx.cr0, ctx.cr3, ctx.cr4, ctx.efer
+    vcpu.set_sregs(s)
+    r = k.kvm_regs()
+    r.rip, r.rsp, r.rflags = ctx.rip, ctx.rsp, ctx.rflags
+    vcpu.set_regs(r)
+    vcpu.set_msr(MSR_IA32_PAT, ctx.pat)
 
 
 def set_real_mode_start(vcpu: KvmVcpu, vector: int) -> None:
@@ -476,6 +536,9 @@ class Machine:
 
         self.scheduler = Scheduler()
         self.apic_ids = list(range(cfg.cpus))
+        self.vp_indexes = list(cfg.vp_index_map) if cfg.vp_index_map else list(range(cfg.cpus))
+        self.apic_id_of = dict(zip(self.vp_indexes, self.apic_ids, strict=True))
+        self.start_lock = threading.Lock()
         # vCPUs before the partition: reference time is defined from the guest TSC (hv/reftime.py),
         # which is the host TSC plus the offset KVM gives the guest.
         vcpus = [KvmVcpu(self.vm.fd, i, self.system.vcpu_mmap_size) for i in range(cfg.cpus)]
@@ -484,7 +547,7 @@ class Machine:
         self.reftime = ReferenceTime(lambda: rdtsc() + tsc_offset, self.tsc_khz * 1000)
         self.partition = Partition(
             caps, cfg.cpus, self.ram, self.reftime, irq=self, kicker=self, hooks=self, tracer=self.tracer,
-            apic_ids=self.apic_ids, boot_zeroed=self._boot_zeroed_ranges(),
+            apic_ids=self.apic_ids, boot_zeroed=self._boot_zeroed_ranges(), vp_indexes=self.vp_indexes,
         )  # fmt: skip
         self.partition.time.on_change(self._time_changed)
         self._reset_requested = False
@@ -495,17 +558,22 @@ class Machine:
         if cfg.apic == "user":
             apics = [
                 LocalApic(
-                    self.apic_ids[i], now_ns=time.monotonic_ns, bsp=(i == 0), tracer=self.tracer, vp_index=i
+                    self.apic_ids[i],
+                    now_ns=time.monotonic_ns,
+                    bsp=(i == 0),
+                    tracer=self.tracer,
+                    vp_index=self.vp_indexes[i],
                 )
                 for i in range(cfg.cpus)
             ]
             self.router = ApicRouter(
                 [a for a in apics if a is not None],
-                kick=lambda apic_id: self.vps[apic_id].kick(),
-                on_init=lambda apic_id: self.vps[apic_id].deliver_init(),
-                on_sipi=lambda apic_id, vec: self.vps[apic_id].deliver_sipi(vec),
+                kick=lambda vp_index: self.vp_by_index[vp_index].kick(),
+                on_init=lambda vp_index: self.vp_by_index[vp_index].deliver_init(),
+                on_sipi=lambda vp_index, vec: self.vp_by_index[vp_index].deliver_sipi(vec),
                 on_nmi=lambda apic_id: None,
             )
+        enlightenments.attach(self.partition, self.router.apic_for_vp if self.router is not None else None)
         self.vps: list[Vp] = []
         if self.router is not None:
             hooks = SynicEoiHook(self.partition)
@@ -519,6 +587,7 @@ class Machine:
                 vcpu.enable_cap(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID, 1)
             vcpu.set_cpuid(cpuid2_buffer(self._cpuid_for(cpuid, self.apic_ids[i])))
             self.vps.append(Vp(self, i, vcpu, apics[i]))
+        self.vp_by_index = {vp.vp_index: vp for vp in self.vps}
         # The in-kernel local APICs as KVM created them: a partition reset puts them back.
         self._pristine_lapics = [vp.vcpu.get_lapic() for vp in self.vps] if cfg.apic == "kernel" else []
         set_multiboot_entry(self.vps[0].vcpu, self.boot.entry, self.boot.eax, self.boot.mbi)
@@ -593,15 +662,15 @@ class Machine:
     # ---- interfaces the partition uses: InterruptSink, Kicker, PartitionHooks ----
     def request_interrupt(self, vp_index: int, vector: int, auto_eoi: bool = False) -> None:
         if self.cfg.apic == "kernel":
-            self.vm.signal_msi(self.apic_ids[vp_index], vector)
+            self.vm.signal_msi(self.apic_id_of[vp_index], vector)
             return
-        vp = self.vps[vp_index]
+        vp = self.vp_by_index[vp_index]
         assert vp.apic is not None
         vp.apic.accept(vector, auto_eoi=auto_eoi)
         vp.kick()
 
     def kick(self, vp_index: int) -> None:
-        self.vps[vp_index].kick()
+        self.vp_by_index[vp_index].kick()
 
     def request_reset(self) -> None:
         """HV_X64_MSR_RESET: reset the partition — every VP, guest RAM and all Hv state — and boot
@@ -626,9 +695,14 @@ class Machine:
 
     def guest_idle(self, vp_index: int) -> None:
         """HV_X64_MSR_GUEST_IDLE read (user APIC mode): the VP idles until an interrupt arrives."""
-        vp = self.vps[vp_index]
+        vp = self.vp_by_index[vp_index]
         if vp.apic is not None:
             vp.sleep(wake_with_if_clear=True)
+
+    def start_vp(self, vp_index: int, ctx: InitialVpContext) -> bool:
+        """HvCallStartVirtualProcessor (under the partition lock: must not block)."""
+        vp = self.vp_by_index.get(vp_index)
+        return vp is not None and vp.try_start(ctx)
 
     def yield_vp(self, vp_index: int) -> None:
         os.sched_yield()
@@ -641,7 +715,7 @@ class Machine:
         must not hold the partition lock."""
         pending: list[threading.Event] = []
         for t in set(targets):
-            vp = self.vps[t]
+            vp = self.vp_by_index[t]
             if t == src_vp:
                 vp.flush_tlb()
                 continue
@@ -653,7 +727,7 @@ class Machine:
 
             vp.post_work(work)
             pending.append(done)
-        me = self.vps[src_vp]
+        me = self.vp_by_index[src_vp]
         for done in pending:
             while not done.wait(0.0002):
                 me.service_work()

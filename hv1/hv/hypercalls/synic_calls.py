@@ -93,9 +93,10 @@ def ports_of(partition: Partition) -> PartitionPorts:
 
 
 def synic_of(partition: Partition, vp_index: int) -> Synic | None:
-    if not 0 <= vp_index < len(partition.vps):
+    vp = partition.vp(vp_index)
+    if vp is None:
         return None
-    return cast("Synic", partition.vps[vp_index].state["synic"])
+    return cast("Synic", vp.state["synic"])
 
 
 # --- HvCallPostMessage / HvCallSignalEvent ------------------------------------------------------------
