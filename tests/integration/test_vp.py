@@ -41,6 +41,8 @@ def test_vp_index_map_errors_are_usage_errors(guest: Guest) -> None:
 
 
 def test_ipi_and_flush_trace(guest: Guest) -> None:
-    r = run_hv1("run", str(guest("vp")), "--apic", "user", "--cpus", "4", "--trace", "ipi,flush", "--timeout", "200")
+    r = run_hv1(
+        "run", str(guest("vp")), "--apic", "user", "--cpus", "4", "--trace", "ipi,flush", "--timeout", "200"
+    )
     assert r.status == 1, r.describe()
     assert " ipi " in r.stderr and " flush " in r.stderr
