@@ -43,6 +43,7 @@ from hv1.hv.reftime import ReferenceTime
 from hv1.hv.synic import synic_of
 from hv1.hv.vp_assist import vp_assist_of
 from hv1.machine import multiboot
+from hv1.machine.cpustate import set_initial_context, set_multiboot_entry, set_real_mode_start
 from hv1.machine.devices.base import IoBus
 from hv1.machine.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
 from hv1.machine.devices.fwcfg import FW_CFG_PORT_SEL, FwCfg
@@ -62,7 +63,6 @@ APIC_MSR_BASE = 0x1B
 X2APIC_FIRST, X2APIC_LAST = 0x800, 0x8FF
 SYNTHETIC_MSRS = (0x40000000, 0x400001FF)
 CR4_PGE = 1 << 7
-MSR_IA32_PAT = 0x277
 NESTED_SYNTHETIC_MSRS = (0x40001000, 0x400010FF)
 
 
@@ -390,89 +390,6 @@ class Vp:
             self.m.fatal(
                 self, "internal-fault", f"{type(e).__name__}: {e}\n{traceback.format_exc()}", EXIT_INTERNAL
             )
-
-
-def set_initial_context(vcpu: KvmVcpu, ctx: InitialVpContext) -> None:
-    """HvCallStartVirtualProcessor: load an HV_INITIAL_VP_CONTEXT (validated and normalized by hv)."""
-    s = vcpu.get_sregs()
-    for name, seg in (("cs", s.cs), ("ds", s.ds), ("es", s.es), ("fs", s.fs), ("gs", s.gs), ("ss", s.ss),
-                      ("tr", s.tr), ("ldtr", s.ldt)):  # fmt: skip
-        src = getattr(ctx, name)
-        seg.base, seg.limit, seg.selector = src.base, src.limit, src.selector
-        seg.type, seg.s, seg.dpl, seg.present = src.type, int(src.s), src.dpl, int(src.present)
-        seg.avl, seg.l, seg.db, seg.g = int(src.avl), int(src.long), int(src.db), int(src.granularity)
-        seg.unusable = int(not src.present)
-    s.gdt.base, s.gdt.limit = ctx.gdtr.base, ctx.gdtr.limit
-    s.idt.base, s.idt.limit = ctx.idtr.base, ctx.idtr.limit
-    s.cr0, s.cr3, s.cr4, s.efer = ctx.cr0, ctx.cr3, ctx.cr4, ctx.efer
-    vcpu.set_sregs(s)
-    r = k.kvm_regs()
-    r.rip, r.rsp, r.rflags = ctx.rip, ctx.rsp, ctx.rflags
-    vcpu.set_regs(r)
-    vcpu.set_msr(MSR_IA32_PAT, ctx.pat)
-
-
-def set_real_mode_start(vcpu: KvmVcpu, vector: int) -> None:
-    """An AP after INIT-SIPI: real mode at CS = vector << 8, IP = 0 (Intel SDM 8.4.4.1)."""
-    s = vcpu.get_sregs()
-    # Every attribute as INIT leaves it (a VP that ran in long mode before must not keep CS.L).
-    for seg, typ in ((s.cs, 0xB), (s.ds, 0x3), (s.es, 0x3), (s.fs, 0x3), (s.gs, 0x3), (s.ss, 0x3)):
-        seg.selector = 0
-        seg.base = 0
-        seg.limit = 0xFFFF
-        seg.type = typ
-        seg.present = 1
-        seg.dpl = 0
-        seg.db = 0
-        seg.s = 1
-        seg.l = 0
-        seg.g = 0
-        seg.avl = 0
-        seg.unusable = 0
-    s.cs.selector = vector << 8
-    s.cs.base = vector << 12
-    s.tr.selector, s.tr.base, s.tr.limit, s.tr.type, s.tr.present, s.tr.s = 0, 0, 0xFFFF, 0xB, 1, 0
-    s.ldt.selector, s.ldt.base, s.ldt.limit, s.ldt.type, s.ldt.present, s.ldt.s = 0, 0, 0xFFFF, 0x2, 1, 0
-    s.gdt.base, s.gdt.limit = 0, 0xFFFF
-    s.idt.base, s.idt.limit = 0, 0xFFFF
-    s.cr0 = 0x60000010
-    s.cr2 = 0
-    s.cr3 = 0
-    s.cr4 = 0
-    s.efer = 0
-    vcpu.set_sregs(s)
-    r = k.kvm_regs()
-    r.rflags = 2
-    r.rdx = 0x600  # family/model/stepping after reset, as hardware leaves it
-    vcpu.set_regs(r)
-
-
-def set_multiboot_entry(vcpu: KvmVcpu, entry: int, eax: int, ebx: int) -> None:
-    """Multiboot machine state: 32-bit flat protected mode, paging off, A20 on, IF=0."""
-    s = vcpu.get_sregs()
-    for seg, sel, typ in ((s.cs, 0x08, 0xB), (s.ds, 0x10, 0x3), (s.es, 0x10, 0x3), (s.fs, 0x10, 0x3),
-                          (s.gs, 0x10, 0x3), (s.ss, 0x10, 0x3)):  # fmt: skip
-        seg.base = 0
-        seg.limit = 0xFFFFFFFF
-        seg.selector = sel
-        seg.type = typ
-        seg.present = 1
-        seg.dpl = 0
-        seg.db = 1
-        seg.s = 1
-        seg.l = 0
-        seg.g = 1
-        seg.unusable = 0
-    s.cr0 = 0x11  # PE | ET
-    s.cr4 = 0
-    s.efer = 0
-    vcpu.set_sregs(s)
-    r = k.kvm_regs()
-    r.rax = eax
-    r.rbx = ebx
-    r.rip = entry
-    r.rflags = 2
-    vcpu.set_regs(r)
 
 
 class Machine:
