@@ -662,9 +662,56 @@ ROWS: list[Row] = [
     Row(
         "startup", "process start → first serial byte / exit for hello.elf: hv1 run vs QEMU", measure_startup
     ),
-    # Later rows are one entry each, e.g.:
-    # guest_bench_row("hypercall-null", "null fast hypercall round trip", kernel="bench_hvcall.elf",
-    #                 line="hvcall_null", floor=GuestLine("out_exit", label="bare out exit, same guest")),
+    # Hv#1 core (issue 6): hv_bench.elf under `--hv default`; the floor is the same guest's bare `out` exit.
+    *(
+        guest_bench_row(
+            name,
+            what,
+            kernel="hv_bench.elf",
+            line=line,
+            floor=GuestLine("out_exit", label="bare out exit, same guest"),
+            hv1_args=("--hv", "default"),
+            figure=figure,
+        )
+        for name, line, figure, what in (
+            (
+                "hv-hypercall-null",
+                "hvcall_null",
+                "hv1: fast hypercall, no input (HvExtCallQueryCapabilities)",
+                "null hypercall round trip: fast HvExtCallQueryCapabilities (no input, result in RDX)",
+            ),
+            (
+                "hv-hypercall-spin-wait",
+                "hvcall_spin_wait",
+                "hv1: fast HvCallNotifyLongSpinWait",
+                "fast HvCallNotifyLongSpinWait (8-byte input in RDX; hv1 also yields the host thread)",
+            ),
+            (
+                "hv-hypercall-mem",
+                "hvcall_mem",
+                "hv1: memory hypercall, output to a page",
+                "memory-based HvExtCallQueryCapabilities: output written to a guest page",
+            ),
+            (
+                "hv-hypercall-rep1",
+                "hvcall_rep1",
+                "hv1: rep hypercall, 1 element",
+                "memory-based HvCallGetVpIndexFromApicId with 1 element, per call",
+            ),
+            (
+                "hv-hypercall-rep510",
+                "hvcall_rep510",
+                "hv1: rep hypercall, 510 elements (full page in and out)",
+                "memory-based HvCallGetVpIndexFromApicId, 510 elements (the most a page holds), per call",
+            ),
+            (
+                "hv-rdmsr-vp-index",
+                "rdmsr_vp_index",
+                "hv1: rdmsr HV_X64_MSR_VP_INDEX",
+                "RDMSR of the synthetic VP_INDEX MSR",
+            ),
+        )
+    ),
 ]
 
 

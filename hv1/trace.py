@@ -110,10 +110,17 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def _fmt(v: Any) -> str:
+# Fields that are amounts, not addresses, codes or register values: printed in decimal.
+_DECIMAL_FIELDS = frozenset({"reps", "rep_start", "rep_count", "count", "n", "targets_n", "timer", "sint"})
+_DECIMAL_SUFFIXES = ("us", "ns", "ms", "_s")
+
+
+def _fmt(v: Any, key: str = "") -> str:
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, int):
+        if key in _DECIMAL_FIELDS or key.endswith(_DECIMAL_SUFFIXES):
+            return str(v)
         return f"{v:#x}" if v > 9 else str(v)
     if isinstance(v, (bytes, bytearray)):
         return v.hex()
@@ -121,7 +128,7 @@ def _fmt(v: Any) -> str:
 
 
 def format_line(t: float, cat: str, vp: int, event: str, fields: dict[str, Any]) -> str:
-    parts = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+    parts = " ".join(f"{k}={_fmt(v, k)}" for k, v in fields.items())
     vps = f"vp{vp}" if vp >= 0 else "host"
     return f"[{t:12.6f}] {cat:<10} {vps:<5} {event}" + (f" {parts}" if parts else "")
 

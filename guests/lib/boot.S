@@ -182,7 +182,11 @@ gdt:
         .quad   0x00cff3000000ffff      /* 0x20 user data */
         .quad   0x00affb000000ffff      /* 0x28 user code64 */
         .fill   2 * MAX_CPUS, 8, 0      /* 0x30 + 16*i: 64-bit TSS of CPU i, filled by cpu_setup() */
+        .quad   0x00cf9b000000ffff      /* SEL_KCODE32: kernel code32 (compatibility mode) */
 gdt_end:
+        .if     (gdt_end - gdt) != (SEL_KCODE32 + 8)
+        .error  "SEL_KCODE32 (config.h) must be the GDT slot after the TSS slots"
+        .endif
         .balign 8
         .word   0, 0, 0
 gdt_ptr:                                /* 32-bit lgdt reads limit + 4-byte base, 64-bit reads 8 bytes */

@@ -13,6 +13,8 @@
 #define SEL_UDATA       0x23
 #define SEL_UCODE       0x2b
 #define SEL_TSS0        0x30       /* CPU i uses SEL_TSS0 + 16*i */
+#define SEL_KCODE32     0x130      /* after the TSS slots (0x30 + 16*MAX_CPUS): ring-0 32-bit code, for
+                                    * compatibility-mode calls (hv.c: hv_hypercall32) */
 
 #define CPU_OFF_CATCH   16         /* offsetof(struct cpu, catch), used by catch_call in boot.S */
 

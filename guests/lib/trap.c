@@ -85,6 +85,8 @@ void trap_dispatch(struct trap_frame *f)
                                             .cr2 = v == EXC_PF ? read_cr2() : 0 };
         /* Abandon the faulting code: iretq lands in catch_resume on the catch record's stack. */
         f->rip = (uint64_t)catch_resume;
+        f->cs = SEL_KCODE;   /* the fault may have come from compatibility mode (hv_hypercall32) */
+        f->ss = SEL_KDATA;
         f->rsp = rec->self;
         f->rax = v;
         f->rflags &= ~(1ull << 8);   /* TF */
