@@ -72,6 +72,11 @@ TIMER_PAYLOAD_SIZE = TIMER_PAYLOAD.size  # 24
 
 # Policy (timers.md leaves the numbers to the hypervisor).
 CATCHUP_MAX_PERIODS = 4  # a non-lazy timer further behind than this skips the older expiries
+# The TLFS sets no minimum period; a guest writing COUNT = 1 (100 ns) would have the host raise ten
+# million interrupts a second and livelock itself. Like the LVT timer (hv/apic.py MIN_PERIODIC_NS,
+# KVM's 200 µs min_timer_period_us), a periodic timer runs at least 100 µs apart; COUNT reads back as
+# written. Conformance guests use periods of 1 ms and more.
+MIN_PERIOD = 1000  # 100 ns units
 RETRY_MIN = 10_000  # 1 ms: first backstop retry of a pending message
 RETRY_MAX = 100_000  # 10 ms: back-off ceiling
 MIN_VECTOR = 16
@@ -158,8 +163,10 @@ class VpTimers:
         *,
         direct_mode_available: bool = True,
         tracer: TimerTracer | None = None,
+        min_period: int = MIN_PERIOD,
     ) -> None:
         self.vp_index = vp_index
+        self.min_period = min_period
         self.clock = clock
         self.irq = irq
         self.synic = synic
@@ -256,7 +263,7 @@ class VpTimers:
         if t.count == 0:
             return  # enabled with no count: idle until COUNT is written
         if t.periodic:
-            t.expiration = now + t.count
+            t.expiration = now + max(t.count, self.min_period)
         else:
             t.expiration = t.count
         t.fire_at = t.expiration
@@ -307,10 +314,11 @@ class VpTimers:
     def _fire(self, t: SyntheticTimer, now: int) -> None:
         assert t.expiration is not None
         expiration = t.expiration
-        if t.periodic and t.lazy and now - expiration >= t.count:
+        period = max(t.count, self.min_period)
+        if t.periodic and t.lazy and now - expiration >= period:
             # Lazy: signal once for the latest expiry that has passed, skip the older ones.
-            missed = (now - expiration) // t.count
-            expiration += missed * t.count
+            missed = (now - expiration) // period
+            expiration += missed * period
             t.skipped += missed
             self._trace("skip", t, skipped=missed, expiration=expiration)
         t.fired += 1
@@ -358,7 +366,7 @@ class VpTimers:
             return
         if not t.enabled or t.count == 0:
             return
-        period = t.count
+        period = max(t.count, self.min_period)
         nxt = expiration + period
         if nxt > now:
             t.expiration = t.fire_at = nxt  # on time

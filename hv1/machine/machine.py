@@ -451,7 +451,7 @@ class Machine:
             msr_ranges.append((APIC_MSR_BASE, APIC_MSR_BASE))
         self.vm.route_msrs_to_userspace(msr_ranges)
 
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(on_error=self._scheduler_error)
         self.apic_ids = list(range(cfg.cpus))
         self.vp_indexes = list(cfg.vp_index_map) if cfg.vp_index_map else list(range(cfg.cpus))
         self.apic_id_of = dict(zip(self.vp_indexes, self.apic_ids, strict=True))
@@ -568,6 +568,10 @@ class Machine:
         if cursor < self.ram.size:
             ranges.append((cursor, self.ram.size - cursor))
         return ranges
+
+    def _scheduler_error(self, e: BaseException) -> None:
+        self.fatal(self.vps[0], "internal-fault", f"timer callback failed: {type(e).__name__}: {e}\n"
+                   + "".join(traceback.format_exception(e)), EXIT_INTERNAL)  # fmt: skip
 
     def _time_changed(self) -> None:
         """Reference time was paused/resumed or rescaled: every VP re-arms its timers. Runs under the

@@ -11,8 +11,14 @@ import time
 from collections.abc import Callable, Hashable
 
 
+# A deadline further out than this is slept towards in steps: Condition.wait() overflows on a
+# guest-chosen deadline centuries away (a synthetic timer COUNT of 2^64-1 is legal).
+MAX_WAIT_S = 3600.0
+
+
 class Scheduler:
-    def __init__(self) -> None:
+    def __init__(self, on_error: Callable[[BaseException], None] | None = None) -> None:
+        self._on_error = on_error
         self._cond = threading.Condition()
         self._heap: list[tuple[int, int, Hashable]] = []
         self._armed: dict[Hashable, tuple[int, int, Callable[[], None]]] = {}
@@ -57,13 +63,18 @@ class Scheduler:
                     d = self._heap[0][0]
                     if d <= now:
                         break
-                    self._cond.wait((d - now) / 1e9)
+                    self._cond.wait(min((d - now) / 1e9, MAX_WAIT_S))
                 if self._stopped:
                     return
                 _, _, key = heapq.heappop(self._heap)
                 _, _, fn = self._armed.pop(key)
             self.fired += 1
-            fn()
+            try:
+                fn()
+            except Exception as e:  # a bug in a callback must not silently stop every timer
+                if self._on_error is None:
+                    raise
+                self._on_error(e)
 
     def stop(self) -> None:
         with self._cond:

@@ -97,12 +97,16 @@ class RecTracer:
         return [e for _, e, _ in self.events]
 
 
-def make(direct: bool = True, start: int = 1000) -> tuple[VpTimers, FakeClock, FakeIrq, FakeSynic, RecTracer]:
+def make(
+    direct: bool = True, start: int = 1000, min_period: int = 1
+) -> tuple[VpTimers, FakeClock, FakeIrq, FakeSynic, RecTracer]:
+    """Timers on a fake clock. The tests use short periods in ticks, so the period floor is off
+    unless a test asks for it (test_periodic_period_has_a_floor...)."""
     clock = FakeClock(start)
     irq = FakeIrq()
     synic = FakeSynic()
     tracer = RecTracer()
-    t = VpTimers(1, clock, irq, synic, direct_mode_available=direct, tracer=tracer)
+    t = VpTimers(1, clock, irq, synic, direct_mode_available=direct, tracer=tracer, min_period=min_period)
     return t, clock, irq, synic, tracer
 
 
@@ -482,7 +486,7 @@ def real_synic(clock: FakeClock) -> tuple[Synic, VpTimers, FakeIrq, FakeMemory]:
     mem = FakeMemory(1 << 20)
     irq = FakeIrq()
     synic = Synic(0, mem, irq)
-    timers = VpTimers(0, clock, irq, synic)
+    timers = VpTimers(0, clock, irq, synic, min_period=1)
     synic.add_ready_listener(timers.sint_ready)
     synic.write_msr(M.HV_X64_MSR_SCONTROL, 1)
     synic.write_msr(M.HV_X64_MSR_SIMP, SIMP_GPFN << 12 | 1)
@@ -589,3 +593,15 @@ def test_periodic_never_early_never_duplicated(
     assert all(e % period == 0 and e > 0 for e in exps)
     assert all(m.delivery >= m.expiration for m in synic.posted)
     assert all(m.delivery <= clock.t for m in synic.posted)
+
+
+def test_periodic_period_has_a_floor_so_a_guest_cannot_storm_itself() -> None:
+    """COUNT = 1 (100 ns) as a period: the timer runs every MIN_PERIOD, and COUNT reads back as 1."""
+    from hv1.hv.timers import MIN_PERIOD
+
+    t, clock, irq, _, _ = make(min_period=MIN_PERIOD)
+    t.write_count(0, 1)
+    t.write_config(0, cfg(direct=True, periodic=True, vector=0x30))
+    run_until(t, clock, 1000 + 10 * MIN_PERIOD + 1)
+    assert t.read_count(0) == 1
+    assert len(irq.sent) == 10
