@@ -639,6 +639,209 @@ def measure_startup(cfg: Config) -> RowResult:
     return RowResult("startup", "ok", figures=figs, extra=extra)
 
 
+# --- rows with several figures from one set of guest runs (SynIC, time, VP enlightenments) ---
+
+
+@dataclass(frozen=True)
+class GuestFig:
+    """One figure of a `guest_figures_row`: BENCH line `line` (its `metric`) next to the BENCH line `floor`
+    of the same guest runs (its `floor_metric`, default the same metric). Metrics whose name starts or ends
+    with "cycles" are converted to µs; others are taken as `unit` already (e.g. latency_us, host_cpu_pct).
+    `ratio=False` for figures whose ratio means nothing (a period error near 0)."""
+
+    line: str
+    figure: str
+    floor: str | None = None
+    floor_label: str = ""
+    metric: str = "cycles_per_op"
+    floor_metric: str | None = None
+    unit: str = "us"
+    ratio: bool = True
+
+
+class NoRatioFigure(Figure):
+    """A figure shown next to its floor without a ratio."""
+
+    @property
+    def ratio(self) -> float | None:
+        return None
+
+
+@dataclass(frozen=True)
+class ExitCount:
+    """A host-counted figure: `hv1 run --stats` of the guest with `--append "count=<variant> count_n=<n>"`
+    (bench kernels run only that loop and print the same text whatever the variant), exits of all kinds.
+    Value per run: (exits(variant) - exits(minus)) / n * per, e.g. exits per read, or exits saved per 1000
+    interrupts with `minus` another variant."""
+
+    variant: str
+    minus: str
+    figure: str
+    unit: str = "exits/op"
+    per: float = 1.0
+
+
+def guest_runs(cfg: Config, kernel: Path, args: Sequence[str], runs: int, timeout: int) -> list[Any]:
+    """`runs` runs of `hv1 run KERNEL ARGS`, cached for the whole bench invocation so that rows sharing one
+    guest invocation (e.g. vp-ipi, vp-flush, vp-eoi) run it once."""
+    key = "guest_runs " + shlex.join([str(kernel), *args, f"x{runs}"])
+    if key not in _cache:
+        _cache[key] = [run_hv1(cfg, kernel, args, timeout=timeout) for _ in range(runs)]
+    return list(_cache[key])
+
+
+EXITS_RE = re.compile(r"^hv1: exits: (.*)$", re.MULTILINE)
+
+
+def total_exits(stderr: str) -> int | None:
+    """Sum of the exit counts `hv1 run --stats` prints on stderr ("hv1: exits: io=772, rdmsr=3499")."""
+    m = EXITS_RE.search(stderr)
+    if m is None:
+        return None
+    return sum(int(kv.split("=", 1)[1]) for kv in m.group(1).split(", ") if "=" in kv)
+
+
+def _metric_value(kv: dict[str, str], metric: str) -> float | None:
+    try:
+        return float(kv[metric])
+    except (KeyError, ValueError):
+        return None  # absent, or "na" (e.g. host_cpu_pct without the bench device)
+
+
+def guest_figures_row(
+    name: str,
+    what: str,
+    kernel: str,
+    figs: Sequence[GuestFig],
+    hv1_args: Sequence[str] = (),
+    append: str = "",
+    quick_append: str | None = None,
+    runs: int = 3,
+    quick_runs: int = 1,
+    timeout: int = 120,
+    exit_counts: Sequence[ExitCount] = (),
+    count_n: int = 1000,
+    count_args: Sequence[str] | None = None,
+) -> Row:
+    """A row of several figures from one set of guest runs: every `BENCH <line> k=v ...` line is one sample
+    (guests print one line per batch, figure and floor batches interleaved). Figures whose line is missing are
+    left out and listed in extra["missing"] (with the guest's "skip" lines); no figure at all is an error, or
+    a skip when the guest said why. `exit_counts` adds host-counted figures (see ExitCount)."""
+
+    def measure(cfg: Config) -> RowResult:
+        kpath = guest_kernel(cfg, kernel)
+        hv1_command(cfg)
+        app = quick_append if (cfg.quick and quick_append is not None) else append
+        args = [*hv1_args, *(["--append", app] if app else [])]
+        results = guest_runs(cfg, kpath, args, quick_runs if cfg.quick else runs, timeout)
+        lines: list[tuple[str, dict[str, str]]] = []
+        skips: list[str] = []
+        for r in results:
+            lines.extend(parse_bench_lines(r.stdout))
+            skips.extend(ln.strip() for ln in r.stdout.splitlines() if ": skip" in ln or ": no " in ln)
+        khzs = [float(kv["tsc_khz"]) for _, kv in lines if "tsc_khz" in kv]
+        khz = statistics.median(khzs) if khzs else tsc_khz()
+
+        def samples(line: str, metric: str) -> list[float]:
+            vals = [_metric_value(kv, metric) for b, kv in lines if b == line]
+            conv = metric.startswith("cycles") or metric.endswith("cycles")
+            return [cycles_to_us(v, khz) if conv else v for v in vals if v is not None]
+
+        figures: list[Figure] = []
+        missing: list[str] = []
+        for g in figs:
+            vals = samples(g.line, g.metric)
+            if not vals:
+                missing.append(f"{g.line} {g.metric}")
+                continue
+            fl = samples(g.floor, g.floor_metric or g.metric) if g.floor else []
+            label = g.floor_label or (f"guest `{g.floor}`" if g.floor else "")
+            cls = Figure if g.ratio else NoRatioFigure
+            figures.append(cls(g.figure, g.unit, Stat.of(vals), label, Stat.of(fl) if fl else None))
+        extra: dict[str, Any] = {
+            "kernel": kernel,
+            "hv1_args": args,
+            "tsc_khz": khz,
+            "hv1_exit_status": [r.returncode for r in results],
+        }
+        if exit_counts:
+            c_runs = quick_runs if cfg.quick else max(1, runs - 1)
+            cargs = list(hv1_args if count_args is None else count_args)
+            counts: dict[str, list[int | None]] = {}
+            for v in sorted({e.variant for e in exit_counts} | {e.minus for e in exit_counts}):
+                rs = guest_runs(cfg, kpath, [*cargs, "--stats", "--append", f"count={v} count_n={count_n}"],
+                                c_runs, timeout)  # fmt: skip
+                counts[v] = [total_exits(r.stderr) for r in rs]
+            extra["exit_counts"] = counts
+            for e in exit_counts:
+                per_run = [
+                    (a - b) / count_n * e.per
+                    for a, b in zip(counts[e.variant], counts[e.minus], strict=True)
+                    if a is not None and b is not None
+                ]
+                if per_run:
+                    figures.append(Figure(e.figure, e.unit, Stat.of(per_run), "", None))
+                else:
+                    missing.append(f"exits count={e.variant}")
+        if missing:
+            extra["missing"] = missing
+        if skips:
+            extra["guest_skips"] = sorted(set(skips))
+        if not figures:
+            if skips:
+                raise Skip("; ".join(sorted(set(skips)))[:300])
+            tail = (results[-1].stdout + results[-1].stderr).strip().splitlines()[-8:] if results else []
+            return RowResult(name, "error", "no BENCH lines of this row in hv1's output",
+                             extra={**extra, "output_tail": tail})  # fmt: skip
+        return RowResult(name, "ok", figures=figures, extra=extra)
+
+    return Row(name, what, measure)
+
+
+BENCH_DEV_FLOOR = "host MSI → handler (bench device)"
+SYNC_FLOOR = "guest OUT → host MSI in the exit → handler"
+SYNIC_FIGS = (
+    GuestFig("host-msg-latency", "host post_message → guest SINT handler (guest in hlt)", "host-irq-latency",
+             BENCH_DEV_FLOOR, metric="latency_us"),
+    GuestFig("post-message-rtt", "guest HvCallPostMessage → testdev echo → SINT handler", "irq-sync-rtt",
+             SYNC_FLOOR),
+    GuestFig("signal-event-rtt", "guest HvCallSignalEvent (fast) → event flag → SINT handler", "irq-sync-rtt",
+             SYNC_FLOOR),
+)  # fmt: skip
+LAPIC_FLOOR = "in-kernel LAPIC TSC-deadline timer, every 1 ms"
+STIMER_FIGS = tuple(
+    GuestFig(line, f"{label}: {what}", "lapic-timer", LAPIC_FLOOR, metric=metric, ratio=ratio)
+    for line, label in (("stimer-direct", "STIMER0 direct 1 ms"), ("stimer-message", "STIMER0 message 1 ms"))
+    for metric, what, ratio in (
+        ("mean_period_error_us", "mean period error", False),
+        ("p50_lateness_us", "p50 lateness", True),
+        ("p99_lateness_us", "p99 lateness", True),
+    )
+)
+IDLE_CPU_FIGS = (
+    GuestFig("timer-idle", "hv1 CPU, idle guest, no timer armed", metric="host_cpu_pct", unit="%"),
+    GuestFig("stimer-direct", "hv1 CPU, idle guest + STIMER0 direct 1 ms", "lapic-timer",
+             "idle + in-kernel LAPIC TSC-deadline timer 1 ms", metric="host_cpu_pct", unit="%"),
+    GuestFig("stimer-message", "hv1 CPU, idle guest + STIMER0 message 1 ms", "lapic-timer",
+             "idle + in-kernel LAPIC TSC-deadline timer 1 ms", metric="host_cpu_pct", unit="%"),
+)  # fmt: skip
+TIME_STIMER_KW: dict[str, Any] = {
+    "kernel": "time_bench.elf",
+    "hv1_args": ("--hv", "default"),
+    "append": "reads=0 seconds=5",
+    "quick_append": "reads=0 seconds=2",
+    "runs": 2,
+    "quick_runs": 1,
+    "timeout": 150,
+}
+VP_KW: dict[str, Any] = {
+    "kernel": "vp_bench.elf",
+    "hv1_args": ("--hv", "default", "--apic", "user", "--cpus", "4"),
+    "append": "batches=10 n=20",
+    "quick_append": "batches=3 n=10",
+}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The registry. Order = table order.
 
@@ -711,6 +914,138 @@ ROWS: list[Row] = [
                 "RDMSR of the synthetic VP_INDEX MSR",
             ),
         )
+    ),
+    # SynIC (issue 3): synic_bench.elf; host-side events come from hv1's bench device (port 0x3008).
+    guest_figures_row(
+        "synic",
+        "SynIC (--apic kernel): host→guest message latency, PostMessage echo and SignalEvent round trips",
+        "synic_bench.elf",
+        SYNIC_FIGS,
+        hv1_args=("--hv", "default"),
+        append="batches=10 k=10",
+        quick_append="batches=3 k=10",
+    ),
+    guest_figures_row(
+        "synic-user",
+        "the same under --apic user (hv1's APIC model)",
+        "synic_bench.elf",
+        SYNIC_FIGS,
+        hv1_args=("--hv", "default", "--apic", "user"),
+        append="batches=10 k=10",
+        quick_append="batches=3 k=10",
+    ),
+    # Time (issue 4): time_bench.elf.
+    guest_figures_row(
+        "time-read",
+        "reading reference time: rdmsr TIME_REF_COUNT vs the TSC page; exits per read counted with --stats",
+        "time_bench.elf",
+        (
+            GuestFig(
+                "rdmsr-time-ref-count",
+                "rdmsr HV_X64_MSR_TIME_REF_COUNT",
+                "out_exit",
+                "bare out exit, same guest",
+            ),
+            GuestFig(
+                "tsc-page-read", "reference TSC page read (TLFS loop)", "rdtsc", "rdtsc alone, same guest"
+            ),
+            GuestFig(
+                "tsc-page-read",
+                "reference TSC page read (TLFS loop)",
+                "rdmsr-time-ref-count",
+                "vs rdmsr TIME_REF_COUNT",
+            ),
+        ),
+        hv1_args=("--hv", "default"),
+        append="timers=0 batches=10 n=200",
+        quick_append="timers=0 batches=3 n=100",
+        exit_counts=(
+            ExitCount("msr", "none", "exits per rdmsr TIME_REF_COUNT (host-counted, --stats)", "exits"),
+            ExitCount("page", "none", "exits per TSC-page read (host-counted, --stats)", "exits"),
+        ),
+    ),
+    guest_figures_row(
+        "time-stimer",
+        "STIMER0 periodic 1 ms, 5 s (direct, message): period error, lateness; vs the in-kernel LAPIC timer",
+        figs=STIMER_FIGS,
+        **TIME_STIMER_KW,
+    ),
+    guest_figures_row(
+        "time-idle-cpu",
+        "hv1 process CPU (all threads) while the guest idles in hlt with a periodic 1 ms timer, % of a core",
+        figs=IDLE_CPU_FIGS,
+        **TIME_STIMER_KW,
+    ),
+    # VP enlightenments (issue 5): vp_bench.elf on 4 VPs, --apic user (APIC MSRs, assist page, cluster IPIs).
+    guest_figures_row(
+        "vp-ipi",
+        "HvCallSendSyntheticClusterIpi vs x2APIC ICR writes, to 1 and 3 APs, until all took it (--apic user)",
+        figs=tuple(
+            GuestFig(
+                f"ipi-hypercall-{n}",
+                f"cluster-IPI hypercall → {n} AP(s)",
+                f"ipi-icr-{n}",
+                f"x2APIC ICR write per AP → {n} AP(s)",
+            )
+            for n in (1, 3)
+        ),
+        **VP_KW,
+    ),
+    guest_figures_row(
+        "vp-flush",
+        "HvCallFlushVirtualAddressSpace vs IPI + INVLPG shootdown, 1-3 target APs (--apic user)",
+        figs=tuple(
+            GuestFig(
+                f"flush-hypercall-{n}",
+                f"flush hypercall, {n} target AP(s)",
+                f"flush-ipi-invlpg-{n}",
+                f"IPI + INVLPG + ack, {n} AP(s)",
+            )
+            for n in (1, 2, 3)
+        ),
+        **VP_KW,
+    ),
+    guest_figures_row(
+        "vp-flush-kernel",
+        "the same flush comparison under --apic kernel (the native shootdown uses KVM's in-kernel APIC)",
+        figs=tuple(
+            GuestFig(
+                f"flush-hypercall-{n}",
+                f"flush hypercall, {n} target AP(s)",
+                f"flush-ipi-invlpg-{n}",
+                f"IPI + INVLPG + ack, {n} AP(s)",
+            )
+            for n in (1, 2, 3)
+        ),
+        **{**VP_KW, "hv1_args": ("--hv", "default", "--cpus", "4")},
+    ),
+    guest_figures_row(
+        "vp-eoi",
+        "self-IPI + EOI: HV_X64_MSR_EOI and lazy EOI (VP assist page) vs the APIC EOI (--apic user, 4 VPs)",
+        figs=(
+            GuestFig(
+                "selfipi-eoi-hv-msr", "self-IPI + HV_X64_MSR_EOI", "selfipi-eoi-apic", "self-IPI + x2APIC EOI"
+            ),
+            GuestFig(
+                "selfipi-eoi-lazy",
+                "self-IPI + lazy EOI (assist page)",
+                "selfipi-eoi-hv-msr",
+                "self-IPI + HV_X64_MSR_EOI",
+            ),
+        ),
+        exit_counts=(
+            ExitCount("eoi-apic", "none", "exits per self-IPI + x2APIC EOI (host-counted)", "exits"),
+            ExitCount("eoi-msr", "none", "exits per self-IPI + HV_X64_MSR_EOI (host-counted)", "exits"),
+            ExitCount("eoi-lazy", "none", "exits per self-IPI + lazy EOI (host-counted)", "exits"),
+            ExitCount(
+                "eoi-msr",
+                "eoi-lazy",
+                "lazy EOI: exits saved per 1000 interrupts (host-counted)",
+                "exits",
+                per=1000.0,
+            ),
+        ),
+        **VP_KW,
     ),
 ]
 

@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
-
 # A deadline further out than this is slept towards in steps: Condition.wait() overflows on a
 # guest-chosen deadline centuries away (a synthetic timer COUNT of 2^64-1 is legal).
 MAX_WAIT_S = 3600.0
