@@ -190,7 +190,8 @@ def _cmd_info(a: argparse.Namespace) -> int:
     print("  APIC modes             kernel (split irqchip + KVM_SIGNAL_MSI), user (hv1's APIC model)")
     print("  devices                COM1 16550, isa-debug-exit 0xf4, fw_cfg 0x510, PIC/PIT/CMOS stubs")
     print("  test devices (on)      hyperv-testdev at 0x3000 (QEMU-compatible SynIC test device),")
-    print("                         hv1-time-test at 0x3004 (pause reference time, simulate TSC migration)")
+    print("                         hv1-time-test at 0x3004 (pause reference time, simulate TSC migration),")
+    print("                         hv1-bench at 0x3008 (timed host posts/interrupts for bench/run.py)")
     print("  profiles               minimal, default (see `hv1 info --hv default`)")
     return EXIT_OK
 

@@ -45,6 +45,7 @@ from hv1.hv.vp_assist import vp_assist_of
 from hv1.machine import multiboot
 from hv1.machine.cpustate import set_initial_context, set_multiboot_entry, set_real_mode_start
 from hv1.machine.devices.base import IoBus
+from hv1.machine.devices.bench_dev import BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT, BenchDev
 from hv1.machine.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
 from hv1.machine.devices.fwcfg import FW_CFG_PORT_SEL, FwCfg
 from hv1.machine.devices.hyperv_testdev import HYPERV_TESTDEV_PORT, HypervTestDev
@@ -527,6 +528,8 @@ class Machine:
         self.testdev = HypervTestDev(self.partition.ports, self.tracer)
         self.bus.register(self.testdev, HYPERV_TESTDEV_PORT, 4)
         self.bus.register(TimeTestPort(self.partition.time), TIME_TESTDEV_PORT, 4)
+        self.bench_dev = BenchDev(self.partition.ports, self.reftime.now, self.request_interrupt)
+        self.bus.register(self.bench_dev, BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT)
 
     # ---- CPUID ----
     def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[k.kvm_cpuid_entry2]:
@@ -723,6 +726,7 @@ class Machine:
                                    self._module_images)  # fmt: skip
         self.partition.reset()
         self.testdev.reset()
+        self.bench_dev.reset()
         for vp in self.vps:
             vp.reset_state()
             vcpu = vp.vcpu
