@@ -157,15 +157,21 @@ bool hv_enable_hypercalls(void *page);
 void hv_disable_hypercalls(void);               /* HYPERCALL = 0; hv_hypercall_page = NULL */
 
 /* ---- hypercalls (x64 convention; all need the page enabled) ---- */
-static inline uint64_t hv_hypercall(uint64_t control, uint64_t in_gpa, uint64_t out_gpa)
+/* Call the hypercall page at `page` (RCX control, RDX input GPA / fast bytes 0-7, R8 output GPA / fast
+ * bytes 8-15). Returns RAX: status in 15:0, reps completed in 43:32. */
+static inline uint64_t hv_hypercall_at(void *page, uint64_t control, uint64_t in_gpa, uint64_t out_gpa)
 {
     uint64_t result;
     register uint64_t r8 __asm__("r8") = out_gpa;
     __asm__ volatile("call *%[page]"
                      : "=a"(result), "+c"(control), "+d"(in_gpa), "+r"(r8)
-                     : [page] "m"(hv_hypercall_page)
+                     : [page] "r"(page)
                      : "memory", "cc");
     return result;
+}
+static inline uint64_t hv_hypercall(uint64_t control, uint64_t in_gpa, uint64_t out_gpa)
+{
+    return hv_hypercall_at(hv_hypercall_page, control, in_gpa, out_gpa);
 }
 static inline uint64_t hv_hypercall_fast(uint64_t control, uint64_t rdx, uint64_t r8)
 {

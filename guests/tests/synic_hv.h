@@ -6,6 +6,7 @@
 #define SYNIC_HV_H
 
 #include "guest.h"
+#include "hv.h"
 
 /* MSRs */
 #define HVS_MSR_GUEST_OS_ID 0x40000000
@@ -119,17 +120,9 @@ static inline void hvs_testdev(uint32_t cmd, uint32_t vp, uint32_t sint, uint32_
     outl(HVS_TESTDEV_PORT, (conn & 0xFF) << 24 | (cmd & 0xFF) << 16 | (vp & 0xFF) << 8 | (sint & 0xFF));
 }
 
-/* Call the hypercall page (x64 convention: RCX control, RDX input GPA / fast 0-7, R8 output GPA / fast 8-15).
- * Returns RAX (status in 15:0). */
 static inline uint64_t hvs_hypercall(void *page, uint64_t control, uint64_t in, uint64_t out)
 {
-    uint64_t status;
-    register uint64_t r8 __asm__("r8") = out;
-    __asm__ volatile("call *%[page]"
-                     : "=a"(status), "+c"(control), "+d"(in), "+r"(r8)
-                     : [page] "r"(page)
-                     : "memory", "cc");
-    return status;
+    return hv_hypercall_at(page, control, in, out);
 }
 
 #endif

@@ -7,6 +7,7 @@
 #define VP_HV_H
 
 #include "guest.h"
+#include "hv.h"
 
 /* MSRs */
 #define HVV_MSR_GUEST_OS_ID  0x40000000
@@ -103,17 +104,9 @@ _Static_assert(sizeof(struct hvv_start_vp_input) == 240, "StartVirtualProcessor 
 #define HVV_SEG_DATA   0xC093u   /* P, S, type 0x3 (read/write, accessed), D/B, G */
 #define HVV_SEG_TSS64  0x008Bu   /* P, type 0xB (busy 64-bit TSS) */
 
-/* Call the hypercall page (x64: RCX control, RDX input GPA / fast 0-7, R8 output GPA / fast 8-15). Returns
- * RAX: status in 15:0, reps completed in 43:32. */
 static inline uint64_t hvv_hypercall(void *page, uint64_t control, uint64_t in, uint64_t out)
 {
-    uint64_t status;
-    register uint64_t r8 __asm__("r8") = out;
-    __asm__ volatile("call *%[page]"
-                     : "=a"(status), "+c"(control), "+d"(in), "+r"(r8)
-                     : [page] "r"(page)
-                     : "memory", "cc");
-    return status;
+    return hv_hypercall_at(page, control, in, out);
 }
 
 #endif
