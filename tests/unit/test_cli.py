@@ -94,3 +94,29 @@ def test_bad_kernels(capsys: pytest.CaptureFixture[str], tmp_path: os.PathLike[s
 def test_directory_as_kernel(capsys: pytest.CaptureFixture[str], tmp_path: os.PathLike[str]) -> None:
     status, err = run_cli(capsys, "run", str(tmp_path))
     assert status == EXIT_USAGE and "directory" in err
+
+
+@pytest.mark.parametrize(
+    ("error", "hint"),
+    [(FileNotFoundError, "modprobe kvm"), (PermissionError, "usermod -aG kvm")],
+)
+def test_missing_or_forbidden_dev_kvm_says_how_to_fix(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: os.PathLike[str],
+    error: type[OSError],
+    hint: str,
+) -> None:
+    import hv1.backends.kvm.vm as vm
+
+    real_open = os.open
+
+    def fake_open(path: str, flags: int, *a: object) -> int:
+        if path == vm.KVM_PATH:
+            raise error(path)
+        return real_open(path, flags, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(vm.os, "open", fake_open)
+    status, err = run_cli(capsys, "run", _kernel(tmp_path, _mb_aout(0x100000, 0x101000)))
+    assert status == EXIT_USAGE
+    assert err.count("\n") == 1 and "/dev/kvm" in err and hint in err, err
