@@ -227,3 +227,11 @@ def test_info_hypercalls_lists_the_core_calls() -> None:
         ("0x8003", "HvExtCallMemoryHeatHint"),
     ):
         assert re.search(rf"^{code} +{name} ", r.stdout, re.M), (code, r.stdout)
+
+
+@pytest.mark.parametrize("apic", ["kernel", "user"])
+def test_hypercall_from_cpl3_faults_without_a_status(guest: Guest, apic: str) -> None:
+    """TLFS "Legal Hypercall Environments": CPL 3 gets no status. hv1 answers #UD when the trapping
+    `out` reaches it; where the CPU refuses the `out` first the guest sees #GP (caps.DEVIATIONS)."""
+    r = run_hv1("run", str(guest("hv_cpl")), "--apic", apic, "--timeout", "60")
+    assert_all_pass(r)
