@@ -81,7 +81,6 @@ def test_msr_gate_under_profile(
         0x40000011,  # holes between the defined synthetic MSRs
         0x400000A0,
         0x400000E0,  # stats pages: never implemented (AccessStatsReg is never granted)
-
         0x400001FF,
         M.HV_X64_MSR_NESTED_VP_INDEX,
         0x400010FF,
