@@ -1,6 +1,7 @@
 /* cpuinfo demo: print what the CPU and the hypervisor tell a guest (TLFS "Feature and Interface Discovery"
  * CPUID leaves 0x40000000-0x40000006), then exit 0. Bit names follow tlfs-inventory.md section 2. */
 #include "guest.h"
+#include "hv.h"
 
 static const char *const priv_eax[] = {   /* 0x40000003.EAX: partition privilege mask bits 0-31 */
     "AccessVpRunTimeReg", "AccessPartitionReferenceCounter", "AccessSynicRegs", "AccessSyntheticTimerRegs",
@@ -55,7 +56,7 @@ static void regs_text(char *out, const uint32_t *regs, int n)
 
 #define NELEM(a) (sizeof(a) / sizeof((a)[0]))
 
-void kmain(const struct boot_info *bi)
+static void print_cpuid(const struct boot_info *bi)
 {
     char text[64];
     struct cpuid_regs r = cpuid(0, 0);
@@ -119,4 +120,43 @@ void kmain(const struct boot_info *bi)
         r = cpuid(0x40000006, 0);
         printf("0x40000006:    hardware features eax=0x%08x\n", r.eax);
     }
+}
+
+static volatile uint64_t vp_index_of_cpu[64];
+
+static void report_vp_index(uint32_t cpu)
+{
+    uint64_t v = ~0ull;
+    if (cpu < 64 && rdmsr_safe(0x40000002, &v) < 0)   /* HV_X64_MSR_VP_INDEX */
+        vp_index_of_cpu[cpu] = v;
+}
+
+/* Then show the hypervisor at work: the hypercall page, a hypercall, reference time, VP indexes. */
+void kmain(const struct boot_info *bi)
+{
+    print_cpuid(bi);
+    if (!hv_present()) {
+        debug_exit(0);
+        return;
+    }
+    if (hv_enable_hypercalls(NULL)) {
+        uint64_t r = hv_hypercall_fast(hv_control(0x0008, HV_FAST, 0, 0, 0), 1, 0);   /* NotifyLongSpinWait */
+        printf("hypercall:     page at GPA 0x%lx; HvCallNotifyLongSpinWait -> status 0x%x\n",
+               (uint64_t)(uintptr_t)hv_hypercall_page, hv_status(r));
+    }
+    uint64_t t0, t1;
+    if (rdmsr_safe(0x40000020, &t0) < 0) {                                          /* TIME_REF_COUNT */
+        delay_us(1000);
+        rdmsr_safe(0x40000020, &t1);
+        printf("ref time:      TIME_REF_COUNT %lu (100 ns units), +%lu over a ~1 ms delay\n", t1, t1 - t0);
+    }
+    for (uint32_t c = 0; c < 64; c++)
+        vp_index_of_cpu[c] = ~0ull;
+    report_vp_index(0);
+    uint32_t aps = smp_start(report_vp_index);
+    printf("VP indexes:   ");
+    for (uint32_t c = 0; c <= aps && c < 64; c++)
+        printf(" cpu%u=%lu", c, vp_index_of_cpu[c]);
+    printf("\n");
+    debug_exit(0);
 }
