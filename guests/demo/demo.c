@@ -7,7 +7,7 @@ static const char *const priv_eax[] = {   /* 0x40000003.EAX: partition privilege
     "AccessVpRunTimeReg", "AccessPartitionReferenceCounter", "AccessSynicRegs", "AccessSyntheticTimerRegs",
     "AccessIntrCtrlRegs", "AccessHypercallMsrs", "AccessVpIndex", "AccessResetReg", "AccessStatsReg",
     "AccessPartitionReferenceTsc", "AccessGuestIdleReg", "AccessFrequencyRegs", "AccessDebugRegs",
-    "AccessReenlightenmentControls",
+    "AccessReenlightenmentControls", "AccessRootSchedulerMsr", "AccessTscInvariantControls",
 };
 static const char *const priv_ebx[] = {   /* 0x40000003.EBX: privilege mask bits 32-63 */
     "CreatePartitions", "AccessPartitionId", "AccessMemoryPool", "AdjustMessageBuffers", "PostMessages",
