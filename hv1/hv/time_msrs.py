@@ -73,17 +73,18 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hv1.hv.apic import APIC_FREQUENCY_HZ  # hv1's APIC model; KVM's in-kernel LAPIC bus is 1 GHz too
-from hv1.hv.caps import Caps, privilege_gate
+from hv1.hv.caps import Caps, Gate, privilege_gate
 from hv1.hv.interfaces import InterruptSink, gp
 from hv1.hv.overlay import OverlayPage
 from hv1.hv.reftime import ReferenceTime, ReferenceTscPage, TimeTracer, VpRuntime
 from hv1.hv.timers import STIMER_COUNT, TimerSynic, VpTimers
 from hv1.tlfs import msrs as M
 from hv1.tlfs.feature_discovery import FeaturesEdx
+from hv1.tlfs.msrs import msr_name
 from hv1.tlfs.partition import PartitionPrivilege as P
 
 if TYPE_CHECKING:
-    from hv1.hv.msrs import MsrTable
+    from hv1.hv.msrs import MsrRead, MsrTable, MsrWrite
     from hv1.hv.vp import Vp
 
 STIMERS_STATE = "stimers"  # vp.state key of the VP's VpTimers
@@ -339,73 +340,38 @@ class PartitionTime:
 
 
 def register_time_msrs(table: MsrTable, time: PartitionTime) -> None:
-    """Add the time MSRs to the partition's MSR table (hv/msrs.py)."""
+    """Add the time MSRs to the partition's MSR table (hv/msrs.py). Names come from hv1/tlfs/msrs.py."""
     from hv1.hv.msrs import Scope  # runtime import: hv/msrs imports the partition type lazily too
 
-    table.register(
-        M.HV_X64_MSR_VP_RUNTIME,
-        "HV_X64_MSR_VP_RUNTIME",
-        privilege_gate(P.AccessVpRunTimeReg),
-        read=time.read_vp_runtime,
-        write=None,
-        scope=Scope.VP,
-    )
-    table.register(
-        M.HV_X64_MSR_TIME_REF_COUNT,
-        "HV_X64_MSR_TIME_REF_COUNT",
-        privilege_gate(P.AccessPartitionReferenceCounter),
-        read=time.read_time_ref_count,
-        write=None,
-    )
-    table.register(
-        M.HV_X64_MSR_REFERENCE_TSC,
-        "HV_X64_MSR_REFERENCE_TSC",
-        privilege_gate(P.AccessPartitionReferenceTsc),
-        read=time.read_reference_tsc,
-        write=time.write_reference_tsc,
-    )
-    freq = privilege_gate(P.AccessFrequencyRegs)
-    for msr, name, read in (
-        (M.HV_X64_MSR_TSC_FREQUENCY, "HV_X64_MSR_TSC_FREQUENCY", time.read_tsc_frequency),
-        (M.HV_X64_MSR_APIC_FREQUENCY, "HV_X64_MSR_APIC_FREQUENCY", time.read_apic_frequency),
-    ):
-        table.register(msr, name, freq, read=read, write=None)
     reenl = privilege_gate(P.AccessReenlightenmentControls)
-    table.register(
-        M.HV_X64_MSR_REENLIGHTENMENT_CONTROL,
-        "HV_X64_MSR_REENLIGHTENMENT_CONTROL",
-        reenl,
-        read=time.read_reenlightenment_control,
-        write=time.write_reenlightenment_control,
-    )
-    table.register(
-        M.HV_X64_MSR_TSC_EMULATION_CONTROL,
-        "HV_X64_MSR_TSC_EMULATION_CONTROL",
-        reenl,
-        read=time.read_tsc_emulation_control,
-        write=time.write_tsc_emulation_control,
-    )
-    table.register(
-        M.HV_X64_MSR_TSC_EMULATION_STATUS,
-        "HV_X64_MSR_TSC_EMULATION_STATUS",
-        reenl,
-        read=time.read_tsc_emulation_status,
-        write=time.write_tsc_emulation_status,
-    )
-    table.register(
-        M.HV_X64_MSR_TSC_INVARIANT_CONTROL,
-        "HV_X64_MSR_TSC_INVARIANT_CONTROL",
-        privilege_gate(P.AccessTscInvariantControls),
-        read=time.read_tsc_invariant_control,
-        write=time.write_tsc_invariant_control,
-    )
+    freq = privilege_gate(P.AccessFrequencyRegs)
+    # (MSR, gate, read, write (None: read-only), scope) -- the table of the module docstring.
+    rows: tuple[tuple[int, Gate, MsrRead, MsrWrite | None, Scope], ...] = (
+        (M.HV_X64_MSR_VP_RUNTIME, privilege_gate(P.AccessVpRunTimeReg), time.read_vp_runtime, None, Scope.VP),
+        (M.HV_X64_MSR_TIME_REF_COUNT, privilege_gate(P.AccessPartitionReferenceCounter),
+         time.read_time_ref_count, None, Scope.PARTITION),
+        (M.HV_X64_MSR_REFERENCE_TSC, privilege_gate(P.AccessPartitionReferenceTsc), time.read_reference_tsc,
+         time.write_reference_tsc, Scope.PARTITION),
+        (M.HV_X64_MSR_TSC_FREQUENCY, freq, time.read_tsc_frequency, None, Scope.PARTITION),
+        (M.HV_X64_MSR_APIC_FREQUENCY, freq, time.read_apic_frequency, None, Scope.PARTITION),
+        (M.HV_X64_MSR_REENLIGHTENMENT_CONTROL, reenl, time.read_reenlightenment_control,
+         time.write_reenlightenment_control, Scope.PARTITION),
+        (M.HV_X64_MSR_TSC_EMULATION_CONTROL, reenl, time.read_tsc_emulation_control,
+         time.write_tsc_emulation_control, Scope.PARTITION),
+        (M.HV_X64_MSR_TSC_EMULATION_STATUS, reenl, time.read_tsc_emulation_status,
+         time.write_tsc_emulation_status, Scope.PARTITION),
+        (M.HV_X64_MSR_TSC_INVARIANT_CONTROL, privilege_gate(P.AccessTscInvariantControls),
+         time.read_tsc_invariant_control, time.write_tsc_invariant_control, Scope.PARTITION),
+    )  # fmt: skip
+    for msr, gate, read, write, scope in rows:
+        table.register(msr, msr_name(msr), gate, read=read, write=write, scope=scope)
     stimer = privilege_gate(P.AccessSyntheticTimerRegs)
     for i in range(STIMER_COUNT):
-        for is_count, kind in ((False, "CONFIG"), (True, "COUNT")):
+        for is_count in (False, True):
             msr = M.HV_X64_MSR_STIMER0_CONFIG + 2 * i + int(is_count)
             table.register(
                 msr,
-                f"HV_X64_MSR_STIMER{i}_{kind}",
+                msr_name(msr),
                 stimer,
                 read=_bind_read(time, msr),
                 write=_bind_write(time, msr),
