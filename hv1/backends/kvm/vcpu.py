@@ -19,7 +19,6 @@ import os
 import signal
 import struct
 import threading
-import time
 from typing import Protocol
 
 from hv1.backends.kvm import ioctls as k
@@ -29,7 +28,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _ioctl = _libc.ioctl  # no argtypes on purpose: cheapest ctypes call path for KVM_RUN
 
 KICK_SIGNAL = signal.SIGUSR1
-_now = time.perf_counter_ns
 
 _IO = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
 _MMIO = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
@@ -83,7 +81,6 @@ class KvmVcpu:
         self.stop_requested = False
         self._fpu: k.kvm_fpu | None = None
         self._fpu_dirty = False
-        self.run_ns = 0  # time spent inside KVM_RUN (in guest mode, or halted in-kernel)
 
     # ---- setup-time register access (ioctls; fine outside the hot path) ----
     def get_sregs(self) -> k.kvm_sregs:
@@ -234,10 +231,7 @@ class KvmVcpu:
                 break
             if self._fpu is not None:
                 self._flush_fpu()
-            t0 = _now()
-            rc = _ioctl(fd, run_req, 0)
-            self.run_ns += _now() - t0
-            if rc < 0:
+            if _ioctl(fd, run_req, 0) < 0:
                 err = ctypes.get_errno()
                 u8[k.RUN_IMMEDIATE_EXIT] = 0
                 if err in (errno.EINTR, errno.EAGAIN):
