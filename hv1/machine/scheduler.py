@@ -4,6 +4,7 @@ LVT timers in user mode and for synthetic timers. It sleeps until the earliest d
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import heapq
 import itertools
@@ -17,10 +18,8 @@ _PR_SET_TIMERSLACK = 29
 def _tighten_timer_slack() -> None:
     """Linux adds a timer slack (50 µs by default) to every timed sleep of a thread; the deadlines
     here are guest timer expiries, so this thread asks for 1 ns. Best effort: no-op elsewhere."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 # A deadline further out than this is slept towards in steps: Condition.wait() overflows on a
