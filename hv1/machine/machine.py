@@ -115,7 +115,8 @@ class Vp:
         self.start_ctx: InitialVpContext | None = None
         self.vcpu = vcpu
         self.apic = apic
-        self.synic = synic_of(machine.partition.vps[index])
+        self.hv_vp = machine.partition.vps[index]
+        self.synic = synic_of(self.hv_vp)
         self.wake = threading.Event()
         self.started = index == 0  # APs wait for INIT/SIPI
         self.sipi_vector: int | None = None
@@ -316,6 +317,10 @@ class Vp:
 
     # ---- lifecycle ----
     def kick(self) -> None:
+        # Something wants this VP (an interrupt, a flush, a timer, the end of the run): a rep
+        # hypercall in progress yields at its next element (TLFS hypercall-interface.md "Hypercall
+        # Continuation"), so the VP takes it before finishing the list.
+        self.hv_vp.preempt_requested = True
         self.wake.set()
         self.vcpu.kick()
 
