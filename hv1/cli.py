@@ -157,9 +157,20 @@ def _cmd_info(a: argparse.Namespace) -> int:
     from hv1.hv import caps as capsmod
 
     if a.hypercalls:
-        from hv1.hv.hypercalls import format_table
+        from hv1.hv.enlightenments import ENLIGHTENMENT_HYPERCALLS
+        from hv1.hv.hypercalls import core_table, format_table
+        from hv1.hv.hypercalls.synic_calls import DEFS as SYNIC_HYPERCALLS
 
-        print(format_table())
+        # Every hypercall a partition can have: the core ones plus what the subsystems register.
+        table = core_table()
+        for d in (*SYNIC_HYPERCALLS, *ENLIGHTENMENT_HYPERCALLS):
+            if table.get(d.code) is None:
+                table.register(d)
+        try:
+            caps = capsmod.parse_profile(a.hv, apic_mode=a.apic) if a.hv else None
+        except ValueError as e:
+            raise UsageError(f"--hv: {e}") from None
+        print(format_table(table, caps))
         return EXIT_OK
     if a.hv:
         try:
