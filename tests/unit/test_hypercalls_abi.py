@@ -553,3 +553,17 @@ def test_table_rejects_duplicates_and_bad_shapes() -> None:
         HypercallDef(0x7F51, "BadSimple", Kind.SIMPLE, None)
     with pytest.raises(ValueError):
         HypercallDef(0x7F52, "BadSimple2", Kind.SIMPLE, _ok, rep_input_size=8)
+
+
+def test_control_parse_cache_is_exact_and_bounded() -> None:
+    """Control.parse caches decoded words; a guest cycling through random words cannot grow it."""
+    import random
+
+    from hv1.hv.hypercalls import abi
+
+    rnd = random.Random(7)
+    for _ in range(3 * abi._PARSED_MAX):
+        raw = rnd.getrandbits(64)
+        assert abi.Control.parse(raw) == abi.Control._decode(raw)
+        assert len(abi._PARSED) <= abi._PARSED_MAX
+    assert abi.Control.parse(1 << 70 | 0x10008) == abi.Control._decode(0x10008)  # masked to 64 bits
