@@ -34,3 +34,27 @@ def test_readme_root_api_example(guest: Callable[[str], Path]) -> None:
     finally:
         m.close()
     assert b"hello from hv1 guest" in serial.getvalue()
+
+
+def test_internal_fault_stops_the_partition_with_a_diagnostic(
+    guest: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in hv1 (here: a hypercall handler that raises) stops that partition cleanly with exit
+    status 8, the registers, the instruction bytes at RIP, the last trace events and the traceback."""
+    from hv1.errors import EXIT_INTERNAL
+    from hv1.hv.partition import Partition
+
+    def broken(self: Partition, vp_index: int, regs: object) -> None:
+        raise RuntimeError("injected bug")
+
+    monkeypatch.setattr(Partition, "hypercall", broken)
+    diag = io.StringIO()
+    m = Machine(MachineConfig(kernel=str(guest("demo")), timeout=60), serial_out=io.BytesIO(), diag=diag)
+    try:
+        result = m.run()
+    finally:
+        m.close()
+    report = diag.getvalue()
+    assert result.status == EXIT_INTERNAL, report
+    assert "internal-fault" in report and "injected bug" in report
+    assert "rip=" in report and "code at rip" in report and "last trace events" in report
