@@ -285,8 +285,8 @@ FEATURES: tuple[Feature, ...] = (
         implemented_in=frozenset({"kernel"}),
         requires=("synic",),
     ),
-    # Issue 5 (hv/enlightenments.py). APIC MSRs, VP assist, guest idle and StartVirtualProcessor
-    # need hv1's APIC model (user mode). The flush and IPI hypercalls work in both modes; their
+    # Issue 5 (hv/enlightenments.py). APIC MSRs, VP assist and guest idle need hv1's APIC model
+    # (user mode); StartVirtualProcessor works in both. The flush and IPI hypercalls work in both modes; their
     # recommendation bits are set only where they pay (bench rows vp-flush, vp-flush-kernel, vp-ipi):
     # with hv1's APIC a flush hypercall costs 0.4-0.7x an IPI + INVLPG shootdown of 1-3 VPs, with
     # KVM's in-kernel APIC 1.1-2.1x, so `remote-flush` is recommended in user mode only.
@@ -328,7 +328,7 @@ FEATURES: tuple[Feature, ...] = (
         "start-vp",
         "HvCallStartVirtualProcessor",
         privileges=P.StartVirtualProcessor,
-        implemented_in=frozenset({"user"}),
+        implemented_in=_BOTH,
     ),
     Feature("vp-registers", "HvCallGet/SetVpRegisters on self", privileges=P.AccessVpRegisters),
     Feature(

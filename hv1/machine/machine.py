@@ -136,6 +136,9 @@ class Vp:
     def count_exit(self, reason: int) -> None:
         self.assist.after_exit()  # a lazy EOI the guest did shows in the APIC before anything reads it
         self.exit_counts[reason & 63] += 1
+        if not self.started:
+            # Kernel APIC mode: KVM handled this AP's INIT/SIPI itself; an exit means it is running.
+            self.started = True
         if self._trace_exits:
             self.m.tracer.emit("exits", self.index, k.EXIT_NAMES.get(reason, str(reason)))
 
@@ -340,18 +343,31 @@ class Vp:
         self.wake.set()
 
     def try_start(self, ctx: InitialVpContext) -> bool:
-        """HvCallStartVirtualProcessor: claim a VP that waits for SIPI (atomic with deliver_sipi)."""
+        """HvCallStartVirtualProcessor: claim a VP that waits for SIPI (atomic with deliver_sipi).
+
+        User APIC mode: the VP's thread waits in _wait_for_sipi and loads the context. Kernel APIC
+        mode: KVM holds the AP in KVM_MP_STATE_UNINITIALIZED inside KVM_RUN; the kick brings its thread
+        out, and the context is loaded and the vCPU made runnable there (vCPU ioctls belong to the
+        vCPU's thread). An AP that KVM started through INIT/SIPI counts as started from its first
+        exit; a SIPI racing with this call on the same AP is the guest's own race."""
         with self.m.start_lock:
-            if (
-                self.apic is None
-                or self.started
-                or self.sipi_vector is not None
-                or self.start_ctx is not None
-            ):
+            if self.started or self.sipi_vector is not None or self.start_ctx is not None:
                 return False
             self.start_ctx = ctx
-        self.wake.set()
+        if self.apic is None:
+            self.post_work(self._start_in_kernel_mode)
+        else:
+            self.wake.set()
         return True
+
+    def _start_in_kernel_mode(self) -> None:
+        ctx = self.start_ctx
+        if ctx is None or self.started:
+            return
+        self.m.tracer.emit("vp", self.index, "start-vp", rip=ctx.rip)
+        set_initial_context(self.vcpu, ctx)
+        self.vcpu.set_mp_state(k.KVM_MP_STATE_RUNNABLE)
+        self.started = True
 
     def _enter_wait_for_sipi(self) -> None:
         self.init_pending = False
