@@ -24,8 +24,10 @@ uint32_t smp_cpu_count(void)
     if (!nr_cpus) {
         uint16_t n = 0;
         fw_cfg_read(FW_CFG_NB_CPUS, &n, 2);   /* 16-bit little endian; 0xFFFF when there is no fw_cfg */
-        nr_cpus = n >= 1 && n <= MAX_CPUS ? n : 1;
-        if (n < 1 || n > MAX_CPUS)
+        /* No fw_cfg (0 or 0xFFFF): one CPU. More CPUs than this library has per-CPU slots for: use
+         * the first MAX_CPUS, the others keep waiting for INIT/SIPI. */
+        nr_cpus = (n == 0 || n == 0xFFFF) ? 1 : n > MAX_CPUS ? MAX_CPUS : n;
+        if (n != nr_cpus)
             printf("smp: fw_cfg reports %u CPUs; using %u\n", n, nr_cpus);
     }
     return nr_cpus;

@@ -140,3 +140,12 @@ def test_partition_reset_reboots_with_hv_state_cleared(guest: Guest, apic: str) 
 def test_partition_reset_with_no_reboot_exits_zero(guest: Guest) -> None:
     r = run_hv1("run", str(guest("reset")), "--no-reboot", "--timeout", "60")
     assert r.status == 0 and "second boot" not in r.stdout, r.describe()
+
+
+@pytest.mark.parametrize("apic", ["kernel", "user"])
+def test_64_vcpus(guest: Guest, apic: str) -> None:
+    """--cpus 64, the maximum: every vCPU exists; the guest library brings up the first 16 (its
+    per-CPU slots) and the rest wait for INIT/SIPI without disturbing anything."""
+    r = run_hv1("run", str(guest("smp")), "--apic", apic, "--cpus", "64", "--timeout", "150")
+    assert "fw_cfg reports 64 CPUs; using 16" in r.stdout, r.describe()
+    _assert_all_pass(r)
