@@ -126,6 +126,11 @@ class FakeHooks:
     def yield_vp(self, vp_index: int) -> None:
         self.yields.append(vp_index)
 
+    hypercall_pages: list[int | None] = field(default_factory=list)
+
+    def hypercall_page_moved(self, gpa: int | None) -> None:
+        self.hypercall_pages.append(gpa)
+
     # EnlightenmentHooks (hv1.hv.enlightenments)
     flushes: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
     idles: list[int] = field(default_factory=list)

@@ -75,9 +75,10 @@ DEVIATIONS: tuple[tuple[str, str], ...] = (
     ),
     (
         "hypercall page writes",
-        "The hypercall page is an overlay made by copy-swap over guest RAM (hv/overlay.py); a guest write "
-        "to it lands in RAM instead of raising #GP (hypercall-interface.md). KVM and Xen behave the same "
-        "(inventory §7.3). The page content is rewritten on every enable/move.",
+        "A guest write to the hypercall page raises #GP and changes nothing, as hypercall-interface.md says "
+        "(the machine backs the page's GPA with a read-only KVM memory slot). KVM completes the writing "
+        "instruction before userspace sees the write, so the #GP frame holds the RIP after the instruction, "
+        "not the instruction itself. (KVM and Xen let the write land in RAM, inventory §7.3.)",
     ),
     (
         "hypercall page location",

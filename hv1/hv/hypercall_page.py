@@ -94,6 +94,11 @@ class HypercallPage:
     def gpfn(self) -> int:
         return self.value >> HYPERCALL_MSR_GPFN_SHIFT
 
+    def shown_at(self) -> int | None:
+        """The GPA where the page is visible in guest RAM now, or None."""
+        o = self.overlay
+        return o.gpfn << PAGE_SHIFT if o.gpfn is not None and o.accessible else None
+
     def write_msr(self, value: int, guest_os_id: int, lock_available: bool) -> None:
         """WRMSR HV_X64_MSR_HYPERCALL; raises GuestException(#GP) where the TLFS says so."""
         if self.locked:

@@ -61,6 +61,11 @@ class PartitionHooks(Protocol):
         """HvCallNotifyLongSpinWait: give the host CPU to another VP for a moment."""
         ...
 
+    def hypercall_page_moved(self, gpa: int | None) -> None:
+        """The hypercall page is now shown at `gpa` (None: nowhere). The machine makes that page
+        read/execute-only for the guest (a partition reset puts it back to nowhere by itself)."""
+        ...
+
 
 class Partition:
     def __init__(

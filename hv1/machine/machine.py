@@ -37,7 +37,7 @@ from hv1.hv.apic import ApicHooks, ApicRouter, LocalApic
 from hv1.hv.caps import parse_profile
 from hv1.hv.hypercall_page import HYPERCALL_PORT
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
-from hv1.hv.interfaces import GuestException
+from hv1.hv.interfaces import GP_VECTOR, GuestException
 from hv1.hv.partition import Partition
 from hv1.hv.reftime import ReferenceTime
 from hv1.hv.synic import synic_of
@@ -170,6 +170,16 @@ class Vp:
         return (1 << (8 * size)) - 1
 
     def mmio_write(self, addr: int, size: int, value: int) -> None:
+        page = self.m.hypercall_page_gpa
+        if page is not None and page <= addr < page + 0x1000:
+            # A guest write to the read-only hypercall page: discarded, and #GP as the TLFS says. KVM
+            # has completed the instruction before userspace sees the write, so the #GP reports the
+            # RIP after it (caps.DEVIATIONS).
+            self.m.hypercall_page_writes += 1
+            if self.m.tracer.wants("mmio"):
+                self.m.tracer.emit("mmio", self.index, "hypercall-page-write-gp", addr=addr, size=size)
+            self.vcpu.inject_exception(GP_VECTOR, 0)
+            return
         apic = self.apic
         if apic is not None:
             base = apic.mmio_base()
@@ -491,6 +501,9 @@ class Machine:
         self.partition.time.on_change(self._time_changed)
         self._reset_requested = False
         self.resets = 0
+        self._park_lock = threading.Lock()
+        self.hypercall_page_gpa: int | None = None
+        self.hypercall_page_writes = 0
 
         self.router: ApicRouter | None = None
         apics: list[LocalApic | None] = [None] * cfg.cpus
@@ -652,6 +665,57 @@ class Machine:
     def yield_vp(self, vp_index: int) -> None:
         os.sched_yield()
 
+    def hypercall_page_moved(self, gpa: int | None) -> None:
+        """Keep the hypercall page read/execute-only for the guest: a read-only memory slot over
+        its GPA (TLFS hypercall-interface.md "Hypercall Page"). Memory slots change with every other
+        VP parked outside KVM_RUN."""
+        pages = (gpa,) if gpa is not None else ()
+        self._with_vps_parked(lambda: self.vm.set_readonly_pages(pages))
+        self.hypercall_page_gpa = gpa
+        self.tracer.emit("vp", -1, "hypercall-page-readonly", gpa=gpa if gpa is not None else -1)
+
+    def _current_vp(self) -> Vp | None:
+        me = threading.get_ident()
+        return next((vp for vp in self.vps if vp.vcpu.thread_id == me), None)
+
+    def _with_vps_parked(self, fn: Callable[[], None]) -> None:
+        """Run `fn` while every other VP waits outside KVM_RUN. One parker at a time; a VP waiting
+        for its turn (or for the others) keeps serving its own work queue, so it can be parked by
+        the current parker meanwhile and two parkers cannot deadlock."""
+        me = self._current_vp()
+
+        def serve_while(wait: Callable[[], bool]) -> bool:
+            while not wait():
+                if me is not None:
+                    me.service_work()
+                if self._stop.is_set() and not self._reset_requested:
+                    return False
+            return True
+
+        if not serve_while(lambda: self._park_lock.acquire(timeout=0.0002)):
+            return
+        release = threading.Event()
+        try:
+            parked: list[threading.Event] = []
+            for vp in self.vps:
+                if vp is me or vp.thread is None or not vp.thread.is_alive():
+                    continue
+                ev = threading.Event()
+
+                def park(ev: threading.Event = ev) -> None:
+                    ev.set()
+                    release.wait()
+
+                vp.post_work(park)
+                parked.append(ev)
+            for ev in parked:
+                if not serve_while(lambda ev=ev: ev.wait(0.0002)):  # type: ignore[misc]
+                    return
+            fn()
+        finally:
+            release.set()
+            self._park_lock.release()
+
     def flush_tlb(self, src_vp: int, targets: Iterable[int]) -> None:
         """Flush the guest TLB of every target VP and return only when all are done (TLFS
         virtual-mmu.md: the flush hypercalls complete when the flush has happened on each target).
@@ -746,6 +810,8 @@ class Machine:
         self.boot = multiboot.load(self.cfg.kernel, self._kernel_image, self.ram, self.cfg.append,
                                    self._module_images)  # fmt: skip
         self.partition.reset()
+        self.vm.set_readonly_pages(())  # every VP thread has stopped: no parking needed
+        self.hypercall_page_gpa = None
         self.testdev.reset()
         self.bench_dev.reset()
         for vp in self.vps:

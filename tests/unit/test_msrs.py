@@ -405,3 +405,17 @@ def test_msr_trace_lines() -> None:
     assert "wrmsr msr=HV_X64_MSR_GUEST_OS_ID value=0x8100000000000000" in lines[0]
     assert "vp1" in lines[1] and "rdmsr msr=HV_X64_MSR_VP_INDEX value=1" in lines[1]
     assert "gp=true" in lines[2]
+
+
+def test_machine_is_told_where_the_hypercall_page_is() -> None:
+    """The machine keeps the page read/execute-only (TLFS "Hypercall Page": writes #GP); the partition
+    tells it, outside the partition lock, each time the guest-visible page moves, appears or goes."""
+    p, hooks = make()
+    p.wrmsr(0, M.HV_X64_MSR_HYPERCALL, 0x5000 | 1)  # GUEST_OS_ID still 0: enable ignored
+    assert hooks.hypercall_pages == []
+    p.wrmsr(0, M.HV_X64_MSR_GUEST_OS_ID, 0x8100000000000000)
+    p.wrmsr(0, M.HV_X64_MSR_HYPERCALL, 0x5000 | 1)
+    p.wrmsr(1, M.HV_X64_MSR_HYPERCALL, 0x5000 | 1)  # same place: nothing to tell
+    p.wrmsr(1, M.HV_X64_MSR_HYPERCALL, 0x7000 | 1)
+    p.wrmsr(0, M.HV_X64_MSR_GUEST_OS_ID, 0)  # disables the page
+    assert hooks.hypercall_pages == [0x5000, 0x7000, None]

@@ -132,7 +132,6 @@ class KvmVm:
     def __init__(self, system: KvmSystem) -> None:
         self.system = system
         self.fd = fcntl.ioctl(system.fd, k.KVM_CREATE_VM, 0)
-        self._next_slot = 0
         self.ram: GuestRam | None = None
         self._msr_filter_bitmaps: list[ctypes.Array[ctypes.c_uint8]] = []
 
@@ -143,14 +142,45 @@ class KvmVm:
             c.args[i] = a
         fcntl.ioctl(self.fd if fd is None else fd, k.KVM_ENABLE_CAP, bytearray(bytes(c)))
 
-    def add_ram(self, ram: GuestRam, gpa: int = 0) -> None:
+    def add_ram(self, ram: GuestRam) -> None:
+        """Guest RAM at GPA 0, in one memory slot (split later by `set_readonly_pages`)."""
+        self.ram = ram
+        self._slots: list[tuple[int, int, bool]] = []  # (gpa, size, read-only), slot i = entry i
+        self.set_readonly_pages(())
+
+    def _set_slot(self, slot: int, gpa: int, size: int, readonly: bool) -> None:
+        assert self.ram is not None
         region = k.kvm_userspace_memory_region(
-            slot=self._next_slot, flags=0, guest_phys_addr=gpa, memory_size=ram.size,
-            userspace_addr=ram.host_address,
+            slot=slot, flags=k.KVM_MEM_READONLY if readonly else 0, guest_phys_addr=gpa, memory_size=size,
+            userspace_addr=self.ram.host_address + gpa if size else 0,
         )  # fmt: skip
         fcntl.ioctl(self.fd, k.KVM_SET_USER_MEMORY_REGION, bytes(region))
-        self._next_slot += 1
-        self.ram = ram
+
+    def set_readonly_pages(self, pages: tuple[int, ...] | list[int]) -> None:
+        """Lay guest RAM out as memory slots in which each page of `pages` (4 KiB-aligned GPAs inside
+        RAM) is read/execute-only for the guest: a guest write to it exits as MMIO and never reaches
+        RAM. The host's own view of RAM stays writable. Every vCPU must be out of KVM_RUN (the old
+        slots are deleted before the new ones exist)."""
+        assert self.ram is not None
+        size = self.ram.size
+        layout: list[tuple[int, int, bool]] = []
+        cursor = 0
+        for page in sorted(set(pages)):
+            if page < cursor or page + 0x1000 > size or page % 0x1000:
+                raise ValueError(f"read-only page {page:#x} is not a page of guest RAM")
+            if page > cursor:
+                layout.append((cursor, page - cursor, False))
+            layout.append((page, 0x1000, True))
+            cursor = page + 0x1000
+        if cursor < size:
+            layout.append((cursor, size - cursor, False))
+        if layout == self._slots:
+            return
+        for slot in range(len(self._slots)):
+            self._set_slot(slot, 0, 0, False)  # delete
+        for slot, (gpa, length, readonly) in enumerate(layout):
+            self._set_slot(slot, gpa, length, readonly)
+        self._slots = layout
 
     def use_split_irqchip(self) -> None:
         """The local APIC in the kernel, everything else (PIC, IOAPIC, PIT) in userspace: MSIs can be
