@@ -688,7 +688,9 @@ class Machine:
             while not wait():
                 if me is not None:
                     me.service_work()
-                if self._stop.is_set() and not self._reset_requested:
+                # The run is ending or being reset (VP threads stop without serving work; a reset
+                # lays the slots out again itself): give up rather than wait for parkers that left.
+                if self._stop.is_set() or (me is not None and me.vcpu.stop_requested):
                     return False
             return True
 
