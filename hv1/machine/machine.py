@@ -136,7 +136,7 @@ class Vp:
     def count_exit(self, reason: int) -> None:
         self.assist.after_exit()  # a lazy EOI the guest did shows in the APIC before anything reads it
         self.exit_counts[reason & 63] += 1
-        if not self.started:
+        if not self.started and self.apic is None:
             # Kernel APIC mode: KVM handled this AP's INIT/SIPI itself; an exit means it is running.
             self.started = True
         if self._trace_exits:
@@ -342,8 +342,21 @@ class Vp:
             # INIT to the BSP of a running system is a reset of that CPU; test kernels never do it.
             self.m.tracer.emit("vp", self.index, "init-ignored")
             return
-        self.init_pending = True
-        self.kick()
+        # INIT puts the processor in wait-for-SIPI at once (Intel SDM 10.4.7.3): from here a SIPI is
+        # accepted and latched even before this VP's thread has left the guest. A VP that was running
+        # is kicked out and its thread goes back to waiting; one already waiting just stays there.
+        with self.m.start_lock:
+            was_running = self.started
+            self.started = False
+            self.sipi_vector = None
+            self.start_ctx = None
+            if was_running:
+                self.init_pending = True
+        if was_running:
+            self.kick()
+        elif self.apic is not None:
+            self.apic.init()
+            self.m.tracer.emit("vp", self.index, "init")
 
     def deliver_sipi(self, vector: int) -> None:
         with self.m.start_lock:
@@ -380,11 +393,9 @@ class Vp:
         self.started = True
 
     def _enter_wait_for_sipi(self) -> None:
+        """This VP's thread after an INIT that found it running (deliver_init already reset the
+        start state; a SIPI may even be latched by now)."""
         self.init_pending = False
-        with self.m.start_lock:
-            self.started = False
-            self.sipi_vector = None
-            self.start_ctx = None
         if self.apic is not None:
             self.apic.init()
         self.m.tracer.emit("vp", self.index, "init")
