@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from hv1.hv.gpa_map import GpaMap, GpaMapping, rights_valid, special_backing
+from hv1.hv.intercepts import InterceptError, InterceptTable
 from hv1.tlfs.partition import (
     HV_PARTITION_ID_INVALID,
     HV_PARTITION_ID_SELF,
@@ -188,6 +189,7 @@ class PartitionRecord:
     vps: dict[int, VpRecord] = field(default_factory=dict)
     children: list[int] = field(default_factory=list)
     guest_os_id: int = 0
+    intercepts: InterceptTable = field(default_factory=InterceptTable)
 
     @property
     def pages_in_use(self) -> int:
@@ -493,6 +495,20 @@ class Hypervisor:
                 for pg in pages:
                     self._unref(p.gpa.unmap(pg))
             return count
+
+    # ---- intercepts -------------------------------------------------------------------------------
+    def install_intercept(
+        self, caller: int, partition_id: int, access_type: int, intercept_type: int, intercept_parameter: int
+    ) -> None:
+        """HvCallInstallIntercept (0x004D): a parent traps its child's I/O port, MSR, CPUID or
+        exception events (PDF §6 "Host Intercepts")."""
+        with self.lock:
+            p = self._child(caller, partition_id)
+            self._state(p, PartitionState.CREATED, PartitionState.INITIALIZED, PartitionState.ACTIVE)
+            try:
+                p.intercepts.install(access_type, intercept_type, intercept_parameter)
+            except InterceptError as e:
+                raise HvError(e.status, str(e)) from None
 
     # ---- virtual processors ----------------------------------------------------------------------
     def create_vp(self, caller: int, partition_id: int, vp_index: int, flags: int = 0) -> None:
