@@ -33,17 +33,19 @@ while one is held.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from hv1.hv.gpa_map import GpaMap, GpaMapping, rights_valid, special_backing
 from hv1.hv.intercepts import InterceptError, InterceptTable
+from hv1.hv.vp_registers import RegisterError, VpRegisterFile
 from hv1.tlfs.partition import (
     HV_PARTITION_ID_INVALID,
     HV_PARTITION_ID_SELF,
     PartitionPrivilege,
     PartitionPropertyCode,
 )
+from hv1.tlfs.registers import HvRegisterName
 from hv1.tlfs.status import HvStatus
 from hv1.tlfs.virtualization_host import (
     LARGE_PAGE_PAGES,
@@ -159,6 +161,13 @@ class VpRecord:
     index: int
     explicit_suspend: bool = True
     intercept_suspend: bool = False
+    registers: VpRegisterFile = field(default_factory=VpRegisterFile)
+
+    @property
+    def suspended(self) -> bool:
+        """PDF §7.4: "Both suspension reasons must be cleared before a virtual processor becomes
+        active"."""
+        return self.explicit_suspend or self.intercept_suspend
 
 
 @dataclass
@@ -213,6 +222,9 @@ class Hypervisor:
 
     def __init__(self, root_pages: int, root_privileges: int = ROOT_PRIVILEGES) -> None:
         self.lock = threading.RLock()
+        # Called (under `lock`: it must not block) when a VP's last suspension reason is cleared, with
+        # (partition id, VP index): the machine starts or resumes running it.
+        self.on_vp_resumed: Callable[[int, int], None] | None = None
         self._next_id = ROOT_PARTITION_ID
         self._partitions: dict[int, PartitionRecord] = {}
         self._refs: dict[int, int] = {}  # backing page -> mappings in children that use it
@@ -537,17 +549,89 @@ class Hypervisor:
             del p.vps[vp_index]
 
     def set_explicit_suspend(self, caller: int, partition_id: int, vp_index: int, suspended: bool) -> None:
-        """HvRegisterExplicitSuspend through SetVpRegisters: the first resume makes the partition
-        Active."""
+        """HvRegisterExplicitSuspend: the first resume makes the partition Active."""
+        self.set_vp_registers(
+            caller, partition_id, vp_index, [(HvRegisterName.ExplicitSuspend, int(suspended))]
+        )
+
+    def get_vp_registers(
+        self, caller: int, partition_id: int, vp_index: int, names: Sequence[int], input_vtl: int = 0
+    ) -> list[int]:
+        """HvCallGetVpRegisters (0x0050, rep): HV_REGISTER_VALUEs (128-bit ints) in order. The
+        suspension registers can always be read; the others while the VP is suspended (an hv1
+        choice: the parent stops a VP before it inspects it)."""
         with self.lock:
+            vp = self._vp_for_registers(caller, partition_id, vp_index, input_vtl)
+            out: list[int] = []
+            for i, name in enumerate(names):
+                if name == HvRegisterName.ExplicitSuspend:
+                    out.append(int(vp.explicit_suspend))
+                elif name == HvRegisterName.InterceptSuspend:
+                    out.append(int(vp.intercept_suspend))
+                else:
+                    if not vp.suspended:
+                        raise HvError(HvStatus.INVALID_VP_STATE, f"VP {vp_index} is running", i)
+                    try:
+                        out.append(vp.registers.get(name))
+                    except RegisterError as e:
+                        raise HvError(e.status, str(e), i) from None
+            return out
+
+    def set_vp_registers(
+        self,
+        caller: int,
+        partition_id: int,
+        vp_index: int,
+        values: Sequence[tuple[int, int]],
+        input_vtl: int = 0,
+    ) -> int:
+        """HvCallSetVpRegisters (0x0051, rep): (name, value) pairs in order. Clearing ExplicitSuspend
+        or InterceptSuspend lets the VP run (virtualization-host.md: "Start VP0 by clearing the
+        HvRegisterExplicitSuspend VP register"); only the hypervisor sets InterceptSuspend."""
+        with self.lock:
+            p = self._partitions.get(partition_id if partition_id != HV_PARTITION_ID_SELF else caller)
+            vp = self._vp_for_registers(caller, partition_id, vp_index, input_vtl)
+            resumed = False
+            for i, (name, value) in enumerate(values):
+                if name in (HvRegisterName.ExplicitSuspend, HvRegisterName.InterceptSuspend):
+                    if value & ~1 or (name == HvRegisterName.InterceptSuspend and value):
+                        raise HvError(HvStatus.INVALID_PARAMETER, f"suspend register value {value:#x}", i)
+                    was = vp.suspended
+                    if name == HvRegisterName.ExplicitSuspend:
+                        vp.explicit_suspend = bool(value)
+                    else:
+                        vp.intercept_suspend = False
+                    resumed |= was and not vp.suspended
+                    continue
+                if not vp.suspended:
+                    raise HvError(HvStatus.INVALID_VP_STATE, f"VP {vp_index} is running", i)
+                try:
+                    vp.registers.set(name, value)
+                except RegisterError as e:
+                    raise HvError(e.status, str(e), i) from None
+            if resumed and p is not None:
+                if p.state is PartitionState.INITIALIZED:
+                    p.state = PartitionState.ACTIVE
+                if self.on_vp_resumed is not None:
+                    self.on_vp_resumed(p.id, vp_index)
+            return len(values)
+
+    def _vp_for_registers(self, caller: int, partition_id: int, vp_index: int, input_vtl: int) -> VpRecord:
+        """The VP a Get/SetVpRegisters names: a child's VP (its parent may always), or the
+        caller's own with AccessVpRegisters. Only VTL 0 exists."""
+        c = self._caller(caller)
+        if partition_id in (HV_PARTITION_ID_SELF, caller):
+            self._need(c, PartitionPrivilege.AccessVpRegisters)
+            p = c
+        else:
             p = self._child(caller, partition_id)
-            self._state(p, PartitionState.INITIALIZED, PartitionState.ACTIVE)
-            vp = p.vps.get(vp_index)
-            if vp is None:
-                raise HvError(HvStatus.INVALID_VP_INDEX, f"no VP {vp_index}")
-            vp.explicit_suspend = suspended
-            if not suspended:
-                p.state = PartitionState.ACTIVE
+        self._state(p, PartitionState.INITIALIZED, PartitionState.ACTIVE)
+        if input_vtl:
+            raise HvError(HvStatus.INVALID_PARAMETER, f"input VTL {input_vtl:#x}: hv1 has VTL 0 only")
+        vp = p.vps.get(vp_index)
+        if vp is None:
+            raise HvError(HvStatus.INVALID_VP_INDEX, f"no VP {vp_index}")
+        return vp
 
     # ---- internals -------------------------------------------------------------------------------
     def _new(self, parent: int | None, depth: int, privileges: int, state: PartitionState) -> PartitionRecord:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from hv1.hv.gpa_map import BACKING_ZERO, Access, GpaAccessFault
+from hv1.hv.hypercalls.vp_calls import SegmentRegister, TableRegister
 from hv1.hv.hypervisor import (
     DEFAULT_CHILD_PRIVILEGES,
     MAX_PARTITION_DEPTH,
@@ -20,12 +21,14 @@ from hv1.hv.hypervisor import (
     HvError,
     Hypervisor,
 )
+from hv1.hv.vp_registers import decode_segment, encode_segment, encode_table
 from hv1.tlfs.partition import (
     HV_PARTITION_ID_INVALID,
     HV_PARTITION_ID_SELF,
     PartitionPrivilege,
     PartitionPropertyCode,
 )
+from hv1.tlfs.registers import HvRegisterName
 from hv1.tlfs.status import HvStatus
 from hv1.tlfs.virtualization_host import MapGpaFlags, PartitionState, UnmapGpaFlags
 
@@ -422,3 +425,62 @@ class Engine(RuleBasedStateMachine):
 
 TestEngine = Engine.TestCase
 TestEngine.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+# ---- VP registers (HvCallGetVpRegisters / HvCallSetVpRegisters) ---------------------------------
+def test_a_new_vp_holds_the_reset_state_and_the_parent_sets_a_64bit_context() -> None:
+    hv = Hypervisor(root_pages=1024)
+    c = ready_child(hv)
+    hv.create_vp(ROOT, c, 0)
+    rip, cs, cr0 = hv.get_vp_registers(
+        ROOT, c, 0, [HvRegisterName.Rip, HvRegisterName.Cs, HvRegisterName.Cr0]
+    )
+    assert rip == 0xFFF0 and cr0 == 0x60000010  # SDM "Processor State After Reset"
+    assert decode_segment(cs).selector == 0xF000 and decode_segment(cs).base == 0xFFFF0000
+    cs64 = encode_segment(SegmentRegister(base=0, limit=0xFFFFFFFF, selector=0x8, attributes=0xA09B))
+    gdtr = encode_table(TableRegister(base=0x1000, limit=0x17))
+    done = hv.set_vp_registers(
+        ROOT, c, 0,
+        [(HvRegisterName.Cs, cs64), (HvRegisterName.Rip, 0x200000), (HvRegisterName.Rax, 7),
+         (HvRegisterName.Gdtr, gdtr), (HvRegisterName.Cr0, 0x80010033)],
+    )  # fmt: skip
+    assert done == 5
+    regs = hv.partition(c).vps[0].registers
+    assert regs.ctx.cs.long and regs.ctx.rip == 0x200000 and regs.gprs["rax"] == 7
+    assert regs.ctx.gdtr == TableRegister(base=0x1000, limit=0x17)
+    assert hv.get_vp_registers(ROOT, c, 0, [HvRegisterName.Gdtr]) == [gdtr]
+
+
+def test_set_vp_registers_errors_and_partial_progress() -> None:
+    hv = Hypervisor(root_pages=1024)
+    c = ready_child(hv)
+    hv.create_vp(ROOT, c, 0)
+    with pytest.raises(HvError) as e:
+        hv.set_vp_registers(ROOT, c, 0, [(HvRegisterName.Rbx, 1), (0x12345, 0)])  # unknown name
+    assert e.value.status == HvStatus.INVALID_PARAMETER and e.value.reps_done == 1
+    with pytest.raises(HvError) as e:
+        hv.set_vp_registers(ROOT, c, 0, [(HvRegisterName.Rbx, 1 << 64)])  # 128-bit value in a GPR
+    assert e.value.status == HvStatus.INVALID_PARAMETER
+    with pytest.raises(HvError) as e:
+        hv.set_vp_registers(ROOT, c, 0, [(HvRegisterName.InterceptSuspend, 1)])  # only hv1 sets it
+    assert e.value.status == HvStatus.INVALID_PARAMETER
+    assert status_of(hv.get_vp_registers, ROOT, c, 9, [HvRegisterName.Rax]) == HvStatus.INVALID_VP_INDEX
+    assert status_of(hv.get_vp_registers, ROOT, c, 0, [HvRegisterName.Rax], 1) == HvStatus.INVALID_PARAMETER
+    # The child reaching its own registers needs AccessVpRegisters, which it does not have.
+    rax = [HvRegisterName.Rax]
+    assert status_of(hv.get_vp_registers, c, HV_PARTITION_ID_SELF, 0, rax) == HvStatus.ACCESS_DENIED
+
+
+def test_clearing_explicit_suspend_resumes_the_vp_and_running_vps_keep_their_registers() -> None:
+    hv = Hypervisor(root_pages=1024)
+    c = ready_child(hv)
+    hv.create_vp(ROOT, c, 0)
+    resumed: list[tuple[int, int]] = []
+    hv.on_vp_resumed = lambda pid, vp: resumed.append((pid, vp))
+    hv.set_vp_registers(ROOT, c, 0, [(HvRegisterName.ExplicitSuspend, 0)])
+    assert resumed == [(c, 0)] and hv.partition(c).state is PartitionState.ACTIVE
+    assert hv.get_vp_registers(ROOT, c, 0, [HvRegisterName.ExplicitSuspend]) == [0]
+    assert status_of(hv.get_vp_registers, ROOT, c, 0, [HvRegisterName.Rip]) == HvStatus.INVALID_VP_STATE
+    hv.set_explicit_suspend(ROOT, c, 0, suspended=True)
+    assert hv.get_vp_registers(ROOT, c, 0, [HvRegisterName.Rip]) == [0xFFF0]
+    assert resumed == [(c, 0)]
