@@ -37,7 +37,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from hv1.hv.gpa_map import GpaMap, GpaMapping, rights_valid, special_backing
+from hv1.hv.gpa_memory import PartitionMemory
 from hv1.hv.intercepts import InterceptError, InterceptTable
+from hv1.hv.interfaces import GuestMemory
+from hv1.hv.translate import PagingState, flags_error, translate_gva
 from hv1.hv.vp_registers import RegisterError, VpRegisterFile
 from hv1.tlfs.partition import (
     HV_PARTITION_ID_INVALID,
@@ -220,8 +223,12 @@ class PartitionRecord:
 class Hypervisor:
     """Partitions and what connects them. Thread-safe: every method takes `lock`."""
 
-    def __init__(self, root_pages: int, root_privileges: int = ROOT_PRIVILEGES) -> None:
+    def __init__(
+        self, root_pages: int, root_privileges: int = ROOT_PRIVILEGES, ram: GuestMemory | None = None
+    ) -> None:
         self.lock = threading.RLock()
+        # The root's RAM (the backing of every GPA map); needed by the calls that touch guest memory.
+        self.ram = ram
         # Called (under `lock`: it must not block) when a VP's last suspension reason is cleared, with
         # (partition id, VP index): the machine starts or resumes running it.
         self.on_vp_resumed: Callable[[int, int], None] | None = None
@@ -507,6 +514,38 @@ class Hypervisor:
                 for pg in pages:
                     self._unref(p.gpa.unmap(pg))
             return count
+
+    def partition_memory(self, partition_id: int) -> GuestMemory:
+        """What the hypervisor reads and writes for a partition: the root's RAM for the root, the
+        GPA map over it for a child (hv1/hv/gpa_memory.py)."""
+        with self.lock:
+            if self.ram is None:
+                raise RuntimeError("this Hypervisor was built without RAM")
+            p = self._lookup(partition_id)
+            return self.ram if p.parent is None else PartitionMemory(p.gpa, self.ram)
+
+    def translate_virtual_address(
+        self, caller: int, partition_id: int, vp_index: int, control_flags: int, gva_page: int
+    ) -> tuple[int, int]:
+        """HvCallTranslateVirtualAddress (0x0052) -> (TranslationResult u64, GpaPage), walking the
+        VP's page tables as its (suspended) registers say."""
+        with self.lock:
+            p = self._child(caller, partition_id)
+            self._state(p, PartitionState.INITIALIZED, PartitionState.ACTIVE)
+            vp = p.vps.get(vp_index)
+            if vp is None:
+                raise HvError(HvStatus.INVALID_VP_INDEX, f"no VP {vp_index}")
+            why = flags_error(control_flags)
+            if why is not None:
+                raise HvError(HvStatus.INVALID_PARAMETER, why)
+            if not vp.suspended:
+                raise HvError(HvStatus.INVALID_VP_STATE, f"VP {vp_index} is running")
+            if gva_page >> 52:
+                raise HvError(HvStatus.INVALID_PARAMETER, f"GVA page {gva_page:#x}")
+            ctx = vp.registers.ctx
+            paging = PagingState(ctx.cr0, ctx.cr3, ctx.cr4, ctx.efer, cpl=ctx.ss.dpl, rflags=ctx.rflags)
+            t = translate_gva(p.gpa, self.partition_memory(p.id), paging, gva_page, control_flags)
+            return t.pack_result(), t.gpa_page
 
     # ---- intercepts -------------------------------------------------------------------------------
     def install_intercept(
