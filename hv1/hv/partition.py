@@ -20,7 +20,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hv1.hv.caps import Caps
 from hv1.hv.hypercall_page import HypercallPage
@@ -35,6 +35,9 @@ from hv1.hv.time_msrs import PartitionTime, register_time_msrs
 from hv1.hv.vp import Resettable, Vp
 from hv1.tlfs.msrs import HV_X64_MSR_GUEST_OS_ID
 from hv1.trace import NULL_TRACER, Tracer
+
+if TYPE_CHECKING:
+    from hv1.hv.hypervisor import Hypervisor
 
 # HV_PARTITION_ID of the (only) partition: IDs are allocated by the hypervisor from 1.
 PARTITION_ID = 1
@@ -95,6 +98,9 @@ class Partition:
         self.hooks: PartitionHooks = hooks
         self.tracer: Tracer = tracer
         self.partition_id: int = PARTITION_ID
+        # The partition engine (hv1/hv/hypervisor.py) when this partition may act as a virtualization
+        # host: set by attach_hypervisor().
+        self.hypervisor: Hypervisor | None = None
         self.lock = threading.RLock()
         self.counters: collections.Counter[str] = collections.Counter()
         # RAM that was zero at boot, as (start GPA, length in bytes): set by the machine, used by
@@ -143,6 +149,19 @@ class Partition:
 
     def vp_index_from_apic_id(self, apic_id: int) -> int | None:
         return self._vp_by_apic_id.get(apic_id)
+
+    def attach_hypervisor(self, hv: Hypervisor, partition_id: int) -> None:
+        """Make this partition `partition_id` of `hv` and give it the virtualization-host hypercalls
+        (hv/hypercalls/virtualization_host.py), each still gated by its privilege. A partition that is
+        not attached answers those codes HV_STATUS_INVALID_HYPERCALL_CODE, as before."""
+        from hv1.hv.hypercalls import virtualization_host
+
+        with self.lock:
+            self.hypervisor = hv
+            self.partition_id = partition_id
+            for d in virtualization_host.DEFS:
+                self.hypercalls.register(d)
+            self.hypercalls.replace(virtualization_host.GET_PARTITION_PROPERTY)
 
     def new_overlay(self) -> OverlayPage:
         return OverlayPage(self.memory, self.overlays)

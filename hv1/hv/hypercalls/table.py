@@ -117,6 +117,12 @@ class HypercallTable:
             raise ValueError(f"hypercall {d.code:#06x} ({self.defs[d.code].name}) is already registered")
         self.defs[d.code] = d
 
+    def replace(self, d: HypercallDef) -> None:
+        """Put `d` in place of the registered call with its code (a subsystem that extends a call)."""
+        if d.code not in self.defs:
+            raise ValueError(f"hypercall {d.code:#06x} is not registered")
+        self.defs[d.code] = d
+
     def get(self, code: int) -> HypercallDef | None:
         return self.defs.get(code)
 
