@@ -16,7 +16,8 @@ aside). The HYPERCALL MSR alone rejects such a GPFN with #GP (hv/hypercall_page.
 
 Several overlays on one GPFN ("only one of them is visible, order undefined") are handled by an
 `OverlayLayer` shared by all overlays of a partition: the most recently mapped one is visible, the
-RAM underneath is saved once, and unmapping any of them restores what is below it. Create overlays
+RAM underneath is saved once, and unmapping any of them restores what is below it. A partition reset
+drops every overlay without touching RAM (`OverlayLayer.reset`). Create overlays
 with `Partition.new_overlay()` (or `OverlayPage(memory, layer)`) so that they share the layer.
 All calls must be made under the partition lock.
 """
@@ -67,10 +68,19 @@ class OverlayLayer:
             del self._stacks[gpfn]
 
     def reset(self) -> None:
-        """Unmap every overlay (restoring guest RAM) and zero their contents: partition reset."""
+        """Partition reset: every overlay unmapped and zeroed, and guest RAM left exactly as it is.
+
+        The saved copies of the RAM under the overlays are dropped, not written back: a partition
+        reset (HV_X64_MSR_RESET) comes with a platform reset that gives the guest fresh RAM (the
+        machine reloads the boot image), and those copies belong to the previous boot. Writing them
+        back would put old RAM into the new boot wherever an overlay was mapped. After this, mapping
+        an overlay saves whatever RAM is there then, so nothing from before the reset can resurface."""
         for page in self.pages:
-            page.unmap()
-            page.zero()
+            page.gpfn = None
+            page._in_ram = False
+            page._content[:] = bytes(PAGE_SIZE)
+        self._stacks.clear()
+        self._under.clear()
 
 
 class OverlayPage:

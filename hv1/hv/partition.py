@@ -199,11 +199,16 @@ class Partition:
 
     def reset(self) -> None:
         """Every piece of Hv state back to its reset value: MSRs, the hypercall page (disabled,
-        unlocked), every overlay unmapped (guest RAM under it restored) and zeroed, per-VP state and
-        subsystems. Counters are kept (they are statistics, not guest-visible state)."""
+        unlocked), every overlay unmapped and zeroed, per-VP state and subsystems. Counters are kept
+        (they are statistics, not guest-visible state).
+
+        Guest RAM is not written: the overlays are dropped first (OverlayLayer.reset), so the resets
+        after it find nothing mapped and nothing restores the RAM saved under an overlay in the
+        previous boot. The machine gives the guest fresh RAM around this call (Machine._reboot), and
+        after a reset RAM must be exactly that fresh image."""
         with self.lock:
-            self.hypercall_page.reset()
             self.overlays.reset()
+            self.hypercall_page.reset()
             self.msrs.reset()
             for vp in self.vps:
                 vp.reset()

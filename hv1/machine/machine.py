@@ -819,10 +819,12 @@ class Machine:
         """The power-on state again: RAM cleared and the kernel reloaded, Hv state reset, the BSP at
         the Multiboot entry and the APs waiting for INIT/SIPI. CMOS NVRAM survives, as on a PC."""
         self.resets += 1
+        # Hv state first, RAM last: the partition reset drops the overlays without writing RAM, and
+        # reloading afterwards makes RAM exactly the fresh image whatever any reset step wrote.
+        self.partition.reset()
         self.ram.clear()
         self.boot = multiboot.load(self.cfg.kernel, self._kernel_image, self.ram, self.cfg.append,
                                    self._module_images)  # fmt: skip
-        self.partition.reset()
         self.vm.set_readonly_pages(())  # every VP thread has stopped: no parking needed
         self.hypercall_page_gpa = None
         self.testdev.reset()
