@@ -40,6 +40,20 @@ class OverlayLayer:
         stack = self._stacks.get(gpfn)
         return stack[-1] if stack else None
 
+    def guest_writable(self, gpa: int, length: int) -> bool:
+        """Whether the guest may write every byte of [gpa, gpa + length): False where the visible
+        overlay is one the guest can only read (the hypercall page: "Its contents are readable and
+        executable by the guest. Attempts to write to the hypercall page will result in a protection
+        (#GP) exception", hypercall-interface.md "Hypercall Page"). Host writes on the guest's behalf
+        (hypercall output blocks) check this first: the host never writes where the guest may not."""
+        if length <= 0:
+            return True
+        for gpfn in range(gpa >> PAGE_SHIFT, ((gpa + length - 1) >> PAGE_SHIFT) + 1):
+            top = self.visible(gpfn)
+            if top is not None and not top.guest_writable:
+                return False
+        return True
+
     def _show(self, page: OverlayPage, gpfn: int) -> None:
         gpa = gpfn << PAGE_SHIFT
         stack = self._stacks.setdefault(gpfn, [])
@@ -88,8 +102,13 @@ class OverlayPage:
     follows the page across map/move/unmap, and survives unmap (the caller zeroes it when the TLFS
     says so, e.g. on enable or reset)."""
 
-    def __init__(self, memory: GuestMemory, layer: OverlayLayer | None = None) -> None:
+    def __init__(
+        self, memory: GuestMemory, layer: OverlayLayer | None = None, *, guest_writable: bool = True
+    ) -> None:
         self.layer = layer if layer is not None else OverlayLayer(memory)
+        # False: the guest may only read/execute the page (the hypercall page); see
+        # OverlayLayer.guest_writable. The machine enforces it for guest writes (a read-only slot).
+        self.guest_writable = guest_writable
         self.memory = self.layer.memory
         self.layer.pages.append(self)
         self._content = bytearray(PAGE_SIZE)  # authoritative while not shown in RAM

@@ -112,7 +112,7 @@ class Partition:
         self._vp_by_apic_id = {vp.apic_id: vp.index for vp in self.vps}
         self.subsystems: dict[str, Resettable] = {}
         self.overlays = OverlayLayer(memory)
-        self.hypercall_page = HypercallPage(self.new_overlay())
+        self.hypercall_page = HypercallPage(self.new_overlay(guest_writable=False))
         self.msrs = MsrTable(self)
         register_core_msrs(self.msrs)
         self.hypercalls: HypercallTable = core_table()
@@ -144,8 +144,8 @@ class Partition:
     def vp_index_from_apic_id(self, apic_id: int) -> int | None:
         return self._vp_by_apic_id.get(apic_id)
 
-    def new_overlay(self) -> OverlayPage:
-        return OverlayPage(self.memory, self.overlays)
+    def new_overlay(self, *, guest_writable: bool = True) -> OverlayPage:
+        return OverlayPage(self.memory, self.overlays, guest_writable=guest_writable)
 
     def add_subsystem(self, name: str, obj: Resettable) -> None:
         if name in self.subsystems:

@@ -1,0 +1,87 @@
+"""Hypercall output on the read/execute-only hypercall page (issue 9, bug 8).
+
+hypercall-interface.md "Hypercall Page": the page's "contents are readable and executable by the
+guest. Attempts to write to the hypercall page will result in a protection (#GP) exception".
+"Alignment Requirements": for a call with output "the hypervisor will validate that the partition can
+write to the output page ... the specified GPA is mapped and the GPA is marked writable". hv1 answers
+that failed validation like the one for a GPA outside RAM, HV_STATUS_INVALID_ALIGNMENT, before the call
+runs, and never writes into the page. Overlays the guest may write (SIMP, SIEFP, VP assist) are
+written as the guest would see them (the TLFS leaves that case undefined).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from hv1.hv.hypercall_page import PAGE_CONTENT
+from hv1.hv.partition import Partition
+from hv1.tlfs import msrs as M
+from hv1.tlfs.hypercalls import HypercallCode as C
+from hv1.tlfs.status import HvStatus as S
+from tests.unit.test_hypercalls_support import IN, PAGE, call, make, reps, status
+
+HC_GPFN = 0x20  # the hypercall page at GPA 0x20000
+HC_GPA = HC_GPFN * PAGE
+ENABLE = 1
+
+
+def with_hypercall_page() -> Partition:
+    p, _ = make()
+    p.wrmsr(0, M.HV_X64_MSR_GUEST_OS_ID, 0x8100_0000_0000_0000)
+    p.wrmsr(0, M.HV_X64_MSR_HYPERCALL, HC_GPFN << 12 | ENABLE)
+    assert p.memory.read(HC_GPA, PAGE) == PAGE_CONTENT
+    return p
+
+
+def test_simple_call_output_on_the_hypercall_page_is_invalid_alignment_and_writes_nothing() -> None:
+    p = with_hypercall_page()
+    for off in (0, 0x10, 0xFF8):  # on the 64-bit stub, the 32-bit stub, the last qword
+        r = call(p, C.HvExtCallQueryCapabilities, p2=HC_GPA + off)
+        assert status(r) == S.INVALID_ALIGNMENT
+        assert p.memory.read(HC_GPA, PAGE) == PAGE_CONTENT
+    # The same call with an ordinary output page succeeds.
+    assert status(call(p, C.HvExtCallQueryCapabilities, p2=0x30000)) == S.SUCCESS
+
+
+def test_rep_call_output_on_the_hypercall_page_completes_no_element() -> None:
+    p = with_hypercall_page()
+    p.memory.write(IN, struct.pack("<QQ", 1, 0) + struct.pack("<II", 0, 1))  # partition, vtl, APIC IDs 0, 1
+    r = call(p, C.HvCallGetVpIndexFromApicId, p2=HC_GPA + 0x100, rep_count=2)
+    assert status(r) == S.INVALID_ALIGNMENT and reps(r) == 0
+    assert p.memory.read(HC_GPA, PAGE) == PAGE_CONTENT
+
+
+def test_output_on_a_writable_overlay_over_the_hypercall_page_is_written_there() -> None:
+    """Stacked overlays: the most recently mapped one is visible (PDF §5.2.1). A SIMP over the
+    hypercall page is what the guest sees and may write; the hidden hypercall page is untouched."""
+    p = with_hypercall_page()
+    p.wrmsr(0, M.HV_X64_MSR_SIMP, HC_GPFN << 12 | ENABLE)
+    assert status(call(p, C.HvExtCallQueryCapabilities, p2=HC_GPA + 0x800)) == S.SUCCESS
+    p.wrmsr(0, M.HV_X64_MSR_SIMP, 0)  # the hypercall page is visible again, intact
+    assert p.memory.read(HC_GPA, PAGE) == PAGE_CONTENT
+    assert status(call(p, C.HvExtCallQueryCapabilities, p2=HC_GPA + 0x800)) == S.INVALID_ALIGNMENT
+
+
+def test_hypercall_page_over_a_simp_still_refuses_output() -> None:
+    p, _ = make()
+    p.wrmsr(0, M.HV_X64_MSR_GUEST_OS_ID, 0x8100_0000_0000_0000)
+    p.wrmsr(0, M.HV_X64_MSR_SIMP, HC_GPFN << 12 | ENABLE)
+    p.wrmsr(0, M.HV_X64_MSR_HYPERCALL, HC_GPFN << 12 | ENABLE)  # mapped last: visible
+    assert status(call(p, C.HvExtCallQueryCapabilities, p2=HC_GPA)) == S.INVALID_ALIGNMENT
+    assert p.memory.read(HC_GPA, PAGE) == PAGE_CONTENT
+
+
+def test_output_after_the_hypercall_page_moved_away_is_ordinary_ram() -> None:
+    p = with_hypercall_page()
+    p.wrmsr(0, M.HV_X64_MSR_HYPERCALL, (HC_GPFN + 1) << 12 | ENABLE)
+    assert status(call(p, C.HvExtCallQueryCapabilities, p2=HC_GPA)) == S.SUCCESS
+    assert status(call(p, C.HvExtCallQueryCapabilities, p2=HC_GPA + PAGE)) == S.INVALID_ALIGNMENT
+
+
+def test_input_on_the_hypercall_page_is_read_as_the_guest_sees_it() -> None:
+    """Input on an overlay is "undefined" in the TLFS; the page is guest-readable, so hv1 reads it
+    (no status change, nothing written)."""
+    p = with_hypercall_page()
+    r = call(p, C.HvCallGetVpIndexFromApicId, p1=HC_GPA + 0x100, p2=0x30000, rep_count=1)
+    assert status(r) != S.INVALID_ALIGNMENT
+    assert p.memory.read(HC_GPA, PAGE) == PAGE_CONTENT
