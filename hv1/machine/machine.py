@@ -572,7 +572,7 @@ class Machine:
         # Test devices, on by default and as harmless as QEMU's hyperv-testdev.
         self.testdev = HypervTestDev(self.partition.ports, self.tracer)
         self.bus.register(self.testdev, HYPERV_TESTDEV_PORT, 4)
-        self.bus.register(TimeTestPort(self.partition.time), TIME_TESTDEV_PORT, 4)
+        self.bus.register(TimeTestPort(self.partition.time, self.tracer), TIME_TESTDEV_PORT, 4)
         self.bench_dev = BenchDev(self.partition.ports, self.reftime.now, self.request_interrupt)
         self.bus.register(self.bench_dev, BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT)
 
