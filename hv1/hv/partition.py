@@ -180,14 +180,26 @@ class Partition:
         value &= (1 << 64) - 1
         try:
             with self.lock:
+                shown = self.hypercall_page.shown_at()
                 try:
                     self.msrs.write(vp, msr, value)
                 except GuestException:
                     self.tracer.emit("msrs", vp_index, "wrmsr", msr=self.msrs.name(msr), value=value, gp=True)
                     raise
                 self.tracer.emit("msrs", vp_index, "wrmsr", msr=self.msrs.name(msr), value=value)
+                self._hypercall_page_moved(vp, shown)
         finally:
             vp.run_deferred()
+
+    def _hypercall_page_moved(self, vp: Vp, before: int | None) -> None:
+        """Tell the machine where the hypercall page is visible now, so that it keeps exactly that
+        page read/execute-only for the guest (hypercall-interface.md "Hypercall Page": "Attempts to
+        write to the hypercall page will result in a protection (#GP) exception"). Any MSR that maps
+        an overlay may move, hide (a SIMP mapped over it) or uncover it. Deferred: it changes memory
+        slots, which must not happen under the partition lock."""
+        after = self.hypercall_page.shown_at()
+        if after != before:
+            vp.defer(lambda: self.hooks.hypercall_page_moved(after))
 
     def hypercall(self, vp_index: int, regs: VpRegisters) -> None:
         vp = self._vp_by_index[vp_index]

@@ -85,3 +85,20 @@ def test_input_on_the_hypercall_page_is_read_as_the_guest_sees_it() -> None:
     r = call(p, C.HvCallGetVpIndexFromApicId, p1=HC_GPA + 0x100, p2=0x30000, rep_count=1)
     assert status(r) != S.INVALID_ALIGNMENT
     assert p.memory.read(HC_GPA, PAGE) == PAGE_CONTENT
+
+
+def test_the_machine_keeps_read_only_exactly_the_page_where_the_hypercall_page_is_visible() -> None:
+    """The machine makes the GPA it is told read-only for the guest (a read-only KVM slot). A SIMP
+    mapped over the hypercall page is the visible page there, and the guest may write its SIMP
+    ("Read and write accesses by a virtual processor to the SIM page behave like read and write
+    accesses to RAM", ipc "SIM Page"): the machine is told the page is gone, and back when the SIMP
+    leaves."""
+    p, hooks = make()
+    p.wrmsr(0, M.HV_X64_MSR_GUEST_OS_ID, 0x8100_0000_0000_0000)
+    p.wrmsr(0, M.HV_X64_MSR_HYPERCALL, HC_GPFN << 12 | ENABLE)
+    p.wrmsr(1, M.HV_X64_MSR_SIMP, HC_GPFN << 12 | ENABLE)  # another VP's SIMP on top
+    p.wrmsr(0, M.HV_X64_MSR_SIEFP, (HC_GPFN + 1) << 12 | ENABLE)  # elsewhere: nothing to tell
+    p.wrmsr(1, M.HV_X64_MSR_SIMP, 0)
+    p.wrmsr(0, M.HV_X64_MSR_SIMP, HC_GPFN << 12)  # SIMP not enabled: not mapped, nothing to tell
+    assert hooks.hypercall_pages == [HC_GPA, None, HC_GPA]
+    assert p.hypercall_page.shown_at() == HC_GPA
