@@ -767,10 +767,17 @@ class Machine:
         self._stop.set()
 
     def fatal(self, vp: Vp, kind: str, detail: str, status: int) -> None:
+        """Stop the partition with `status` and a dump. The first outcome of a run stands, except
+        that an internal fault replaces a status the run already had (the guest's debug exit, a
+        timeout): a failure of hv1 must never read as the guest's odd status (hv1/errors.py)."""
         with self._stop_lock:
-            if self.result is not None:
+            prior = self.result
+            if prior is not None and (status != EXIT_INTERNAL or prior.status == EXIT_INTERNAL):
                 return
-            self.fatal_report = self._dump(vp, kind, detail)
+            report = self._dump(vp, kind, detail)
+            if prior is not None:
+                report = f"hv1: after the run had ended ({prior.reason}, status {prior.status}):\n" + report
+            self.fatal_report = report
             self.result = RunResult(status, kind)
         self.diag.write(self.fatal_report)
         self.diag.flush()

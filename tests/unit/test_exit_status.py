@@ -127,3 +127,34 @@ def test_python_dash_m_hv1_uses_the_same_entry() -> None:
     r = subprocess.run([sys.executable, "-m", "hv1", "nonsense"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2
+
+
+def test_an_internal_fault_after_the_guest_exited_still_makes_the_status_8() -> None:
+    """Machine.fatal: the first outcome stands (a triple fault on another VP after the debug exit does
+    not change the guest's status), but an internal fault replaces it, with its dump on stderr."""
+    import io
+    from types import SimpleNamespace
+
+    from hv1.errors import EXIT_GUEST_FATAL
+    from hv1.machine.machine import Machine, RunResult
+    from hv1.trace import Tracer
+
+    class NoRegs:
+        def get_regs(self) -> None:
+            raise OSError("vCPU gone")
+
+    m = Machine.__new__(Machine)
+    m._stop_lock = threading.Lock()
+    m._stop = threading.Event()
+    m.tracer = Tracer()
+    m.diag = io.StringIO()
+    m.result = RunResult(1, "debug-exit")
+    vp = SimpleNamespace(index=1, vcpu=NoRegs())
+    m.fatal(vp, "triple-fault", "late", EXIT_GUEST_FATAL)  # type: ignore[arg-type]
+    assert m.result.status == 1
+    m.fatal(vp, "internal-fault", "KeyError: 65", EXIT_INTERNAL)  # type: ignore[arg-type]
+    assert m.result.status == EXIT_INTERNAL and m.result.reason == "internal-fault"
+    out = m.diag.getvalue()
+    assert "after the run had ended (debug-exit, status 1)" in out and "KeyError: 65" in out
+    m.fatal(vp, "internal-fault", "another", EXIT_INTERNAL)  # type: ignore[arg-type]
+    assert "another" not in m.diag.getvalue()
