@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import struct
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hv1.hv.hypercall_page import PAGE_CONTENT
 from hv1.hv.partition import Partition
 from hv1.tlfs import msrs as M
@@ -102,3 +105,48 @@ def test_the_machine_keeps_read_only_exactly_the_page_where_the_hypercall_page_i
     p.wrmsr(0, M.HV_X64_MSR_SIMP, HC_GPFN << 12)  # SIMP not enabled: not mapped, nothing to tell
     assert hooks.hypercall_pages == [HC_GPA, None, HC_GPA]
     assert p.hypercall_page.shown_at() == HC_GPA
+
+
+OUT_IN_PAGE = st.integers(0, PAGE - 8).map(lambda off: HC_GPA + (off & ~7))
+CODES = [
+    C.HvCallGetVpIndexFromApicId,
+    C.HvExtCallQueryCapabilities,
+    C.HvExtCallGetBootZeroedMemory,
+    C.HvCallSignalEventDirect,
+    C.HvCallPostMessageDirect,
+    C.HvCallGetPartitionId,
+    0x0003,
+    0x0013,
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(CODES) | st.integers(0, 0xFFFF),
+    st.integers(0, 1),
+    st.integers(0, 64),
+    OUT_IN_PAGE,
+    st.binary(min_size=64, max_size=64),
+)
+def test_no_hypercall_writes_into_the_hypercall_page(
+    code: int, fast: int, rep_count: int, out_gpa: int, input_bytes: bytes
+) -> None:
+    """Any call, memory or fast, simple or rep, with its output GPA anywhere on the hypercall page:
+    the page is never written (hc "Hypercall Page": readable and executable only)."""
+    p = _fuzz_partition()
+    p.memory.write(IN, input_bytes)
+    r = call(p, code, p2=out_gpa, fast=bool(fast), rep_count=rep_count)
+    assert status(r) >= 0
+    assert p.memory.read(HC_GPA, PAGE) == PAGE_CONTENT
+
+
+_cached: list[Partition] = []
+
+
+def _fuzz_partition() -> Partition:
+    if not _cached:
+        p = with_hypercall_page()
+        p.boot_zeroed = [(0, 1 << 20)]
+        p.rep_budget_reps = 8
+        _cached.append(p)
+    return _cached[0]
