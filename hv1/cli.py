@@ -8,13 +8,17 @@ stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
+import threading
+import traceback
 from collections.abc import Sequence
+from types import TracebackType
 from typing import NoReturn
 
-from hv1.errors import EXIT_OK, EXIT_USAGE, Hv1Error, UsageError
+from hv1.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Hv1Error, UsageError
 from hv1.trace import TraceError, Tracer, parse_categories
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
@@ -219,20 +223,97 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return EXIT_OK if status == 1 else status
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+class _FaultWatch:
+    """While installed, an exception that escapes any thread (threading.excepthook) or is otherwise
+    swallowed by Python (sys.unraisablehook: finalizers, callbacks) is printed with a traceback and
+    recorded, so the command exits with EXIT_INTERNAL instead of whatever status it had: a failure
+    must never read as a status the guest chose (those are odd, errors.py)."""
+
+    def __init__(self) -> None:
+        self.faults = 0
+        self._thread_hook = threading.excepthook
+        self._unraisable_hook = sys.unraisablehook
+
+    def __enter__(self) -> _FaultWatch:
+        threading.excepthook = self._thread_fault
+        sys.unraisablehook = self._unraisable
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        threading.excepthook = self._thread_hook
+        sys.unraisablehook = self._unraisable_hook
+
+    def _thread_fault(self, a: threading.ExceptHookArgs) -> None:
+        if a.exc_type is SystemExit:
+            return  # threading's own convention: a thread that calls sys.exit() just ends
+        self.faults += 1
+        name = a.thread.name if a.thread is not None else "?"
+        _internal_error(f"uncaught exception in thread {name}", a.exc_type, a.exc_value, a.exc_traceback)
+
+    def _unraisable(self, u: sys.UnraisableHookArgs) -> None:
+        self.faults += 1
+        what = u.err_msg or "exception ignored"
+        _internal_error(f"{what} {u.object!r}", u.exc_type, u.exc_value, u.exc_traceback)
+
+
+def _internal_error(
+    what: str, exc_type: type[BaseException], exc: BaseException | None, tb: TracebackType | None
+) -> None:
     try:
-        if args.command == "run":
-            return _cmd_run(args)
-        if args.command == "info":
-            return _cmd_info(args)
-        return _cmd_demo(args)
-    except Hv1Error as e:
-        sys.stderr.write(f"hv1: {e}\n")
-        return e.status
-    except KeyboardInterrupt:
-        return 130
+        sys.stderr.write(f"hv1: internal error (a bug in hv1, exit status {EXIT_INTERNAL}): {what}\n")
+        sys.stderr.write("".join(traceback.format_exception(exc_type, exc, tb)))
+        sys.stderr.flush()
+    except Exception:  # stderr itself is gone: the exit status still says it
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line. Returns the exit status: the command's, or EXIT_INTERNAL (with a diagnostic
+    on stderr) when anything failed inside hv1 — an exception in this thread or any other, during the
+    run or while shutting it down. Only a guest's debug-exit write yields an odd status."""
+    args = _build_parser().parse_args(argv)
+    with _FaultWatch() as watch:
+        try:
+            if args.command == "run":
+                status = _cmd_run(args)
+            elif args.command == "info":
+                status = _cmd_info(args)
+            else:
+                status = _cmd_demo(args)
+        except Hv1Error as e:
+            sys.stderr.write(f"hv1: {e}\n")
+            status = e.status
+        except KeyboardInterrupt:
+            status = 130
+        except BrokenPipeError:
+            # Whoever reads stdout stopped (`hv1 info | head`): not a fault. Later flushes go nowhere.
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            status = EXIT_OK
+        except Exception as e:  # a bug: never Python's status 1, which reads as "the guest wrote 0"
+            _internal_error(f"{args.command} failed", type(e), e, e.__traceback__)
+            status = EXIT_INTERNAL
+    if watch.faults and status != EXIT_INTERNAL:
+        sys.stderr.write(f"hv1: exit status {status} replaced by {EXIT_INTERNAL}: hv1 failed meanwhile\n")
+        status = EXIT_INTERNAL
+    return status
+
+
+def entry() -> NoReturn:
+    """The `hv1` program (console script and `python -m hv1`): main(), then exit without Python's
+    interpreter shutdown. Shutdown would run while VP threads that did not stop in time may still be
+    inside KVM_RUN, reset signal handlers under them, and turn late exceptions into a status of its
+    own; the status main() decided is final. Open files are flushed first (main() closed the trace
+    and serial files; stdout carries COM1)."""
+    try:
+        status = main()
+    except SystemExit as e:  # argparse: 0 for --help, EXIT_USAGE for a mistake
+        status = e.code if isinstance(e.code, int) else EXIT_USAGE
+    for f in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe: nothing more can be said there
+            f.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -126,12 +126,30 @@ static void fuzz_hypercalls(uint32_t n)
 static void fuzz_ports(uint32_t n)
 {
     /* QEMU's hyperv-testdev (0x3000): (conn << 24) | (cmd << 16) | (vp << 8) | sint, any garbage;
-     * the time test port is left alone (pausing or rescaling time is its job, not a crash). */
+     * interleaved with HvCallDisconnectPort on the connection IDs it uses (the root's: ACCESS_DENIED,
+     * the device keeps working) and time-port writes of TSC frequencies the reference TSC page cannot
+     * describe (at most 10 MHz: ignored). Valid time-port values are left alone (pausing or rescaling
+     * time is its job, not a crash). */
     for (uint32_t i = 0; i < n; i++) {
-        uint32_t v = (uint32_t)next();
-        if (next() & 1)
-            v = (v & 0xFF00FFFF) | ((uint32_t)(next() % 9) << 16);
-        outl(0x3000, v);
+        switch (next() % 4) {
+        case 2:
+            if (page_is_live()) {
+                uint64_t *in = (uint64_t *)scratch[0];
+                in[0] = HV_PARTITION_ID_SELF;
+                in[1] = next() & 0xFF;
+                hv_hypercall(hv_control(0x005B, 0, 0, 0, 0), (uint64_t)(uintptr_t)in, 0);
+            }
+            break;
+        case 3:
+            outl(0x3004, 1 + (uint32_t)(next() % 10000));
+            break;
+        default: {
+            uint32_t v = (uint32_t)next();
+            if (next() & 1)
+                v = (v & 0xFF00FFFF) | ((uint32_t)(next() % 9) << 16);
+            outl(0x3000, v);
+        }
+        }
     }
 }
 

@@ -162,6 +162,24 @@ static void test_alignment(void)
     } else {
         skip("hc.mem.input-at-end-of-ram-ok [hc]", "RAM size unknown");
     }
+    /* An output block on the hypercall page: "the hypervisor will validate that the partition can write to
+     * the output page ... the GPA is marked writable", and the page is "readable and executable" only. hv1
+     * answers the failed check like an unbacked GPA (no parent to intercept to) and writes nothing there. */
+    uint8_t *hcp = (uint8_t *)hv_hypercall_page;
+    if (hcp) {
+        static uint8_t before[4096];
+        memcpy(before, hcp, sizeof before);
+        vpidx_input(in_page, HV_PARTITION_ID_SELF, 0, apic, 2);
+        expect(vpidx_mem(in_page, hcp, 2, 0), HV_STATUS_INVALID_ALIGNMENT, 0,
+               "hc.mem.output-on-hypercall-page-invalid-alignment [hc \"Alignment Requirements\": writable; hv1]");
+        expect(vpidx_mem(in_page, hcp + 0x800, 1, 0), HV_STATUS_INVALID_ALIGNMENT, 0,
+               "hc.mem.output-inside-hypercall-page-invalid-alignment [hc; hv1]");
+        check(memcmp(before, hcp, sizeof before) == 0,
+              "hc.mem.output-on-hypercall-page-leaves-page-unchanged [hc \"Hypercall Page\"]");
+        expect(vpidx_mem(in_page, out_page, 1, 0), HV_STATUS_SUCCESS, 1, "hc.mem.call-after-output-on-hypercall-page [hc]");
+    } else {
+        skip("hc.mem.output-on-hypercall-page-invalid-alignment [hc]", "no hypercall page");
+    }
     /* "If the hypercall involves no input or output parameters, the hypervisor ignores the corresponding GPA" */
     ((uint64_t *)in_page)[0] = 1;
     expect(hv_hypercall(hv_control(HVCALL_NOTIFY_LONG_SPIN_WAIT, 0, 0, 0, 0), (uint64_t)in_page, 0xFFFFFFFFFFFFFFF3ull),

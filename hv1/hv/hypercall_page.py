@@ -95,9 +95,13 @@ class HypercallPage:
         return self.value >> HYPERCALL_MSR_GPFN_SHIFT
 
     def shown_at(self) -> int | None:
-        """The GPA where the page is visible in guest RAM now, or None."""
+        """The GPA where the page is visible in guest RAM now, or None: mapped over RAM and not
+        covered by another overlay mapped later on the same GPA (PDF §5.2.1: of stacked overlays
+        "only one of these overlays will be visible"; hv/overlay.py shows the most recent one)."""
         o = self.overlay
-        return o.gpfn << PAGE_SHIFT if o.gpfn is not None and o.accessible else None
+        if o.gpfn is None or not o.accessible or o.layer.visible(o.gpfn) is not o:
+            return None
+        return o.gpfn << PAGE_SHIFT
 
     def write_msr(self, value: int, guest_os_id: int, lock_available: bool) -> None:
         """WRMSR HV_X64_MSR_HYPERCALL; raises GuestException(#GP) where the TLFS says so."""

@@ -184,23 +184,12 @@ CRASH_CTL_CAPABILITIES = int(CrashCtl.CrashNotify | CrashCtl.CrashMessage)
 
 
 def _write_guest_os_id(vp: Vp, value: int) -> None:
+    # Where the page is shown afterwards is told to the machine by Partition.wrmsr (any MSR that
+    # maps an overlay can hide or uncover it).
     p = vp.partition
-    before = p.hypercall_page.shown_at()
     p.msrs.store(vp, M.HV_X64_MSR_GUEST_OS_ID, value)
     if value == 0:
         p.hypercall_page.guest_os_id_cleared()
-    _hypercall_page_moved(vp, before)
-
-
-def _hypercall_page_moved(vp: Vp, before: int | None) -> None:
-    """Tell the machine where the hypercall page is now, so that it can keep it read/execute-only for
-    the guest (TLFS hypercall-interface.md "Hypercall Page": "Attempts to write to the hypercall page
-    will result in a protection (#GP) exception"). Deferred: it changes memory slots, which must not
-    happen under the partition lock."""
-    p = vp.partition
-    after = p.hypercall_page.shown_at()
-    if after != before:
-        vp.defer(lambda: p.hooks.hypercall_page_moved(after))
 
 
 def _read_hypercall(vp: Vp) -> int:
@@ -209,13 +198,11 @@ def _read_hypercall(vp: Vp) -> int:
 
 def _write_hypercall(vp: Vp, value: int) -> None:
     p = vp.partition
-    before = p.hypercall_page.shown_at()
     p.hypercall_page.write_msr(
         value,
         guest_os_id=p.guest_os_id,
         lock_available=p.caps.has_feature(FeaturesEdx.HypercallMsrLockAvailable),
     )
-    _hypercall_page_moved(vp, before)
 
 
 def _read_vp_index(vp: Vp) -> int:

@@ -16,7 +16,8 @@ aside). The HYPERCALL MSR alone rejects such a GPFN with #GP (hv/hypercall_page.
 
 Several overlays on one GPFN ("only one of them is visible, order undefined") are handled by an
 `OverlayLayer` shared by all overlays of a partition: the most recently mapped one is visible, the
-RAM underneath is saved once, and unmapping any of them restores what is below it. Create overlays
+RAM underneath is saved once, and unmapping any of them restores what is below it. A partition reset
+drops every overlay without touching RAM (`OverlayLayer.reset`). Create overlays
 with `Partition.new_overlay()` (or `OverlayPage(memory, layer)`) so that they share the layer.
 All calls must be made under the partition lock.
 """
@@ -38,6 +39,20 @@ class OverlayLayer:
     def visible(self, gpfn: int) -> OverlayPage | None:
         stack = self._stacks.get(gpfn)
         return stack[-1] if stack else None
+
+    def guest_writable(self, gpa: int, length: int) -> bool:
+        """Whether the guest may write every byte of [gpa, gpa + length): False where the visible
+        overlay is one the guest can only read (the hypercall page: "Its contents are readable and
+        executable by the guest. Attempts to write to the hypercall page will result in a protection
+        (#GP) exception", hypercall-interface.md "Hypercall Page"). Host writes on the guest's behalf
+        (hypercall output blocks) check this first: the host never writes where the guest may not."""
+        if length <= 0:
+            return True
+        for gpfn in range(gpa >> PAGE_SHIFT, ((gpa + length - 1) >> PAGE_SHIFT) + 1):
+            top = self.visible(gpfn)
+            if top is not None and not top.guest_writable:
+                return False
+        return True
 
     def _show(self, page: OverlayPage, gpfn: int) -> None:
         gpa = gpfn << PAGE_SHIFT
@@ -67,10 +82,19 @@ class OverlayLayer:
             del self._stacks[gpfn]
 
     def reset(self) -> None:
-        """Unmap every overlay (restoring guest RAM) and zero their contents: partition reset."""
+        """Partition reset: every overlay unmapped and zeroed, and guest RAM left exactly as it is.
+
+        The saved copies of the RAM under the overlays are dropped, not written back: a partition
+        reset (HV_X64_MSR_RESET) comes with a platform reset that gives the guest fresh RAM (the
+        machine reloads the boot image), and those copies belong to the previous boot. Writing them
+        back would put old RAM into the new boot wherever an overlay was mapped. After this, mapping
+        an overlay saves whatever RAM is there then, so nothing from before the reset can resurface."""
         for page in self.pages:
-            page.unmap()
-            page.zero()
+            page.gpfn = None
+            page._in_ram = False
+            page._content[:] = bytes(PAGE_SIZE)
+        self._stacks.clear()
+        self._under.clear()
 
 
 class OverlayPage:
@@ -78,8 +102,13 @@ class OverlayPage:
     follows the page across map/move/unmap, and survives unmap (the caller zeroes it when the TLFS
     says so, e.g. on enable or reset)."""
 
-    def __init__(self, memory: GuestMemory, layer: OverlayLayer | None = None) -> None:
+    def __init__(
+        self, memory: GuestMemory, layer: OverlayLayer | None = None, *, guest_writable: bool = True
+    ) -> None:
         self.layer = layer if layer is not None else OverlayLayer(memory)
+        # False: the guest may only read/execute the page (the hypercall page); see
+        # OverlayLayer.guest_writable. The machine enforces it for guest writes (a read-only slot).
+        self.guest_writable = guest_writable
         self.memory = self.layer.memory
         self.layer.pages.append(self)
         self._content = bytearray(PAGE_SIZE)  # authoritative while not shown in RAM

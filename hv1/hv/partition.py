@@ -118,7 +118,7 @@ class Partition:
         self._vp_by_apic_id = {vp.apic_id: vp.index for vp in self.vps}
         self.subsystems: dict[str, Resettable] = {}
         self.overlays = OverlayLayer(memory)
-        self.hypercall_page = HypercallPage(self.new_overlay())
+        self.hypercall_page = HypercallPage(self.new_overlay(guest_writable=False))
         self.msrs = MsrTable(self)
         register_core_msrs(self.msrs)
         self.hypercalls: HypercallTable = core_table()
@@ -163,8 +163,8 @@ class Partition:
                 self.hypercalls.register(d)
             self.hypercalls.replace(virtualization_host.GET_PARTITION_PROPERTY)
 
-    def new_overlay(self) -> OverlayPage:
-        return OverlayPage(self.memory, self.overlays)
+    def new_overlay(self, *, guest_writable: bool = True) -> OverlayPage:
+        return OverlayPage(self.memory, self.overlays, guest_writable=guest_writable)
 
     def add_subsystem(self, name: str, obj: Resettable) -> None:
         if name in self.subsystems:
@@ -199,14 +199,26 @@ class Partition:
         value &= (1 << 64) - 1
         try:
             with self.lock:
+                shown = self.hypercall_page.shown_at()
                 try:
                     self.msrs.write(vp, msr, value)
                 except GuestException:
                     self.tracer.emit("msrs", vp_index, "wrmsr", msr=self.msrs.name(msr), value=value, gp=True)
                     raise
                 self.tracer.emit("msrs", vp_index, "wrmsr", msr=self.msrs.name(msr), value=value)
+                self._hypercall_page_moved(vp, shown)
         finally:
             vp.run_deferred()
+
+    def _hypercall_page_moved(self, vp: Vp, before: int | None) -> None:
+        """Tell the machine where the hypercall page is visible now, so that it keeps exactly that
+        page read/execute-only for the guest (hypercall-interface.md "Hypercall Page": "Attempts to
+        write to the hypercall page will result in a protection (#GP) exception"). Any MSR that maps
+        an overlay may move, hide (a SIMP mapped over it) or uncover it. Deferred: it changes memory
+        slots, which must not happen under the partition lock."""
+        after = self.hypercall_page.shown_at()
+        if after != before:
+            vp.defer(lambda: self.hooks.hypercall_page_moved(after))
 
     def hypercall(self, vp_index: int, regs: VpRegisters) -> None:
         vp = self._vp_by_index[vp_index]
@@ -218,11 +230,16 @@ class Partition:
 
     def reset(self) -> None:
         """Every piece of Hv state back to its reset value: MSRs, the hypercall page (disabled,
-        unlocked), every overlay unmapped (guest RAM under it restored) and zeroed, per-VP state and
-        subsystems. Counters are kept (they are statistics, not guest-visible state)."""
+        unlocked), every overlay unmapped and zeroed, per-VP state and subsystems. Counters are kept
+        (they are statistics, not guest-visible state).
+
+        Guest RAM is not written: the overlays are dropped first (OverlayLayer.reset), so the resets
+        after it find nothing mapped and nothing restores the RAM saved under an overlay in the
+        previous boot. The machine gives the guest fresh RAM around this call (Machine._reboot), and
+        after a reset RAM must be exactly that fresh image."""
         with self.lock:
-            self.hypercall_page.reset()
             self.overlays.reset()
+            self.hypercall_page.reset()
             self.msrs.reset()
             for vp in self.vps:
                 vp.reset()

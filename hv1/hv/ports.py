@@ -14,7 +14,14 @@ other side is the root, i.e. Python code in the VMM. So there are two port names
   Python callback (`on_message` / `on_event`), synchronously, on the sender's VP thread.
 
 Connections (`connections`) belong to the guest partition: the IDs it passes to HvCallPostMessage and
-HvCallSignalEvent. Each is bound to one port, guest or host ("This binding creates a simple, one-way
+HvCallSignalEvent.
+
+Ownership: whoever created a port or connection owns it and alone may remove it. The root's (made
+with the root API below, `by_guest` False) survive a partition reset and are refused to the guest's
+HvCallDeletePort / HvCallDisconnectPort with HV_STATUS_ACCESS_DENIED; the guest's own (`by_guest`
+True, made with HvCallCreatePort / HvCallConnectPort) it may remove, and a reset drops them.
+
+Each connection is bound to one port, guest or host ("This binding creates a simple, one-way
 communication channel"). Deleting a port leaves its connections useless (HV_STATUS_INVALID_PORT_ID);
 breaking a connection "will not affect undelivered (queued) messages"; deleting the port "will always
 free all of the port's message buffers", including queued ones.
@@ -525,9 +532,15 @@ class PartitionPorts:
             return S.SUCCESS
 
     def guest_delete_port(self, port_partition: int, port_id: int) -> HvStatus:
+        """HvCallDeletePort: only a port the guest created itself. A port the root created for the
+        guest (`create_port`) is the root's to delete: ACCESS_DENIED (the caller "did not possess
+        sufficient access rights", hypercall-interface.md "Ordering of Error Conditions" prefers it)."""
         with self.lock:
             if not self.is_self(port_partition):
                 return S.INVALID_PARTITION_ID
+            port = self.ports.get(port_id)
+            if port is not None and not port.by_guest:
+                return S.ACCESS_DENIED
             return self._delete_port(self.ports, port_id)
 
     def guest_connect_port(
@@ -556,9 +569,16 @@ class PartitionPorts:
             return S.SUCCESS
 
     def guest_disconnect_port(self, connection_partition: int, connection_id: int) -> HvStatus:
+        """HvCallDisconnectPort: only a connection the guest made itself (HvCallConnectPort). The
+        root's connections (`connect_port`, `on_message`/`on_event`: a test device's, a host
+        service's) are the root's to remove ("Parent / Root" is the documented caller of
+        HvDisconnectPort, TLFS PDF Appendix A): ACCESS_DENIED, and the connection stays."""
         with self.lock:
             if not self.is_self(connection_partition):
                 return S.INVALID_PARTITION_ID
+            conn = self.connections.get(connection_id)
+            if conn is not None and not conn.by_guest:
+                return S.ACCESS_DENIED
             return self._disconnect(connection_id)
 
     # --- lifecycle ---------------------------------------------------------------------------------------

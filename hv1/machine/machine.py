@@ -572,7 +572,7 @@ class Machine:
         # Test devices, on by default and as harmless as QEMU's hyperv-testdev.
         self.testdev = HypervTestDev(self.partition.ports, self.tracer)
         self.bus.register(self.testdev, HYPERV_TESTDEV_PORT, 4)
-        self.bus.register(TimeTestPort(self.partition.time), TIME_TESTDEV_PORT, 4)
+        self.bus.register(TimeTestPort(self.partition.time, self.tracer), TIME_TESTDEV_PORT, 4)
         self.bench_dev = BenchDev(self.partition.ports, self.reftime.now, self.request_interrupt)
         self.bus.register(self.bench_dev, BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT)
 
@@ -767,10 +767,17 @@ class Machine:
         self._stop.set()
 
     def fatal(self, vp: Vp, kind: str, detail: str, status: int) -> None:
+        """Stop the partition with `status` and a dump. The first outcome of a run stands, except
+        that an internal fault replaces a status the run already had (the guest's debug exit, a
+        timeout): a failure of hv1 must never read as the guest's odd status (hv1/errors.py)."""
         with self._stop_lock:
-            if self.result is not None:
+            prior = self.result
+            if prior is not None and (status != EXIT_INTERNAL or prior.status == EXIT_INTERNAL):
                 return
-            self.fatal_report = self._dump(vp, kind, detail)
+            report = self._dump(vp, kind, detail)
+            if prior is not None:
+                report = f"hv1: after the run had ended ({prior.reason}, status {prior.status}):\n" + report
+            self.fatal_report = report
             self.result = RunResult(status, kind)
         self.diag.write(self.fatal_report)
         self.diag.flush()
@@ -819,10 +826,12 @@ class Machine:
         """The power-on state again: RAM cleared and the kernel reloaded, Hv state reset, the BSP at
         the Multiboot entry and the APs waiting for INIT/SIPI. CMOS NVRAM survives, as on a PC."""
         self.resets += 1
+        # Hv state first, RAM last: the partition reset drops the overlays without writing RAM, and
+        # reloading afterwards makes RAM exactly the fresh image whatever any reset step wrote.
+        self.partition.reset()
         self.ram.clear()
         self.boot = multiboot.load(self.cfg.kernel, self._kernel_image, self.ram, self.cfg.append,
                                    self._module_images)  # fmt: skip
-        self.partition.reset()
         self.vm.set_readonly_pages(())  # every VP thread has stopped: no parking needed
         self.hypercall_page_gpa = None
         self.testdev.reset()

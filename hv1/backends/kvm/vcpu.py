@@ -10,24 +10,22 @@ The run loop decodes each exit with one precomputed struct per kind and calls th
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import fcntl
 import mmap
 import os
-import signal
 import struct
-import threading
 from typing import Protocol
 
 from hv1.backends.kvm import ioctls as k
+from hv1.backends.kvm.kick import KICK_SIGNAL, KickTarget, install_kick_handler
 from hv1.hv.interfaces import GPR_NAMES, CpuMode
+
+__all__ = ["KICK_SIGNAL", "ExitHandler", "KvmVcpu", "install_kick_handler"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _ioctl = _libc.ioctl  # no argtypes on purpose: cheapest ctypes call path for KVM_RUN
-
-KICK_SIGNAL = signal.SIGUSR1
 
 _IO = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
 _MMIO = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
@@ -54,22 +52,23 @@ class ExitHandler(Protocol):
     def count_exit(self, reason: int) -> None: ...
 
 
-_kick_handler_installed = False
-
-
-def install_kick_handler() -> None:
-    """A no-op handler so the kick signal only interrupts KVM_RUN (must run in the main thread)."""
-    global _kick_handler_installed
-    if not _kick_handler_installed:
-        signal.signal(KICK_SIGNAL, lambda signum, frame: None)
-        _kick_handler_installed = True
-
-
 class KvmVcpu:
     def __init__(self, vm_fd: int, vcpu_id: int, mmap_size: int) -> None:
+        fd = fcntl.ioctl(vm_fd, k.KVM_CREATE_VCPU, vcpu_id)
+        self._attach(vcpu_id, fd, mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
+
+    @classmethod
+    def over(cls, vcpu_id: int, fd: int, run_mm: mmap.mmap) -> KvmVcpu:
+        """A vCPU over an existing fd and kvm_run mapping (tests drive the run loop and the kick path
+        with an anonymous mapping and an fd that is not a vCPU)."""
+        self = cls.__new__(cls)
+        self._attach(vcpu_id, fd, run_mm)
+        return self
+
+    def _attach(self, vcpu_id: int, fd: int, run_mm: mmap.mmap) -> None:
         self.id = vcpu_id
-        self.fd = fcntl.ioctl(vm_fd, k.KVM_CREATE_VCPU, vcpu_id)
-        self.run_mm = mmap.mmap(self.fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.fd = fd
+        self.run_mm = run_mm
         self._u8 = memoryview(self.run_mm).cast("B")
         self._u32 = memoryview(self.run_mm).cast("I")
         self._u64 = memoryview(self.run_mm).cast("Q")
@@ -77,7 +76,8 @@ class KvmVcpu:
         self.sregs = k.kvm_sregs.from_buffer(self.run_mm, k.RUN_SYNC_SREGS)
         self._gprs = (ctypes.c_uint64 * 18).from_buffer(self.run_mm, k.RUN_SYNC_REGS)
         self._u64[k.RUN_VALID_REGS // 8] = k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS
-        self.thread_id: int | None = None
+        # Who may be signalled, serialized with the run loop's start and end (hv1/backends/kvm/kick.py).
+        self.kick_target = KickTarget(on_kick=self._set_immediate_exit)
         self.stop_requested = False
         self._fpu: k.kvm_fpu | None = None
         self._fpu_dirty = False
@@ -205,19 +205,28 @@ class KvmVcpu:
     def request_interrupt_window(self, on: bool) -> None:
         self._u8[k.RUN_REQUEST_INTERRUPT_WINDOW] = 1 if on else 0
 
+    @property
+    def thread_id(self) -> int | None:
+        """The thread inside `run()` now, or None (cleared before that thread ends: kick.py)."""
+        return self.kick_target.thread_id
+
+    def _set_immediate_exit(self) -> None:
+        self._u8[k.RUN_IMMEDIATE_EXIT] = 1
+
     def kick(self) -> None:
         """Make KVM_RUN return soon: immediate_exit closes the race with a signal that arrives just
-        before the thread enters KVM_RUN."""
-        self._u8[k.RUN_IMMEDIATE_EXIT] = 1
-        tid = self.thread_id
-        if tid is not None:
-            with contextlib.suppress(OSError):  # the thread has already exited
-                signal.pthread_kill(tid, KICK_SIGNAL)
+        before the thread enters KVM_RUN; the signal goes only to the thread inside `run()`, if any
+        (kick.py). Harmless from any thread, at any time, also after `close()`."""
+        self.kick_target.kick()
 
     # ---- the loop ----
     def run(self, h: ExitHandler) -> None:
-        """Run until `stop_requested` (set by the machine, followed by a kick)."""
-        self.thread_id = threading.get_ident()
+        """Run until `stop_requested` (set by the machine, followed by a kick). The calling thread is
+        the one kicks signal, from here until this returns or raises."""
+        with self.kick_target.running():
+            self._run(h)
+
+    def _run(self, h: ExitHandler) -> None:
         u8, u32, u64, mm = self._u8, self._u32, self._u64, self.run_mm
         fd = self.fd
         run_req = ctypes.c_ulong(k.KVM_RUN)
@@ -296,6 +305,7 @@ class KvmVcpu:
                 return
 
     def close(self) -> None:
+        self.kick_target.close()  # no kick touches the kvm_run mapping from here on
         try:
             self.regs = None  # type: ignore[assignment]
             self.sregs = None  # type: ignore[assignment]

@@ -15,8 +15,12 @@ Order of checks (the TLFS leaves it open but wants ACCESS_DENIED to win over sta
    from a 32-bit caller) -> #UD; a block larger than the 112 bytes of RDX, R8, XMM0-5 ->
    INVALID_HYPERCALL_INPUT.
 6. Memory calls: an input or output block whose GPA is not 8-byte aligned, that crosses a page, or
-   that is outside guest RAM -> HV_STATUS_INVALID_ALIGNMENT ("Common Hypercall Status Codes").
-   GPA registers are ignored when the call has no input / no output.
+   that is outside guest RAM -> HV_STATUS_INVALID_ALIGNMENT ("Common Hypercall Status Codes"); so is
+   an output block on a page the guest may not write (the read/execute-only hypercall page: the
+   output GPA must be "mapped and marked writable"), checked before the call runs, so hv1 never
+   writes through an overlay the guest cannot write. GPA registers are ignored when the call has no
+   input / no output. (Input or output on an overlay the guest can write is "undefined" in the TLFS:
+   hv1 reads and writes what the guest would see there.)
 7. The handler: statuses of the call itself; rep elements in order with partial completion.
 
 Result: RAX (x64) or EDX:EAX (x86) = status | reps completed << 32 (reps completed is the absolute
@@ -201,7 +205,13 @@ def _execute(
         if in_total and not block_ok(p.memory, in_gpa, in_total):
             out.status = S.INVALID_ALIGNMENT
             return
-        if out_total and not block_ok(p.memory, out_gpa, out_total):
+        if out_total and not (
+            block_ok(p.memory, out_gpa, out_total) and p.overlays.guest_writable(out_gpa, out_total)
+        ):
+            # An output block the guest cannot write itself (on the hypercall page) fails the same
+            # validation as one outside RAM ("the specified GPA is mapped and the GPA is marked
+            # writable", hypercall-interface.md "Alignment Requirements"; hv1 has no
+            # parent to send the memory intercept to, so it answers with that check's status).
             out.status = S.INVALID_ALIGNMENT
             return
         block = p.memory.read(in_gpa, in_total) if in_total else b""

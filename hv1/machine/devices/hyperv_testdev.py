@@ -21,7 +21,10 @@ Behaviour follows QEMU where a guest can observe it: the echo is posted with sen
 guest's HvCallPostMessage / SignalEvent returns the status of the echo (INSUFFICIENT_BUFFERS when the
 target SINT's queue is full, INVALID_SYNIC_STATE when its SIMP/SIEFP is off). QEMU asserts on
 misuse (unknown route or connection, duplicate IDs, other access sizes); hv1 ignores such writes and
-traces them ("testdev-bad"). Event connections accept flag number 0 only (flag count 1: other flags
+traces them ("testdev-bad"): every 32-bit value is a command the device answers, never a VMM error.
+The connections are the root's: the guest's HvCallDisconnectPort on one gets ACCESS_DENIED
+(hv/ports.py "Ownership"), so the device's own destroy and reset always find them.
+Event connections accept flag number 0 only (flag count 1: other flags
 get HV_STATUS_INVALID_PARAMETER per the TLFS, where QEMU answers INVALID_PORT_ID).
 """
 
@@ -141,9 +144,18 @@ class HypervTestDev:
             table = self.msg_conns if cmd == CMD_MSG_CONN_DESTROY else self.evt_conns
             if table.pop(conn_id, None) is None:
                 return False
-            self.ports.remove_handler(conn_id)
-            return True
+            return self._remove(conn_id)
         return False
+
+    def _remove(self, conn_id: int) -> bool:
+        """Drop the device's host port and connection `conn_id`. The connection is the root's, so the
+        guest cannot disconnect it (PartitionPorts.guest_disconnect_port: ACCESS_DENIED); should it be
+        gone anyway, that is reported as a refused command, never raised into the VMM."""
+        try:
+            self.ports.remove_handler(conn_id)
+        except PortError:
+            return False
+        return True
 
     def _echo(self, vp: int, sint: int) -> MessageCallback:
         ports = self.ports
@@ -167,7 +179,7 @@ class HypervTestDev:
         """Platform reset: drop every route and connection (the guest sets them up again)."""
         with self.ports.lock:
             for conn_id in list(self.msg_conns) + list(self.evt_conns):
-                self.ports.remove_handler(conn_id)
+                self._remove(conn_id)
             self.msg_conns.clear()
             self.evt_conns.clear()
             self.routes.clear()
