@@ -33,8 +33,8 @@ from hv1.backends.kvm.vm import (
 )
 from hv1.errors import EXIT_GUEST_CRASH, EXIT_GUEST_FATAL, EXIT_INTERNAL, EXIT_TIMEOUT, UsageError
 from hv1.hv import enlightenments
-from hv1.hv.apic import ApicHooks, ApicRouter, LocalApic
-from hv1.hv.caps import parse_profile
+from hv1.hv.apic import ApicHooks, ApicRouter, LocalApic, inject_pending
+from hv1.hv.caps import parse_profile, without_auto_eoi
 from hv1.hv.hypercall_page import HYPERCALL_PORT
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
 from hv1.hv.interfaces import GP_VECTOR, GuestException
@@ -43,6 +43,7 @@ from hv1.hv.reftime import ReferenceTime
 from hv1.hv.synic import synic_of
 from hv1.hv.vp_assist import vp_assist_of
 from hv1.machine import multiboot
+from hv1.machine.auto_eoi import KernelAutoEoi
 from hv1.machine.cpustate import set_initial_context, set_multiboot_entry, set_real_mode_start
 from hv1.machine.devices.base import IoBus
 from hv1.machine.devices.bench_dev import BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT, BenchDev
@@ -117,6 +118,9 @@ class Vp:
         self.apic = apic
         self.hv_vp = machine.partition.vps[index]
         self.synic = synic_of(self.hv_vp)
+        # Kernel APIC mode: this VP's SINTs mirrored into KVM's AutoEOI bitmap (hv1/machine/auto_eoi.py).
+        self.kernel_auto_eoi = KernelAutoEoi(vcpu.set_msr) if machine.kernel_auto_eoi else None
+        self._sint_generation = -1  # the SynIC's sint_generation last mirrored
         self.wake = threading.Event()
         self.started = index == 0  # APs wait for INIT/SIPI
         self.sipi_vector: int | None = None
@@ -136,6 +140,14 @@ class Vp:
     def count_exit(self, reason: int) -> None:
         self.assist.after_exit()  # a lazy EOI the guest did shows in the APIC before anything reads it
         self.exit_counts[reason & 63] += 1
+        apic = self.apic
+        if apic is not None:
+            # CR8 is TPR[7:4] (SDM "Task Priority in IA-32e Mode"). With no in-kernel APIC, KVM keeps
+            # CR8 itself and reports it in kvm_run at every exit; before_entry hands it back, so a
+            # difference here is a MOV to CR8 by the guest: it sets TPR[7:4] and clears TPR[3:0].
+            cr8 = self.vcpu.cr8()
+            if cr8 != apic.get_cr8():
+                apic.set_cr8(cr8)
         if not self.started and self.apic is None:
             # Kernel APIC mode: KVM handled this AP's INIT/SIPI itself; an exit means it is running.
             self.started = True
@@ -208,12 +220,24 @@ class Vp:
                 return True
             if self.apic is not None and (index == APIC_MSR_BASE or X2APIC_FIRST <= index <= X2APIC_LAST):
                 self.apic.msr_write(index, value)
+                if index == APIC_MSR_BASE:
+                    self._publish_apic_base()
                 return True
         except GuestException:
             return False
         if self.m.tracer.wants("msrs"):
             self.m.tracer.emit("msrs", self.index, "wrmsr-unknown", msr=index, value=value, result="#GP")
         return False
+
+    def _publish_apic_base(self) -> None:
+        """User APIC mode: CPUID.01H:EDX[9] follows IA32_APIC_BASE.EN (SDM "CPUID" / "Local APIC
+        Status and Location"). The guest's CPUID is KVM's and cannot be replaced after the first
+        KVM_RUN, but KVM flips that one bit itself whenever it learns a new APIC base, so hv1 tells
+        it (KvmVcpu.set_apic_base). A value KVM refuses leaves the bit as it was (traced)."""
+        assert self.apic is not None
+        base = self.apic.apic_base
+        if not self.vcpu.set_apic_base(base):
+            self.m.tracer.emit("apic", self.index, "apic-base-not-mirrored", base=base)
 
     def poll_stimers(self, force: bool = False) -> None:
         """Fire due synthetic timers and (re)arm the host scheduler at the next deadline (reference
@@ -242,9 +266,14 @@ class Vp:
         self.assist.after_exit()  # before the APIC is evaluated (EOI assist)
         apic = self.apic
         if apic is None:
+            mirror = self.kernel_auto_eoi
+            if mirror is not None and self.synic.sint_generation != self._sint_generation:
+                self._sint_generation = self.synic.sint_generation
+                mirror.sync(self.synic.sints)  # before the guest can take a SINT interrupt
             return
         if self.init_pending:
             self._enter_wait_for_sipi()
+            self.vcpu.set_cr8(apic.get_cr8())  # INIT cleared TPR
             return
         now = time.monotonic_ns()
         apic.poll_timer(now)
@@ -255,19 +284,13 @@ class Vp:
                 self.m.scheduler.cancel(("lvt", self.index))
             else:
                 self.m.scheduler.schedule(("lvt", self.index), deadline, self.kick)
-        vec = apic.pending_vector()
         vcpu = self.vcpu
-        if vec is None:
-            vcpu.request_interrupt_window(False)
-        elif vcpu.can_inject():
-            vcpu.inject_interrupt(vec)
-            apic.acknowledge(vec)
+        vcpu.set_cr8(apic.get_cr8())  # the TPR the guest enters with (count_exit reads it back)
+        vec = inject_pending(apic, vcpu)  # keeps the window open while a vector is left (AutoEOI)
+        if vec is not None:
             self.assist.interrupt_injected(vec)
-            vcpu.request_interrupt_window(False)
             if self.m.tracer.wants("irq"):
                 self.m.tracer.emit("irq", self.index, "inject", vector=vec)
-        else:
-            vcpu.request_interrupt_window(True)
 
     def halted(self) -> None:
         """HLT (user APIC mode): sleep until an interrupt can be taken, INIT, or stop."""
@@ -303,6 +326,9 @@ class Vp:
         self.start_ctx = None
         self._timer_armed = None
         self._stimer_armed = None
+        self._sint_generation = -1
+        if self.kernel_auto_eoi is not None:
+            self.kernel_auto_eoi.forget()
         self.m.scheduler.cancel(("lvt", self.index))
         self.m.scheduler.cancel(("stimer", self.index))
         if self.apic is not None:
@@ -502,6 +528,11 @@ class Machine:
         # vCPUs before the partition: reference time is defined from the guest TSC (hv/reftime.py),
         # which is the host TSC plus the offset KVM gives the guest.
         vcpus = [KvmVcpu(self.vm.fd, i, self.system.vcpu_mmap_size) for i in range(cfg.cpus)]
+        # Kernel APIC mode: SINT AutoEOI through KVM's SynIC AutoEOI bitmap (hv1/machine/auto_eoi.py);
+        # a host without it gets AutoEOI deprecated instead, so only what works is advertised.
+        self.kernel_auto_eoi = cfg.apic == "kernel" and self._activate_kvm_synic(vcpus)
+        if cfg.apic == "kernel" and not self.kernel_auto_eoi:
+            caps = without_auto_eoi(caps)
         self.tsc_khz = vcpus[0].tsc_khz()
         tsc_offset = guest_tsc_offset(vcpus[0].fd)
         self.reftime = ReferenceTime(lambda: rdtsc() + tsc_offset, self.tsc_khz * 1000)
@@ -575,6 +606,18 @@ class Machine:
         self.bus.register(TimeTestPort(self.partition.time), TIME_TESTDEV_PORT, 4)
         self.bench_dev = BenchDev(self.partition.ports, self.reftime.now, self.request_interrupt)
         self.bus.register(self.bench_dev, BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT)
+
+    def _activate_kvm_synic(self, vcpus: list[KvmVcpu]) -> bool:
+        """Turn on KVM's SynIC on every vCPU, for its AutoEOI bitmap only (hv1/machine/auto_eoi.py).
+        SYNIC2: KVM does not zero SynIC pages it never gets. False if the host cannot, on any vCPU."""
+        if not self.system.check(k.KVM_CAP_HYPERV_SYNIC2):
+            return False
+        try:
+            for vcpu in vcpus:
+                vcpu.enable_cap(k.KVM_CAP_HYPERV_SYNIC2)
+        except OSError:
+            return False
+        return True
 
     # ---- CPUID ----
     def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[k.kvm_cpuid_entry2]:
