@@ -42,6 +42,12 @@ Thread safety: every LocalApic has an internal lock; IPIs, SynIC interrupts and 
 from any thread. Bus calls, hooks and callbacks always run with no APIC lock held (so two VPs sending
 each other IPIs cannot deadlock, and hooks may call back into the APIC).
 
+What the machine adds around the model (hv1/machine/machine.py `Vp`): CR8 is TPR[7:4] (SDM "Task
+Priority in IA-32e Mode"); with no in-kernel APIC KVM keeps CR8 and reports it in kvm_run, so the VP
+reads it back into the TPR at every exit and writes TPR[7:4] there before every entry. CPUID.01H:EDX[9]
+follows `hw_enabled`: the VP tells KVM each new IA32_APIC_BASE and KVM flips that bit itself. Injection
+is `inject_pending` below.
+
 Extension points for later issues (Hyper-V APIC MSRs, AutoEOI, lazy EOI):
 - `eoi()`, `write_icr(value64)` / `read_icr()`, the `tpr` property and `get_cr8()/set_cr8()` work in
   both xAPIC and x2APIC mode, for HV_X64_MSR_EOI/ICR/TPR (TLFS virtual-interrupts.md).
@@ -464,7 +470,7 @@ class LocalApic:
 
     @property
     def hw_enabled(self) -> bool:
-        """IA32_APIC_BASE global enable. The machine should clear CPUID.01H:EDX[9] while this is False."""
+        """IA32_APIC_BASE global enable. CPUID.01H:EDX[9] follows it (the machine tells KVM the base)."""
         return bool(self._base & APIC_BASE_EN)
 
     @property

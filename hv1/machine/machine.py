@@ -550,6 +550,11 @@ class Machine:
         self.router: ApicRouter | None = None
         apics: list[LocalApic | None] = [None] * cfg.cpus
         if cfg.apic == "user":
+            # The APIC model follows the guest's CPUID, as KVM's own APIC does: x2APIC (LVR bit 24,
+            # APIC_BASE.EXTD) and MAXPHYADDR (reserved APIC_BASE bits, so KVM accepts every base hv1 does).
+            host_cpuid = {e.function: e for e in self.system.supported_cpuid() if e.index == 0}
+            x2apic = 1 in host_cpuid and bool(host_cpuid[1].ecx & (1 << 21))
+            phys_bits = host_cpuid[0x80000008].eax & 0xFF if 0x80000008 in host_cpuid else 36
             apics = [
                 LocalApic(
                     self.apic_ids[i],
@@ -557,6 +562,8 @@ class Machine:
                     bsp=(i == 0),
                     tracer=self.tracer,
                     vp_index=self.vp_indexes[i],
+                    x2apic_supported=x2apic,
+                    phys_addr_bits=phys_bits or 36,
                 )
                 for i in range(cfg.cpus)
             ]
