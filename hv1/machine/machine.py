@@ -121,6 +121,7 @@ class Vp:
         # Kernel APIC mode: this VP's SINTs mirrored into KVM's AutoEOI bitmap (hv1/machine/auto_eoi.py).
         self.kernel_auto_eoi = KernelAutoEoi(vcpu.set_msr) if machine.kernel_auto_eoi else None
         self._sint_generation = -1  # the SynIC's sint_generation last mirrored
+        self._cr8_entered = 0  # user APIC mode: the CR8 the guest last entered with (kvm_run.cr8)
         self.wake = threading.Event()
         self.started = index == 0  # APs wait for INIT/SIPI
         self.sipi_vector: int | None = None
@@ -140,19 +141,30 @@ class Vp:
     def count_exit(self, reason: int) -> None:
         self.assist.after_exit()  # a lazy EOI the guest did shows in the APIC before anything reads it
         self.exit_counts[reason & 63] += 1
-        apic = self.apic
-        if apic is not None:
-            # CR8 is TPR[7:4] (SDM "Task Priority in IA-32e Mode"). With no in-kernel APIC, KVM keeps
-            # CR8 itself and reports it in kvm_run at every exit; before_entry hands it back, so a
-            # difference here is a MOV to CR8 by the guest: it sets TPR[7:4] and clears TPR[3:0].
-            cr8 = self.vcpu.cr8()
-            if cr8 != apic.get_cr8():
-                apic.set_cr8(cr8)
+        if self.apic is not None:
+            self._cr8_from_guest(self.apic)  # before any handler reads the TPR
         if not self.started and self.apic is None:
             # Kernel APIC mode: KVM handled this AP's INIT/SIPI itself; an exit means it is running.
             self.started = True
         if self._trace_exits:
             self.m.tracer.emit("exits", self.index, k.EXIT_NAMES.get(reason, str(reason)))
+
+    def _cr8_from_guest(self, apic: LocalApic) -> None:
+        """CR8 is TPR[7:4] (SDM "Task Priority in IA-32e Mode"). With no in-kernel APIC, KVM keeps
+        CR8 itself: it loads it from kvm_run at every KVM_RUN and stores it back there when KVM_RUN
+        returns (an exit or an interrupted run alike). A value other than the one the guest entered
+        with is therefore a MOV to CR8 by the guest, which sets TPR[7:4] and clears TPR[3:0]."""
+        cr8 = self.vcpu.cr8()
+        if cr8 != self._cr8_entered:
+            self._cr8_entered = cr8
+            apic.set_cr8(cr8)
+
+    def _cr8_to_guest(self, apic: LocalApic) -> None:
+        """The CR8 the guest runs with next: TPR[7:4], however the TPR was written meanwhile (xAPIC
+        page, x2APIC MSR, HV_X64_MSR_TPR, INIT)."""
+        cr8 = apic.get_cr8()
+        self.vcpu.set_cr8(cr8)
+        self._cr8_entered = cr8
 
     def io_out(self, port: int, size: int, value: int) -> None:
         if port == HYPERCALL_PORT and size == 1 and self.m.partition.hypercall_page_enabled():
@@ -271,9 +283,10 @@ class Vp:
                 self._sint_generation = self.synic.sint_generation
                 mirror.sync(self.synic.sints)  # before the guest can take a SINT interrupt
             return
+        self._cr8_from_guest(apic)  # KVM_RUN may also have returned without an exit (EINTR)
         if self.init_pending:
             self._enter_wait_for_sipi()
-            self.vcpu.set_cr8(apic.get_cr8())  # INIT cleared TPR
+            self._cr8_to_guest(apic)  # INIT cleared the TPR
             return
         now = time.monotonic_ns()
         apic.poll_timer(now)
@@ -285,7 +298,7 @@ class Vp:
             else:
                 self.m.scheduler.schedule(("lvt", self.index), deadline, self.kick)
         vcpu = self.vcpu
-        vcpu.set_cr8(apic.get_cr8())  # the TPR the guest enters with (count_exit reads it back)
+        self._cr8_to_guest(apic)
         vec = inject_pending(apic, vcpu)  # keeps the window open while a vector is left (AutoEOI)
         if vec is not None:
             self.assist.interrupt_injected(vec)
@@ -329,6 +342,9 @@ class Vp:
         self._sint_generation = -1
         if self.kernel_auto_eoi is not None:
             self.kernel_auto_eoi.forget()
+        if self.apic is not None:
+            self.vcpu.set_cr8(0)  # power-on TPR; nothing stale from kvm_run is taken for a guest write
+            self._cr8_entered = 0
         self.m.scheduler.cancel(("lvt", self.index))
         self.m.scheduler.cancel(("stimer", self.index))
         if self.apic is not None:

@@ -65,6 +65,7 @@ def make_vp(
     vp.vcpu = vcpu
     vp.kernel_auto_eoi = auto_eoi
     vp._sint_generation = -1
+    vp._cr8_entered = 0
     vp._work = collections.deque()
     vp._stimer_lock = threading.Lock()
     vp._stimer_armed = None
@@ -171,6 +172,32 @@ def test_cr8_masks_interrupts_like_the_tpr() -> None:
     vp.count_exit(k.KVM_EXIT_SET_TPR)
     vp.before_entry()
     assert vcpu.injected == [0x55]
+
+
+def test_guest_cr8_write_survives_a_run_interrupted_without_an_exit() -> None:
+    # KVM_RUN returning EINTR (a kick) stores the guest's CR8 in kvm_run but makes no exit: the next entry
+    # must not put the old TPR back over it.
+    apic = enabled_apic()
+    vcpu = FakeRunVcpu()
+    vp = make_vp(vcpu, apic)
+    vp.before_entry()
+    vcpu.run_cr8 = 9  # MOV CR8, 9, then the signal: no count_exit
+    vp.before_entry()
+    assert vcpu.run_cr8 == 9 and apic.tpr == 0x90
+
+
+def test_stale_kvm_run_cr8_is_not_taken_for_a_guest_write_after_init() -> None:
+    # INIT (from another VP, while this one waits) clears the TPR; kvm_run still holds the CR8 of before.
+    apic = enabled_apic()
+    vcpu = FakeRunVcpu()
+    vp = make_vp(vcpu, apic)
+    vcpu.run_cr8 = 6
+    vp.count_exit(k.KVM_EXIT_HLT)
+    assert apic.tpr == 0x60
+    apic.init()
+    apic.mmio_write(SVR_MMIO, 4, 0x1FF)
+    vp.before_entry()
+    assert apic.tpr == 0 and vcpu.run_cr8 == 0
 
 
 def test_tpr_written_through_the_apic_is_the_cr8_the_guest_enters_with() -> None:
