@@ -359,13 +359,10 @@ static void test_events(void)
  * the EOI is implicit, so every interrupt must arrive as soon as the VP is interruptible again. All 16
  * vectors are in one priority class: a single one left in service would block the other 15. */
 #define VEC_BURST 0x90   /* 0x90..0x9F */
-static volatile uint32_t burst_isr_set;
 static bool burst_irq(struct trap_frame *f)
 {
-    if (apic_isr_test((uint8_t)f->vector))
-        atomic_inc(&burst_isr_set);
-    atomic_inc(&irq_count[f->vector]);
-    return false;   /* AutoEOI: no EOI */
+    atomic_inc(&irq_count[f->vector]);   /* nothing that exits: no APIC access in the handler either */
+    return false;                        /* AutoEOI: no EOI */
 }
 
 static void test_auto_eoi_burst(void)
@@ -397,8 +394,11 @@ static void test_auto_eoi_burst(void)
         pause();
     }
     cli();
-    check(got == 16, "synic.msg.auto-eoi-burst-16-sints-no-eoi-no-exits");
-    check(burst_isr_set == 0, "synic.msg.auto-eoi-burst-never-in-service");
+    uint32_t in_service = 0;
+    for (int s = 0; s < 16; s++)
+        in_service += apic_isr_test((uint8_t)(VEC_BURST + s));
+    checkf(got == 16, "synic.msg.auto-eoi-burst-16-sints-no-eoi-no-exits", "%u of 16 arrived", got);
+    checkf(in_service == 0, "synic.msg.auto-eoi-burst-never-in-service", "%u vectors in service", in_service);
     for (int s = 0; s < 16; s++) {
         hvs_testdev(HVS_TESTDEV_SINT_ROUTE_DESTROY, 0, s, 0);
         sint_set(s, saved[s]);
