@@ -631,9 +631,14 @@ def with_features(caps: Caps, *names: str) -> Caps:
 def without_auto_eoi(caps: Caps) -> Caps:
     """`caps` for a host that cannot honour SINT AutoEOI (KVM's in-kernel APIC without
     KVM_CAP_HYPERV_SYNIC2): AutoEOI not honoured, and its deprecation recommended (0x40000004.EAX[9])
-    wherever there is a SynIC, so that only what works is advertised."""
+    wherever there is a SynIC, so that only what works is advertised. Every other field is kept as is."""
     if "synic" in caps.features:
-        caps = with_features(caps, "auto-eoi-deprecated")
+        hint = FEATURES_BY_NAME["auto-eoi-deprecated"]
+        caps = replace(
+            caps,
+            features=caps.features | {hint.name},
+            recommendations=caps.recommendations | int(hint.recommendations),
+        )
     return replace(caps, auto_eoi=False)
 
 

@@ -321,3 +321,17 @@ def test_autoeoi_is_not_deprecated_where_it_works(apic_mode: str) -> None:
     assert not without_auto_eoi(parse_profile("minimal", apic_mode=apic_mode)).has_recommendation(
         Recommendations.DeprecateAutoEoi
     )  # no SynIC, nothing to recommend about
+
+
+def test_without_auto_eoi_keeps_every_other_capability() -> None:
+    from dataclasses import replace
+
+    from hv1.hv.caps import parse_profile, without_auto_eoi
+
+    caps = replace(
+        parse_profile("default", apic_mode="kernel", max_vps=64), max_lps=7, implemented_phys_bits=40
+    )
+    changed = without_auto_eoi(caps)
+    assert (changed.max_vps, changed.max_lps, changed.implemented_phys_bits) == (64, 7, 40)
+    assert changed.features == caps.features | {"auto-eoi-deprecated"}
+    assert changed.privileges == caps.privileges and changed.profile == caps.profile
