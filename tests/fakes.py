@@ -160,8 +160,8 @@ class FakeKvmLapic:
     hardware it keeps an acknowledged vector in ISR until an EOI, and PPR blocks IRR vectors of that class
     and below (SDM "Interrupt, Task, and Processor Priority"); only vectors in KVM's SynIC AutoEOI bitmap
     skip ISR (kvm_get_apic_interrupt). The bitmap follows host-initiated KVM_SET_MSRS of HV_X64_MSR_SINTx
-    as KVM's synic_set_sint/synic_update_vector keep it: a vector is in it while some SINTx with that
-    vector has AutoEOI set. Stands in for the KvmVcpu (set_msr) and the VM (signal_msi)."""
+    as KVM's synic_set_sint/synic_update_vector keep it: a vector is in it while some unmasked SINTx with
+    that vector has AutoEOI set. Stands in for the KvmVcpu (set_msr) and the VM (signal_msi)."""
 
     def __init__(self) -> None:
         self.irr = 0
@@ -180,7 +180,7 @@ class FakeKvmLapic:
     def auto_eoi_bitmap(self) -> int:
         bits = 0
         for raw in self.sints:
-            if raw & SINT_AUTO_EOI_BIT:
+            if raw & SINT_AUTO_EOI_BIT and not raw & (1 << 16):  # synic_get_sint_vector: masked is -1
                 bits |= 1 << (raw & 0xFF)
         return bits
 

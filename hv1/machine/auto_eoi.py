@@ -38,13 +38,15 @@ from hv1.tlfs import msrs as M
 
 
 def kvm_sint_value(raw: int) -> int:
-    """KVM's SINTx for hv1's SINTx value `raw`: vector | AutoEOI (| Masked, kept so that an interrupt
-    already in flight when the guest masks the SINT is still auto-EOI'd) for an AutoEOI SINT with a
-    valid vector; plain "masked" for every other SINT."""
+    """KVM's SINTx for hv1's SINTx value `raw`: vector | AutoEOI for an AutoEOI SINT with a valid
+    vector, plain "masked" for every other SINT. A masked (or polling) AutoEOI SINT is mirrored
+    unmasked: KVM ignores the AutoEOI bit of a masked SINT, but an interrupt already in flight when
+    the guest masks it must still be auto-EOI'd, as hv1's own APIC decides per delivery. KVM's SynIC
+    never raises a SINT by itself, so "unmasked" there makes no interrupt."""
     vector = raw & SINT_VECTOR_MASK
     if not raw & SINT_AUTO_EOI or vector < HV_SYNIC_FIRST_VALID_VECTOR:
         return SINT_MASKED
-    return vector | SINT_AUTO_EOI | (raw & SINT_MASKED)
+    return vector | SINT_AUTO_EOI
 
 
 class KernelAutoEoi:
