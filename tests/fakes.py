@@ -221,6 +221,7 @@ class FakeRunVcpu:
         self.apic_bases: list[int] = []
         self.refuse_apic_base = False
         self.msrs: list[tuple[int, int]] = []
+        self.nmis = 0
         self.stop_requested = False
 
     def can_inject(self) -> bool:
@@ -246,3 +247,12 @@ class FakeRunVcpu:
 
     def set_msr(self, index: int, value: int) -> None:
         self.msrs.append((index, value))
+
+    def inject_nmi(self) -> None:
+        self.nmis += 1
+
+    def if_flag(self) -> bool:
+        return self.interruptible
+
+    def kick(self) -> None:
+        pass

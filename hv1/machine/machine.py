@@ -122,6 +122,7 @@ class Vp:
         self.kernel_auto_eoi = KernelAutoEoi(vcpu.set_msr) if machine.kernel_auto_eoi else None
         self._sint_generation = -1  # the SynIC's sint_generation last mirrored
         self._cr8_entered = 0  # user APIC mode: the CR8 the guest last entered with (kvm_run.cr8)
+        self.nmi_pending = False  # user APIC mode: an NMI IPI for this VP, injected before the next entry
         self.wake = threading.Event()
         self.started = index == 0  # APs wait for INIT/SIPI
         self.sipi_vector: int | None = None
@@ -288,6 +289,9 @@ class Vp:
             self._enter_wait_for_sipi()
             self._cr8_to_guest(apic)  # INIT cleared the TPR
             return
+        if self.nmi_pending:
+            self.nmi_pending = False
+            self.vcpu.inject_nmi()
         now = time.monotonic_ns()
         apic.poll_timer(now)
         deadline = apic.timer_deadline()
@@ -322,6 +326,8 @@ class Vp:
             apic.poll_timer(time.monotonic_ns())
             if apic.pending_vector() is not None and (wake_with_if_clear or self.vcpu.if_flag()):
                 return
+            if self.nmi_pending:
+                return  # an NMI ends HLT whatever IF says
             deadline = apic.timer_deadline()
             timeout = None if deadline is None else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
             self.wake.wait(timeout)
@@ -335,6 +341,7 @@ class Vp:
         self.started = self.index == 0
         self.sipi_vector = None
         self.init_pending = False
+        self.nmi_pending = False
         self._work.clear()
         self.start_ctx = None
         self._timer_armed = None
@@ -400,6 +407,15 @@ class Vp:
             self.apic.init()
             self.m.tracer.emit("vp", self.index, "init")
 
+    def deliver_nmi(self) -> None:
+        """An NMI IPI to this VP (user APIC mode; SDM "NMI" delivery mode): injected with KVM_NMI on
+        this VP's own thread before its next entry. A VP waiting for SIPI does not take it."""
+        if not self.started:
+            self.m.tracer.emit("vp", self.index, "nmi-dropped-wait-for-sipi")
+            return
+        self.nmi_pending = True
+        self.kick()
+
     def deliver_sipi(self, vector: int) -> None:
         with self.m.start_lock:
             if self.started or self.sipi_vector is not None or self.start_ctx is not None:
@@ -438,6 +454,7 @@ class Vp:
         """This VP's thread after an INIT that found it running (deliver_init already reset the
         start state; a SIPI may even be latched by now)."""
         self.init_pending = False
+        self.nmi_pending = False  # INIT discards an NMI not taken yet
         if self.apic is not None:
             self.apic.init()
         self.m.tracer.emit("vp", self.index, "init")
@@ -588,7 +605,7 @@ class Machine:
                 kick=lambda vp_index: self.vp_by_index[vp_index].kick(),
                 on_init=lambda vp_index: self.vp_by_index[vp_index].deliver_init(),
                 on_sipi=lambda vp_index, vec: self.vp_by_index[vp_index].deliver_sipi(vec),
-                on_nmi=lambda apic_id: None,
+                on_nmi=lambda vp_index: self.vp_by_index[vp_index].deliver_nmi(),
             )
         enlightenments.attach(self.partition, self.router.apic_for_vp if self.router is not None else None)
         self.vps: list[Vp] = []

@@ -74,6 +74,9 @@ def make_vp(
     vp.started = True
     vp.exit_counts = [0] * 64
     vp._trace_exits = False
+    vp.nmi_pending = False
+    vp.hv_vp = SimpleNamespace(preempt_requested=False)  # type: ignore[assignment]
+    vp.wake = threading.Event()
     return vp
 
 
@@ -337,3 +340,60 @@ def test_without_auto_eoi_keeps_every_other_capability() -> None:
     assert (changed.max_vps, changed.max_lps, changed.implemented_phys_bits) == (64, 7, 40)
     assert changed.features == caps.features | {"auto-eoi-deprecated"}
     assert changed.privileges == caps.privileges and changed.profile == caps.profile
+
+
+# ---------------------------------------------------------------------------------------------------
+# NMI IPIs (--apic user): delivered, not dropped (a broadcast NMI must reach every VP)
+
+
+def test_nmi_ipi_is_injected_before_the_next_entry() -> None:
+    apic = enabled_apic()
+    vcpu = FakeRunVcpu()
+    vp = make_vp(vcpu, apic)
+    vp.deliver_nmi()
+    vp.before_entry()
+    assert vcpu.nmis == 1
+    vp.before_entry()
+    assert vcpu.nmis == 1  # once
+
+
+def test_nmi_ends_hlt_even_with_if_clear() -> None:
+    apic = enabled_apic()
+    vcpu = FakeRunVcpu()
+    vcpu.interruptible = False
+    vp = make_vp(vcpu, apic)
+    vp.deliver_nmi()
+    vp.sleep(wake_with_if_clear=False)  # returns at once instead of sleeping forever
+    vp.before_entry()
+    assert vcpu.nmis == 1
+
+
+def test_nmi_to_a_vp_waiting_for_sipi_or_after_init_is_not_taken() -> None:
+    apic = enabled_apic()
+    vcpu = FakeRunVcpu()
+    vp = make_vp(vcpu, apic)
+    vp.started = False
+    vp.deliver_nmi()
+    assert not vp.nmi_pending
+    vp.started = True
+    vp.deliver_nmi()
+    vp.init_pending = True
+    vp._wait_for_sipi = lambda: None  # type: ignore[method-assign]
+    vp.before_entry()  # INIT first: the NMI is discarded with it
+    assert vcpu.nmis == 0 and not vp.nmi_pending
+
+
+def test_broadcast_nmi_reaches_every_vp_through_the_router() -> None:
+    from hv1.hv.apic import ApicRouter
+
+    apics = [enabled_apic()] + [LocalApic(i, now_ns=lambda: 0) for i in (1, 2)]
+    vcpus = [FakeRunVcpu() for _ in apics]
+    vps = [make_vp(vcpu, apic) for vcpu, apic in zip(vcpus, apics, strict=True)]
+    for i, vp in enumerate(vps):
+        vp.index = vp.vp_index = i
+    ApicRouter(apics, on_nmi=lambda vp_index: vps[vp_index].deliver_nmi())
+    apics[0].mmio_write(0x310, 4, 0xFF << 24)  # ICR high: physical broadcast
+    apics[0].mmio_write(0x300, 4, (4 << 8) | (1 << 14))  # NMI, assert
+    for vp in vps:
+        vp.before_entry()
+    assert [v.nmis for v in vcpus] == [1, 1, 1]

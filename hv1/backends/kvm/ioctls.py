@@ -163,6 +163,7 @@ KVM_SET_REGS = _iow(0x82, ctypes.sizeof(kvm_regs))
 KVM_GET_SREGS = _ior(0x83, ctypes.sizeof(kvm_sregs))
 KVM_SET_SREGS = _iow(0x84, ctypes.sizeof(kvm_sregs))
 KVM_INTERRUPT = _iow(0x86, 4)
+KVM_NMI = _io(0x9A)  # no in-kernel APIC: queue an NMI; KVM injects it when NMIs are unblocked
 KVM_GET_MSRS = _iowr(0x88, 8)
 KVM_SET_MSRS = _iow(0x89, 8)
 KVM_GET_FPU = _ior(0x8C, ctypes.sizeof(kvm_fpu))

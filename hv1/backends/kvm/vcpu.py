@@ -219,6 +219,11 @@ class KvmVcpu:
         because KVM delivers it on the next entry even with IF=0 (host-kvm.md §1 step 10)."""
         fcntl.ioctl(self.fd, k.KVM_INTERRUPT, struct.pack("<I", vector))
 
+    def inject_nmi(self) -> None:
+        """KVM_NMI (no in-kernel APIC): KVM holds it until the guest can take an NMI (NMI blocking,
+        interrupt shadow) and then delivers it; vector 2, ignores IF. On this vCPU's thread."""
+        fcntl.ioctl(self.fd, k.KVM_NMI, 0)
+
     def can_inject(self) -> bool:
         return bool(self._u8[k.RUN_READY_FOR_INTERRUPT_INJECTION]) and bool(self._u8[k.RUN_IF_FLAG])
 
