@@ -219,6 +219,28 @@ static void test_physical_broadcast(void)
            bcast_count, bcast_mask, want);
 }
 
+/* An NMI sent to the physical broadcast address reaches every CPU too (vector 2, no EOI). */
+static volatile uint32_t nmi_count, nmi_mask;
+static bool nmi_handler(struct trap_frame *f)
+{
+    __atomic_or_fetch(&nmi_mask, 1u << cpu_index(), __ATOMIC_SEQ_CST);
+    atomic_inc(&nmi_count);
+    return false;   /* NMIs are not in service: no EOI */
+}
+static void test_nmi_broadcast(void)
+{
+    uint32_t n = smp_online();
+    nmi_count = 0;
+    nmi_mask = 0;
+    set_irq_handler(2, nmi_handler);
+    apic_send_ipi(apic_is_x2apic() ? 0xFFFFFFFFu : 0xFFu, (1u << 14) | (4u << 8));   /* NMI, physical, assert */
+    bool ok = wait_count(&nmi_count, n, TIMEOUT_US);
+    set_irq_handler(2, NULL);
+    uint32_t want = (n >= 32) ? ~0u : (1u << n) - 1;
+    checkf(ok && nmi_mask == want, rule("nmi-physical-broadcast-reaches-all"), "count=%u mask=0x%x want=0x%x",
+           nmi_count, nmi_mask, want);
+}
+
 static void run_all(void)
 {
     test_id();
@@ -227,6 +249,7 @@ static void run_all(void)
     test_cr8_is_tpr();
     test_ipis();
     test_physical_broadcast();
+    test_nmi_broadcast();
     test_timer();
     test_cpuid_apic_bit();
 }
