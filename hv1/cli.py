@@ -199,6 +199,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
     print(f"  KVM_SIGNAL_MSI         {yes[h.signal_msi]}")
     print(f"  TSC frequency          {h.tsc_khz} kHz")
     print(f"  in-kernel Hyper-V      {yes[h.in_kernel_hyperv]} (hv1 implements Hv#1 itself either way)")
+    print(f"  KVM SynIC (SYNIC2)     {yes[h.synic_auto_eoi]} (its AutoEOI bitmap: AutoEOI in --apic kernel)")
     print(f"  PV CPUID enforcement   {yes[h.enforce_pv_cpuid]} (KVM's own PV MSRs #GP)")
     print("hv1 will use:")
     print("  hypercall trap         `out` to port 0x90 from the hypercall page (VMCALL is not used)")

@@ -149,3 +149,110 @@ class FakeHooks:
         self.started.add(vp_index)
         self.starts.append((vp_index, ctx))
         return True
+
+
+HV_X64_MSR_SINT0 = 0x40000090
+SINT_AUTO_EOI_BIT = 1 << 17
+
+
+class FakeKvmLapic:
+    """KVM's in-kernel local APIC, as far as SynIC AutoEOI goes (hv1/machine/auto_eoi.py). Like real
+    hardware it keeps an acknowledged vector in ISR until an EOI, and PPR blocks IRR vectors of that class
+    and below (SDM "Interrupt, Task, and Processor Priority"); only vectors in KVM's SynIC AutoEOI bitmap
+    skip ISR (kvm_get_apic_interrupt). The bitmap follows host-initiated KVM_SET_MSRS of HV_X64_MSR_SINTx
+    as KVM's synic_set_sint/synic_update_vector keep it: a vector is in it while some unmasked SINTx with
+    that vector has AutoEOI set. Stands in for the KvmVcpu (set_msr) and the VM (signal_msi)."""
+
+    def __init__(self) -> None:
+        self.irr = 0
+        self.isr = 0
+        self.tpr = 0
+        self.sints = [1 << 16] * 16
+        self.msr_writes: list[tuple[int, int]] = []
+
+    def set_msr(self, index: int, value: int) -> None:
+        if not HV_X64_MSR_SINT0 <= index < HV_X64_MSR_SINT0 + 16:
+            raise OSError(f"KVM_SET_MSRS rejected MSR {index:#x}")
+        self.sints[index - HV_X64_MSR_SINT0] = value
+        self.msr_writes.append((index, value))
+
+    @property
+    def auto_eoi_bitmap(self) -> int:
+        bits = 0
+        for raw in self.sints:
+            if raw & SINT_AUTO_EOI_BIT and not raw & (1 << 16):  # synic_get_sint_vector: masked is -1
+                bits |= 1 << (raw & 0xFF)
+        return bits
+
+    def signal_msi(self, vector: int) -> None:
+        self.irr |= 1 << vector
+
+    def ppr(self) -> int:
+        isrv = self.isr.bit_length() - 1 if self.isr else 0
+        return self.tpr if self.tpr >> 4 >= isrv >> 4 else isrv & 0xF0
+
+    def take(self) -> int | None:
+        """The vCPU, IF=1, acknowledges the highest deliverable interrupt (None: nothing beats PPR)."""
+        if not self.irr:
+            return None
+        vector = self.irr.bit_length() - 1
+        if vector >> 4 <= self.ppr() >> 4:
+            return None
+        self.irr &= ~(1 << vector)
+        if not self.auto_eoi_bitmap >> vector & 1:
+            self.isr |= 1 << vector
+        return vector
+
+    def eoi(self) -> None:
+        if self.isr:
+            self.isr &= ~(1 << (self.isr.bit_length() - 1))
+
+
+class FakeRunVcpu:
+    """The parts of hv1.backends.kvm.vcpu.KvmVcpu that a VP's exit/entry code uses without an in-kernel
+    APIC: KVM_INTERRUPT, the interrupt-window request, kvm_run's CR8 (KVM reports the guest's CR8 after
+    each exit and loads it from there on entry) and the APIC base KVM is told about."""
+
+    def __init__(self) -> None:
+        self.injected: list[int] = []
+        self.window = False
+        self.interruptible = True
+        self.run_cr8 = 0
+        self.apic_bases: list[int] = []
+        self.refuse_apic_base = False
+        self.msrs: list[tuple[int, int]] = []
+        self.nmis = 0
+        self.stop_requested = False
+
+    def can_inject(self) -> bool:
+        return self.interruptible
+
+    def inject_interrupt(self, vector: int) -> None:
+        self.injected.append(vector)
+
+    def request_interrupt_window(self, on: bool) -> None:
+        self.window = on
+
+    def cr8(self) -> int:
+        return self.run_cr8
+
+    def set_cr8(self, value: int) -> None:
+        self.run_cr8 = value & 0xF
+
+    def set_apic_base(self, value: int) -> bool:
+        if self.refuse_apic_base:
+            return False
+        self.apic_bases.append(value)
+        return True
+
+    def set_msr(self, index: int, value: int) -> None:
+        self.msrs.append((index, value))
+
+    def inject_nmi(self) -> None:
+        self.nmis += 1
+
+    def if_flag(self) -> bool:
+        return self.interruptible
+
+    def kick(self) -> None:
+        pass

@@ -353,6 +353,62 @@ static void test_events(void)
     check(signal(CONN_EVT, 0) == HVS_INVALID_CONNECTION_ID, "synic.testdev.evt-conn-destroyed");
 }
 
+/* ---- AutoEOI burst (issue 9, bug 1) ----
+ * 16 AutoEOI SINTs raised back to back while IF=0; the handlers never EOI, and the VP then spins in a
+ * pause loop that makes no exit. TLFS inter-partition-communication.md "SINTx Registers": with AutoEOI
+ * the EOI is implicit, so every interrupt must arrive as soon as the VP is interruptible again. All 16
+ * vectors are in one priority class: a single one left in service would block the other 15. */
+#define VEC_BURST 0x90   /* 0x90..0x9F */
+static bool burst_irq(struct trap_frame *f)
+{
+    atomic_inc(&irq_count[f->vector]);   /* nothing that exits: no APIC access in the handler either */
+    return false;                        /* AutoEOI: no EOI */
+}
+
+static void test_auto_eoi_burst(void)
+{
+    if (rec_eax & HVS_REC_DEPRECATE_AEOI) {
+        skip("synic.msg.auto-eoi-burst", "AutoEOI deprecated (0x40000004.EAX[9])");
+        return;
+    }
+    uint64_t saved[16];
+    uint64_t f = irq_save();
+    for (int s = 0; s < 16; s++) {
+        saved[s] = rdmsr(HVS_MSR_SINT0 + s);
+        set_irq_handler(VEC_BURST + s, burst_irq);
+        irq_count[VEC_BURST + s] = 0;
+        sint_set(s, (VEC_BURST + s) | HVS_SINT_AUTO_EOI);
+        hvs_testdev(HVS_TESTDEV_SINT_ROUTE_CREATE, 0, s, 0);
+    }
+    for (int s = 0; s < 16; s++)
+        hvs_testdev(HVS_TESTDEV_SINT_ROUTE_SET, 0, s, 0);   /* all pending before the first is taken */
+    uint64_t end = tsc_deadline(WAIT_US);
+    uint32_t got = 0;
+    sti();
+    while (rdtsc() < end) {   /* no APIC access, no hlt: nothing here exits */
+        got = 0;
+        for (int s = 0; s < 16; s++)
+            got += irq_count[VEC_BURST + s] != 0;
+        if (got == 16)
+            break;
+        pause();
+    }
+    cli();
+    uint32_t in_service = 0;
+    for (int s = 0; s < 16; s++)
+        in_service += apic_isr_test((uint8_t)(VEC_BURST + s));
+    checkf(got == 16, "synic.msg.auto-eoi-burst-16-sints-no-eoi-no-exits", "%u of 16 arrived", got);
+    checkf(in_service == 0, "synic.msg.auto-eoi-burst-never-in-service", "%u vectors in service", in_service);
+    for (int s = 0; s < 16; s++) {
+        hvs_testdev(HVS_TESTDEV_SINT_ROUTE_DESTROY, 0, s, 0);
+        sint_set(s, saved[s]);
+        while (apic_isr_test((uint8_t)(VEC_BURST + s)))   /* recover if AutoEOI was not honoured */
+            apic_eoi();
+        set_irq_handler(VEC_BURST + s, NULL);
+    }
+    restore_flags(f);
+}
+
 /* ---- Direct variants ---- */
 static void test_direct(void)
 {
@@ -515,5 +571,6 @@ void kmain(const struct boot_info *bi)
     test_messages();
     test_events();
     test_direct();
+    test_auto_eoi_burst();
     test_smp(bi);
 }

@@ -16,8 +16,12 @@ the TLFS allows ("Local APIC" deviation list; inventory §6.4.1) or that we make
 - No virtual SMIs; SMI, ExtINT and reserved delivery modes in the ICR are dropped (and traced).
 - No TSC-deadline timer mode: LVT timer bit 18 is treated as reserved (ignored in xAPIC, #GP in x2APIC).
   The machine MUST hide CPUID.01H:ECX[24] (TSC-deadline) in user APIC mode.
-- No CMCI LVT (version register: max LVT entry 5 => 6 LVTs), no directed-EOI (EOI-broadcast
-  suppression) support: version bit 24 is 0.
+- No CMCI LVT (version register: max LVT entry 5 => 6 LVTs). The version register reads exactly what
+  KVM's in-kernel local APIC reads under hv1's split irqchip (kvm_apic_set_version: 0x14, max LVT 5,
+  and bit 24 "EOI-broadcast suppression supported" whenever the guest's CPUID has x2APIC and no
+  in-kernel I/O APIC exists), so a guest sees one LVR in both APIC modes: APIC_VERSION_X2 (0x01050014)
+  with `x2apic_supported`, else APIC_VERSION (0x00050014). With bit 24 set, SVR bit 12 (suppress EOI
+  broadcast) is writable; there is no I/O APIC to broadcast to, so suppression changes nothing.
 - IPIs are delivered synchronously inside the ICR write, so the delivery-status bit always reads 0 and a
   self-IPI is in IRR when the write returns (TLFS requirements doc "Inter-Processor Interrupts": a self-IPI
   is taken before the next guest instruction; inventory §6.4.2). The run loop must check
@@ -37,6 +41,12 @@ the TLFS allows ("Local APIC" deviation list; inventory §6.4.1) or that we make
 Thread safety: every LocalApic has an internal lock; IPIs, SynIC interrupts and timer polls may come
 from any thread. Bus calls, hooks and callbacks always run with no APIC lock held (so two VPs sending
 each other IPIs cannot deadlock, and hooks may call back into the APIC).
+
+What the machine adds around the model (hv1/machine/machine.py `Vp`): CR8 is TPR[7:4] (SDM "Task
+Priority in IA-32e Mode"); with no in-kernel APIC KVM keeps CR8 and reports it in kvm_run, so the VP
+reads it back into the TPR at every exit and writes TPR[7:4] there before every entry. CPUID.01H:EDX[9]
+follows `hw_enabled`: the VP tells KVM each new IA32_APIC_BASE and KVM flips that bit itself. Injection
+is `inject_pending` below.
 
 Extension points for later issues (Hyper-V APIC MSRs, AutoEOI, lazy EOI):
 - `eoi()`, `write_icr(value64)` / `read_icr()`, the `tpr` property and `get_cr8()/set_cr8()` work in
@@ -80,11 +90,16 @@ APIC_BASE_EN = 1 << 11  # global (hardware) enable
 APIC_BASE_RESERVED_LOW = 0x2FF  # bits 7:0 and 9
 
 APIC_VERSION = 0x0005_0014  # version 0x14 (integrated APIC), max LVT entry 5, no EOI-broadcast suppression
+APIC_VERSION_DIRECTED_EOI = (
+    1 << 24
+)  # "Support for EOI-broadcast suppression" (SDM "Local APIC Version Register")
+APIC_VERSION_X2 = APIC_VERSION | APIC_VERSION_DIRECTED_EOI  # KVM's LVR with x2APIC in CPUID, split irqchip
 
 XAPIC_BROADCAST = 0xFF
 X2APIC_BROADCAST = 0xFFFF_FFFF
 
 SVR_ENABLE = 1 << 8
+SVR_SUPPRESS_EOI_BROADCAST = 1 << 12  # writable only when the LVR advertises it (bit 24)
 SVR_RESET = 0xFF
 
 LVT_MASKED = 1 << 16
@@ -161,7 +176,7 @@ _XAPIC_WRITABLE: dict[int, int] = {
     Reg.EOI: 0xFFFF_FFFF,
     Reg.LDR: 0xFF00_0000,
     Reg.DFR: 0xF000_0000,
-    Reg.SVR: 0x3FF,
+    Reg.SVR: 0x13FF,  # bit 12 only where the LVR advertises it (LocalApic._svr_writable)
     Reg.ESR: 0xFFFF_FFFF,
     Reg.ICR: ICR_LOW_WRITABLE,
     Reg.ICR2: ICR_HIGH_XAPIC_WRITABLE,
@@ -175,7 +190,7 @@ _XAPIC_WRITABLE: dict[int, int] = {
 _X2APIC_WRITABLE: dict[int, tuple[int, int]] = {
     Reg.TPR: (0xFF, 0),
     Reg.EOI: (0, 0),
-    Reg.SVR: (0x3FF, 0),
+    Reg.SVR: (0x13FF, 0),  # bit 12 checked per APIC in msr_write (LocalApic._svr_writable)
     Reg.ESR: (0, 0),
     Reg.TMICT: (0xFFFF_FFFF, 0),
     Reg.TDCR: (0xB, 0),
@@ -404,6 +419,9 @@ class LocalApic:
         self._base_reserved = APIC_BASE_RESERVED_LOW | (((1 << 64) - 1) & ~((1 << phys_addr_bits) - 1))
         if not x2apic_supported:
             self._base_reserved |= APIC_BASE_EXTD
+        # The LVR KVM's in-kernel APIC shows the same guest (module docstring), and the SVR bits it allows.
+        self.version = APIC_VERSION_X2 if x2apic_supported else APIC_VERSION
+        self._svr_writable = 0x3FF | (SVR_SUPPRESS_EOI_BROADCAST if x2apic_supported else 0)
         self._lock = threading.Lock()
         self.bus: ApicBus | None = None
         self.hooks: ApicHooks | None = None
@@ -452,7 +470,7 @@ class LocalApic:
 
     @property
     def hw_enabled(self) -> bool:
-        """IA32_APIC_BASE global enable. The machine should clear CPUID.01H:EDX[9] while this is False."""
+        """IA32_APIC_BASE global enable. CPUID.01H:EDX[9] follows it (the machine tells KVM the base)."""
         return bool(self._base & APIC_BASE_EN)
 
     @property
@@ -650,6 +668,8 @@ class LocalApic:
                 if spec is None or value >> 32:
                     raise gp()
                 writable, ignored = spec
+                if reg == Reg.SVR:
+                    writable = self._svr_writable  # bit 12 is reserved without EOI-broadcast suppression
                 if value & ~(writable | ignored):
                     raise gp()
                 action = self._write_locked(reg, value & writable, x2=True)
@@ -691,7 +711,7 @@ class LocalApic:
         if reg == Reg.ID:
             return self._apic_id if x2 else (self._apic_id & 0xFF) << 24
         if reg == Reg.VERSION:
-            return APIC_VERSION
+            return self.version
         if reg == Reg.TPR:
             return self._tpr
         if reg == Reg.PPR:
@@ -733,6 +753,7 @@ class LocalApic:
         elif reg == Reg.EOI:
             return self._eoi_locked()
         elif reg == Reg.SVR:
+            value &= self._svr_writable  # xAPIC: a reserved bit 12 is ignored
             self._svr = value
             if not value & SVR_ENABLE:
                 self._lvt = [lvt | LVT_MASKED for lvt in self._lvt]
@@ -1060,6 +1081,45 @@ class LocalApic:
         """Rare events also go to the tracer's ring buffer (for fatal dumps) when the category is off."""
         if self._tracer is not None:
             self._tracer.emit("apic", self._vp_index, event, **fields)
+
+
+# --- Injection (the VP run loop) ---------------------------------------------------------------------
+
+
+class InterruptInjector(Protocol):
+    """What a VP's run loop offers for injecting an external interrupt: KVM_INTERRUPT, "can the CPU
+    take one now" (IF=1 and no interrupt shadow) and the interrupt-window request, which makes the CPU
+    exit as soon as it can take one."""
+
+    def can_inject(self) -> bool: ...
+
+    def inject_interrupt(self, vector: int) -> None: ...
+
+    def request_interrupt_window(self, on: bool) -> None: ...
+
+
+def inject_pending(apic: LocalApic, cpu: InterruptInjector) -> int | None:
+    """One interrupt-delivery step before a VP enters the guest; returns the vector injected, if any.
+
+    Injects the APIC's deliverable vector when the CPU can take it, and requests the interrupt window
+    whenever a deliverable vector is left afterwards. After injecting a SynIC AutoEOI vector nothing
+    went into service (TLFS inter-partition-communication.md "SINTx Registers", AutoEOI: the EOI is
+    implicit), so the next vector is deliverable at once and must come as soon as the VP is
+    interruptible again, with no other exit needed: a guest whose handler never EOIs and then spins
+    in a `pause` loop must still get every interrupt (issue 9, bug 1). A normal vector raises PPR, so
+    the window is only kept for a higher-class vector that is already pending.
+    """
+    vector = apic.pending_vector()
+    if vector is None:
+        cpu.request_interrupt_window(False)
+        return None
+    if not cpu.can_inject():
+        cpu.request_interrupt_window(True)
+        return None
+    cpu.inject_interrupt(vector)
+    apic.acknowledge(vector)
+    cpu.request_interrupt_window(apic.pending_vector() is not None)
+    return vector
 
 
 # --- The router ------------------------------------------------------------------------------------

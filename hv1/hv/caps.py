@@ -282,8 +282,11 @@ FEATURES: tuple[Feature, ...] = (
         "auto-eoi-deprecated",
         "recommend not using SINT AutoEOI: a hint",
         recommendations=REC.DeprecateAutoEoi,
-        # Only in kernel mode: KVM's in-kernel APIC cannot skip ISR for a vector; hv1's APIC can.
-        implemented_in=frozenset({"kernel"}),
+        # A hint, off by default: AutoEOI works in both modes (hv1's APIC skips ISR per delivery; with
+        # KVM's in-kernel APIC, KVM's SynIC AutoEOI bitmap does, hv1/machine/auto_eoi.py). The machine
+        # turns it on (`without_auto_eoi`) on a host whose KVM lacks KVM_CAP_HYPERV_SYNIC2.
+        implemented_in=_BOTH,
+        default=False,
         requires=("synic",),
     ),
     # Issue 5 (hv/enlightenments.py). APIC MSRs, VP assist and guest idle need hv1's APIC model
@@ -435,6 +438,9 @@ class Caps:
     version: tuple[int, int, int, int] = (0, 0, 0, 0)
     apic_mode: str = "kernel"
     profile: str = ""  # the profile string it was parsed from (for display)
+    # SINTx AutoEOI is honoured (TLFS inter-partition-communication.md "SINTx Registers"). True unless
+    # the host cannot (see `without_auto_eoi`); the SynIC then traces and logs each AutoEOI SINT.
+    auto_eoi: bool = True
 
     # --- gate helpers -----------------------------------------------------------------------------
     def has_privilege(self, flag: int) -> bool:
@@ -618,7 +624,22 @@ def with_features(caps: Caps, *names: str) -> Caps:
     return replace(
         build_caps(caps.features | set(names), caps.apic_mode, max_leaf=caps.max_leaf, max_vps=caps.max_vps),
         profile=caps.profile,
+        auto_eoi=caps.auto_eoi,
     )
+
+
+def without_auto_eoi(caps: Caps) -> Caps:
+    """`caps` for a host that cannot honour SINT AutoEOI (KVM's in-kernel APIC without
+    KVM_CAP_HYPERV_SYNIC2): AutoEOI not honoured, and its deprecation recommended (0x40000004.EAX[9])
+    wherever there is a SynIC, so that only what works is advertised. Every other field is kept as is."""
+    if "synic" in caps.features:
+        hint = FEATURES_BY_NAME["auto-eoi-deprecated"]
+        caps = replace(
+            caps,
+            features=caps.features | {hint.name},
+            recommendations=caps.recommendations | int(hint.recommendations),
+        )
+    return replace(caps, auto_eoi=False)
 
 
 # --- describe --------------------------------------------------------------------------------------

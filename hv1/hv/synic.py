@@ -45,9 +45,11 @@ Choices where the TLFS is silent or ambiguous (inventory §7):
 - §7.7 / §7.25: EOM reads 0 and ignores the written value; RsvdP bits of every SynIC MSR are stored.
 - A SIM/SIEF page whose GPFN is not guest RAM stays "enabled but not accessible": deliveries go to the
   page's hidden content and become visible if the guest moves the page onto RAM.
-- AutoEOI: passed through to request_interrupt. With the in-kernel APIC (`auto_eoi_supported=False`)
-  it cannot be honoured: the caps recommend deprecating AutoEOI and a SINT write that sets it is
-  traced as "auto-eoi-unsupported" and logged once per VP.
+- AutoEOI: passed through to request_interrupt; hv1's APIC honours it per delivery, and with KVM's
+  in-kernel APIC the machine mirrors the SINTs into KVM's AutoEOI bitmap (hv1/machine/auto_eoi.py;
+  `sint_generation` tells it when to). Where a host cannot (`auto_eoi_supported=False`, caps.auto_eoi)
+  the caps recommend deprecating AutoEOI, and a SINT write that sets it is traced as
+  "auto-eoi-unsupported" and logged once per VP and SINT.
 
 Thread safety: every public method takes `lock` (the partition lock, an RLock, so hv code that already
 holds it may call in). Interrupt requests are made with the lock held; the sinks never call back into
@@ -230,7 +232,8 @@ class Synic:
         self.sints = [SINT_RESET] * SINT_COUNT
         self._queues: list[deque[QueuedMessage]] = [deque() for _ in range(SINT_COUNT)]
         self._pending = 0  # bit s: SINT s has queued messages
-        self._auto_eoi_warned = False
+        self._auto_eoi_warned: set[int] = set()  # SINTs whose unsupported AutoEOI has been logged
+        self.sint_generation = 0  # bumped whenever a SINTx value may have changed (write, reset)
         # Called with a SINT number when that SINT may take a message now (see `add_ready_listener`).
         self._ready_listeners: list[Callable[[int], None]] = []
         self.counters = {"posted": 0, "delivered": 0, "queued": 0, "eom": 0, "events": 0, "interrupts": 0}
@@ -332,15 +335,17 @@ class Synic:
         if value & SINT_VECTOR_MASK < HV_SYNIC_FIRST_VALID_VECTOR and not value & SINT_MASKED:
             raise gp()
         self.sints[sint] = value  # 63:19 and 15:8 RsvdP: stored
+        self.sint_generation += 1
         if value & SINT_AUTO_EOI and not self.auto_eoi_supported:
-            # The in-kernel APIC puts the vector in service anyway: the guest will miss EOIs.
+            # This host's in-kernel APIC puts the vector in service anyway: the guest will miss EOIs.
             if self.tracer is not None:
                 self.tracer.emit("synic", self.vp_index, "auto-eoi-unsupported", sint=sint, value=value)
-            if not self._auto_eoi_warned:
-                self._auto_eoi_warned = True
+            if sint not in self._auto_eoi_warned:  # once per SINT: each one is a separate guest bug
+                self._auto_eoi_warned.add(sint)
                 log.warning(
-                    "VP %d sets AutoEOI on SINT%d although it is not supported with the in-kernel APIC "
-                    "(deprecation recommended in CPUID 0x40000004.EAX[9]); the guest must EOI itself",
+                    "VP %d sets AutoEOI on SINT%d although this host's in-kernel APIC cannot honour it "
+                    "(KVM without KVM_CAP_HYPERV_SYNIC2; deprecation recommended in CPUID "
+                    "0x40000004.EAX[9]); the guest must EOI itself",
                     self.vp_index,
                     sint,
                 )
@@ -601,6 +606,7 @@ class Synic:
         with self.lock:
             self.scontrol = self.simp = self.siefp = 0
             self.sints = [SINT_RESET] * SINT_COUNT
+            self.sint_generation += 1
             for page in (self.simp_page, self.siefp_page):
                 page.unmap()
                 page.zero()
@@ -671,7 +677,8 @@ def attach_synic(partition: Partition, *, queue_depth: int = DEFAULT_QUEUE_DEPTH
     """Give every VP of `partition` a SynIC (VP state "synic"), register the SynIC MSRs and the
     SynIC hypercalls, and attach the port tables (subsystem "ports", returned).
 
-    AutoEOI is honoured only by the user-mode APIC (caps.apic_mode == "user"); polling follows
+    AutoEOI is honoured where caps.auto_eoi says the machine can (both APIC modes on a usual host);
+    polling follows
     CPUID 0x40000003.EDX[17]. Call once, before the first VP runs."""
     from hv1.hv.hypercalls import synic_calls
     from hv1.hv.ports import PartitionPorts
@@ -690,7 +697,7 @@ def attach_synic(partition: Partition, *, queue_depth: int = DEFAULT_QUEUE_DEPTH
             lock=partition.lock,
             tracer=partition.tracer,
             queue_depth=queue_depth,
-            auto_eoi_supported=caps.apic_mode == "user",
+            auto_eoi_supported=caps.auto_eoi,
             polling_supported=caps.has_feature(FeaturesEdx.SintPollingModeAvailable),
         )
         vp.add_state("synic", synic)

@@ -33,8 +33,8 @@ from hv1.backends.kvm.vm import (
 )
 from hv1.errors import EXIT_GUEST_CRASH, EXIT_GUEST_FATAL, EXIT_INTERNAL, EXIT_TIMEOUT, UsageError
 from hv1.hv import enlightenments
-from hv1.hv.apic import ApicHooks, ApicRouter, LocalApic
-from hv1.hv.caps import parse_profile
+from hv1.hv.apic import ApicHooks, ApicRouter, LocalApic, inject_pending
+from hv1.hv.caps import parse_profile, without_auto_eoi
 from hv1.hv.hypercall_page import HYPERCALL_PORT
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
 from hv1.hv.interfaces import GP_VECTOR, GuestException
@@ -43,6 +43,7 @@ from hv1.hv.reftime import ReferenceTime
 from hv1.hv.synic import synic_of
 from hv1.hv.vp_assist import vp_assist_of
 from hv1.machine import multiboot
+from hv1.machine.auto_eoi import KernelAutoEoi
 from hv1.machine.cpustate import set_initial_context, set_multiboot_entry, set_real_mode_start
 from hv1.machine.devices.base import IoBus
 from hv1.machine.devices.bench_dev import BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT, BenchDev
@@ -117,6 +118,11 @@ class Vp:
         self.apic = apic
         self.hv_vp = machine.partition.vps[index]
         self.synic = synic_of(self.hv_vp)
+        # Kernel APIC mode: this VP's SINTs mirrored into KVM's AutoEOI bitmap (hv1/machine/auto_eoi.py).
+        self.kernel_auto_eoi = KernelAutoEoi(vcpu.set_msr) if machine.kernel_auto_eoi else None
+        self._sint_generation = -1  # the SynIC's sint_generation last mirrored
+        self._cr8_entered = 0  # user APIC mode: the CR8 the guest last entered with (kvm_run.cr8)
+        self.nmi_pending = False  # user APIC mode: an NMI IPI for this VP, injected before the next entry
         self.wake = threading.Event()
         self.started = index == 0  # APs wait for INIT/SIPI
         self.sipi_vector: int | None = None
@@ -136,11 +142,30 @@ class Vp:
     def count_exit(self, reason: int) -> None:
         self.assist.after_exit()  # a lazy EOI the guest did shows in the APIC before anything reads it
         self.exit_counts[reason & 63] += 1
+        if self.apic is not None:
+            self._cr8_from_guest(self.apic)  # before any handler reads the TPR
         if not self.started and self.apic is None:
             # Kernel APIC mode: KVM handled this AP's INIT/SIPI itself; an exit means it is running.
             self.started = True
         if self._trace_exits:
             self.m.tracer.emit("exits", self.index, k.EXIT_NAMES.get(reason, str(reason)))
+
+    def _cr8_from_guest(self, apic: LocalApic) -> None:
+        """CR8 is TPR[7:4] (SDM "Task Priority in IA-32e Mode"). With no in-kernel APIC, KVM keeps
+        CR8 itself: it loads it from kvm_run at every KVM_RUN and stores it back there when KVM_RUN
+        returns (an exit or an interrupted run alike). A value other than the one the guest entered
+        with is therefore a MOV to CR8 by the guest, which sets TPR[7:4] and clears TPR[3:0]."""
+        cr8 = self.vcpu.cr8()
+        if cr8 != self._cr8_entered:
+            self._cr8_entered = cr8
+            apic.set_cr8(cr8)
+
+    def _cr8_to_guest(self, apic: LocalApic) -> None:
+        """The CR8 the guest runs with next: TPR[7:4], however the TPR was written meanwhile (xAPIC
+        page, x2APIC MSR, HV_X64_MSR_TPR, INIT)."""
+        cr8 = apic.get_cr8()
+        self.vcpu.set_cr8(cr8)
+        self._cr8_entered = cr8
 
     def io_out(self, port: int, size: int, value: int) -> None:
         if port == HYPERCALL_PORT and size == 1 and self.m.partition.hypercall_page_enabled():
@@ -208,12 +233,24 @@ class Vp:
                 return True
             if self.apic is not None and (index == APIC_MSR_BASE or X2APIC_FIRST <= index <= X2APIC_LAST):
                 self.apic.msr_write(index, value)
+                if index == APIC_MSR_BASE:
+                    self._publish_apic_base()
                 return True
         except GuestException:
             return False
         if self.m.tracer.wants("msrs"):
             self.m.tracer.emit("msrs", self.index, "wrmsr-unknown", msr=index, value=value, result="#GP")
         return False
+
+    def _publish_apic_base(self) -> None:
+        """User APIC mode: CPUID.01H:EDX[9] follows IA32_APIC_BASE.EN (SDM "CPUID" / "Local APIC
+        Status and Location"). The guest's CPUID is KVM's and cannot be replaced after the first
+        KVM_RUN, but KVM flips that one bit itself whenever it learns a new APIC base, so hv1 tells
+        it (KvmVcpu.set_apic_base). A value KVM refuses leaves the bit as it was (traced)."""
+        assert self.apic is not None
+        base = self.apic.apic_base
+        if not self.vcpu.set_apic_base(base):
+            self.m.tracer.emit("apic", self.index, "apic-base-not-mirrored", base=base)
 
     def poll_stimers(self, force: bool = False) -> None:
         """Fire due synthetic timers and (re)arm the host scheduler at the next deadline (reference
@@ -242,10 +279,19 @@ class Vp:
         self.assist.after_exit()  # before the APIC is evaluated (EOI assist)
         apic = self.apic
         if apic is None:
+            mirror = self.kernel_auto_eoi
+            if mirror is not None and self.synic.sint_generation != self._sint_generation:
+                self._sint_generation = self.synic.sint_generation
+                mirror.sync(self.synic.sints)  # before the guest can take a SINT interrupt
             return
+        self._cr8_from_guest(apic)  # KVM_RUN may also have returned without an exit (EINTR)
         if self.init_pending:
             self._enter_wait_for_sipi()
+            self._cr8_to_guest(apic)  # INIT cleared the TPR
             return
+        if self.nmi_pending:
+            self.nmi_pending = False
+            self.vcpu.inject_nmi()
         now = time.monotonic_ns()
         apic.poll_timer(now)
         deadline = apic.timer_deadline()
@@ -255,19 +301,13 @@ class Vp:
                 self.m.scheduler.cancel(("lvt", self.index))
             else:
                 self.m.scheduler.schedule(("lvt", self.index), deadline, self.kick)
-        vec = apic.pending_vector()
         vcpu = self.vcpu
-        if vec is None:
-            vcpu.request_interrupt_window(False)
-        elif vcpu.can_inject():
-            vcpu.inject_interrupt(vec)
-            apic.acknowledge(vec)
+        self._cr8_to_guest(apic)
+        vec = inject_pending(apic, vcpu)  # keeps the window open while a vector is left (AutoEOI)
+        if vec is not None:
             self.assist.interrupt_injected(vec)
-            vcpu.request_interrupt_window(False)
             if self.m.tracer.wants("irq"):
                 self.m.tracer.emit("irq", self.index, "inject", vector=vec)
-        else:
-            vcpu.request_interrupt_window(True)
 
     def halted(self) -> None:
         """HLT (user APIC mode): sleep until an interrupt can be taken, INIT, or stop."""
@@ -286,6 +326,8 @@ class Vp:
             apic.poll_timer(time.monotonic_ns())
             if apic.pending_vector() is not None and (wake_with_if_clear or self.vcpu.if_flag()):
                 return
+            if self.nmi_pending:
+                return  # an NMI ends HLT whatever IF says
             deadline = apic.timer_deadline()
             timeout = None if deadline is None else max(0.0, (deadline - time.monotonic_ns()) / 1e9)
             self.wake.wait(timeout)
@@ -299,10 +341,17 @@ class Vp:
         self.started = self.index == 0
         self.sipi_vector = None
         self.init_pending = False
+        self.nmi_pending = False
         self._work.clear()
         self.start_ctx = None
         self._timer_armed = None
         self._stimer_armed = None
+        self._sint_generation = -1
+        if self.kernel_auto_eoi is not None:
+            self.kernel_auto_eoi.forget()
+        if self.apic is not None:
+            self.vcpu.set_cr8(0)  # power-on TPR; nothing stale from kvm_run is taken for a guest write
+            self._cr8_entered = 0
         self.m.scheduler.cancel(("lvt", self.index))
         self.m.scheduler.cancel(("stimer", self.index))
         if self.apic is not None:
@@ -358,6 +407,15 @@ class Vp:
             self.apic.init()
             self.m.tracer.emit("vp", self.index, "init")
 
+    def deliver_nmi(self) -> None:
+        """An NMI IPI to this VP (user APIC mode; SDM "NMI" delivery mode): injected with KVM_NMI on
+        this VP's own thread before its next entry. A VP waiting for SIPI does not take it."""
+        if not self.started:
+            self.m.tracer.emit("vp", self.index, "nmi-dropped-wait-for-sipi")
+            return
+        self.nmi_pending = True
+        self.kick()
+
     def deliver_sipi(self, vector: int) -> None:
         with self.m.start_lock:
             if self.started or self.sipi_vector is not None or self.start_ctx is not None:
@@ -396,6 +454,7 @@ class Vp:
         """This VP's thread after an INIT that found it running (deliver_init already reset the
         start state; a SIPI may even be latched by now)."""
         self.init_pending = False
+        self.nmi_pending = False  # INIT discards an NMI not taken yet
         if self.apic is not None:
             self.apic.init()
         self.m.tracer.emit("vp", self.index, "init")
@@ -502,6 +561,11 @@ class Machine:
         # vCPUs before the partition: reference time is defined from the guest TSC (hv/reftime.py),
         # which is the host TSC plus the offset KVM gives the guest.
         vcpus = [KvmVcpu(self.vm.fd, i, self.system.vcpu_mmap_size) for i in range(cfg.cpus)]
+        # Kernel APIC mode: SINT AutoEOI through KVM's SynIC AutoEOI bitmap (hv1/machine/auto_eoi.py);
+        # a host without it gets AutoEOI deprecated instead, so only what works is advertised.
+        self.kernel_auto_eoi = cfg.apic == "kernel" and self._activate_kvm_synic(vcpus)
+        if cfg.apic == "kernel" and not self.kernel_auto_eoi:
+            caps = without_auto_eoi(caps)
         self.tsc_khz = vcpus[0].tsc_khz()
         tsc_offset = guest_tsc_offset(vcpus[0].fd)
         self.reftime = ReferenceTime(lambda: rdtsc() + tsc_offset, self.tsc_khz * 1000)
@@ -519,6 +583,11 @@ class Machine:
         self.router: ApicRouter | None = None
         apics: list[LocalApic | None] = [None] * cfg.cpus
         if cfg.apic == "user":
+            # The APIC model follows the guest's CPUID, as KVM's own APIC does: x2APIC (LVR bit 24,
+            # APIC_BASE.EXTD) and MAXPHYADDR (reserved APIC_BASE bits, so KVM accepts every base hv1 does).
+            host_cpuid = {e.function: e for e in self.system.supported_cpuid() if e.index == 0}
+            x2apic = 1 in host_cpuid and bool(host_cpuid[1].ecx & (1 << 21))
+            phys_bits = host_cpuid[0x80000008].eax & 0xFF if 0x80000008 in host_cpuid else 36
             apics = [
                 LocalApic(
                     self.apic_ids[i],
@@ -526,6 +595,8 @@ class Machine:
                     bsp=(i == 0),
                     tracer=self.tracer,
                     vp_index=self.vp_indexes[i],
+                    x2apic_supported=x2apic,
+                    phys_addr_bits=phys_bits or 36,
                 )
                 for i in range(cfg.cpus)
             ]
@@ -534,7 +605,7 @@ class Machine:
                 kick=lambda vp_index: self.vp_by_index[vp_index].kick(),
                 on_init=lambda vp_index: self.vp_by_index[vp_index].deliver_init(),
                 on_sipi=lambda vp_index, vec: self.vp_by_index[vp_index].deliver_sipi(vec),
-                on_nmi=lambda apic_id: None,
+                on_nmi=lambda vp_index: self.vp_by_index[vp_index].deliver_nmi(),
             )
         enlightenments.attach(self.partition, self.router.apic_for_vp if self.router is not None else None)
         self.vps: list[Vp] = []
@@ -575,6 +646,18 @@ class Machine:
         self.bus.register(TimeTestPort(self.partition.time, self.tracer), TIME_TESTDEV_PORT, 4)
         self.bench_dev = BenchDev(self.partition.ports, self.reftime.now, self.request_interrupt)
         self.bus.register(self.bench_dev, BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT)
+
+    def _activate_kvm_synic(self, vcpus: list[KvmVcpu]) -> bool:
+        """Turn on KVM's SynIC on every vCPU, for its AutoEOI bitmap only (hv1/machine/auto_eoi.py).
+        SYNIC2: KVM does not zero SynIC pages it never gets. False if the host cannot, on any vCPU."""
+        if not self.system.check(k.KVM_CAP_HYPERV_SYNIC2):
+            return False
+        try:
+            for vcpu in vcpus:
+                vcpu.enable_cap(k.KVM_CAP_HYPERV_SYNIC2)
+        except OSError:
+            return False
+        return True
 
     # ---- CPUID ----
     def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[k.kvm_cpuid_entry2]:

@@ -22,6 +22,7 @@ from hv1.hv.apic import (
     APIC_BASE_EXTD,
     APIC_DEFAULT_BASE,
     APIC_VERSION,
+    APIC_VERSION_X2,
     ESR_RECV_ILLEGAL_VECTOR,
     ESR_SEND_ILLEGAL_VECTOR,
     LVT_MASKED,
@@ -109,7 +110,9 @@ def test_power_on_state_sdm_local_apic_state_after_reset() -> None:
     assert ap.apic_base == APIC_DEFAULT_BASE | APIC_BASE_EN
     assert ap.mode is ApicMode.XAPIC and ap.mmio_base() == APIC_DEFAULT_BASE
     assert ap.mmio_read(ID, 4) == 3 << 24
-    assert ap.mmio_read(VER, 4) == APIC_VERSION == 0x00050014
+    # The LVR KVM's in-kernel APIC reads under a split irqchip with x2APIC in CPUID (kvm_apic_set_version)
+    assert ap.mmio_read(VER, 4) == APIC_VERSION_X2 == 0x01050014
+    assert make(4, x2apic_supported=False).mmio_read(VER, 4) == APIC_VERSION == 0x00050014
     assert ap.mmio_read(SVR, 4) == 0xFF and not ap.sw_enabled
     assert ap.mmio_read(DFR, 4) == 0xFFFFFFFF
     for off in range(LVT_TIMER, LVT_ERROR + 0x10, 0x10):
@@ -123,7 +126,7 @@ def test_xapic_register_write_masks() -> None:
     a.mmio_write(ID, 4, 0x07000000)  # APIC IDs are read-only here (TLFS "Local APIC" deviations)
     assert a.mmio_read(ID, 4) == 2 << 24
     a.mmio_write(VER, 4, 0)
-    assert a.mmio_read(VER, 4) == APIC_VERSION
+    assert a.mmio_read(VER, 4) == APIC_VERSION_X2
     a.mmio_write(TPR, 4, 0x1234)
     assert a.mmio_read(TPR, 4) == 0x34 and a.tpr == 0x34 and a.get_cr8() == 3
     a.mmio_write(LDR, 4, 0x12345678)
@@ -131,7 +134,7 @@ def test_xapic_register_write_masks() -> None:
     a.mmio_write(DFR, 4, 0x00000000)
     assert a.mmio_read(DFR, 4) == 0x0FFFFFFF  # cluster model, low 28 bits read as ones
     a.mmio_write(SVR, 4, 0xFFFFFFFF)
-    assert a.mmio_read(SVR, 4) == 0x3FF
+    assert a.mmio_read(SVR, 4) == 0x13FF  # bit 12 (suppress EOI broadcast): LVR bit 24 is set
     a.mmio_write(ICR_HI, 4, 0xFFFFFFFF)
     assert a.mmio_read(ICR_HI, 4) == 0xFF000000
     a.mmio_write(TDCR, 4, 0xFF)
@@ -593,7 +596,7 @@ def test_x2apic_register_reads() -> None:
     a = to_x2apic(enabled(0x25))
     assert a.mode is ApicMode.X2APIC and a.mmio_base() is None
     assert a.msr_read(msr(ID)) == 0x25
-    assert a.msr_read(msr(VER)) == APIC_VERSION
+    assert a.msr_read(msr(VER)) == APIC_VERSION_X2
     assert a.msr_read(msr(LDR)) == (2 << 16) | (1 << 5)
     assert a.msr_read(msr(SVR)) == 0x1FF
     a.msr_write(msr(TPR), 0x30)
@@ -635,7 +638,7 @@ def test_x2apic_reads_that_gp(reg: int) -> None:
         (msr(ESR), 1),  # ESR: only 0
         (msr(TPR), 0x100),  # reserved bits
         (msr(TPR), 1 << 32),
-        (msr(SVR), 0x1000),
+        (msr(SVR), 0x2000),
         (msr(LVT_TIMER), 1 << 18),  # TSC-deadline mode not supported
         (msr(LVT_ERROR), 0x700),
         (msr(TDCR), 0x4),
@@ -914,3 +917,46 @@ def test_random_guest_accesses_only_raise_guest_exceptions(ops: list[tuple[str, 
         assert 0 <= ppr <= 0xFF
         pending = apic.pending_vector()
         assert pending is None or (pending >> 4) > (ppr >> 4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Issue 9 fidelity: one LVR in both APIC modes, physical broadcast
+
+
+def test_version_register_matches_kvms_in_kernel_apic_under_a_split_irqchip() -> None:
+    # kvm_apic_set_version: 0x14, max LVT entry 5, and bit 24 (EOI-broadcast suppression) whenever the
+    # guest's CPUID has x2APIC and the I/O APIC is not in the kernel (hv1's split irqchip).
+    a = enabled(1)
+    assert a.mmio_read(VER, 4) == 0x01050014
+    assert to_x2apic(a).msr_read(msr(VER)) == 0x01050014
+    assert make(2, x2apic_supported=False).mmio_read(VER, 4) == 0x00050014
+
+
+def test_svr_eoi_broadcast_suppression_bit_only_where_advertised() -> None:
+    x2 = to_x2apic(enabled(1))
+    x2.msr_write(msr(SVR), 0x11FF)  # SDM "Spurious-Interrupt Vector Register": bit 12 with LVR bit 24
+    assert x2.msr_read(msr(SVR)) == 0x11FF
+    assert gp_raised(x2.msr_write, msr(SVR), 0x21FF)  # bit 13 stays reserved
+    legacy = make(2, x2apic_supported=False)
+    legacy.mmio_write(SVR, 4, 0x11FF)
+    assert legacy.mmio_read(SVR, 4) == 0x1FF  # reserved without LVR bit 24: ignored (xAPIC)
+
+
+@pytest.mark.parametrize("x2", [False, True])
+def test_physical_broadcast_reaches_every_apic_including_the_sender(x2: bool) -> None:
+    apics, _, calls = system(4, x2=x2)
+    if x2:
+        apics[1].msr_write(X2_ICR, (0xFFFF_FFFF << 32) | 0x66)  # x2APIC physical broadcast
+    else:
+        xapic_ipi(apics[1], 0xFF, 0x66)  # xAPIC physical broadcast
+    assert all(a.pending_vector() == 0x66 for a in apics)
+    assert sorted(calls.kicks) == [0, 2, 3]  # the sender takes its own after the exit
+
+
+def test_x2apic_broadcast_reaches_apics_still_in_xapic_mode() -> None:
+    # The broadcast address is read in the sender's format (SDM "Broadcast"): an AP that has not switched
+    # to x2APIC yet still receives the BSP's 0xFFFFFFFF.
+    apics, _, _ = system(3)
+    to_x2apic(apics[0])
+    apics[0].msr_write(X2_ICR, (0xFFFF_FFFF << 32) | 0x67)
+    assert all(a.irr & (1 << 0x67) for a in apics)

@@ -415,12 +415,25 @@ def test_auto_eoi_flag_passed_through() -> None:
     assert irq.sent == [(0, VEC, True)]
 
 
-def test_auto_eoi_unsupported_is_traced_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_eoi_unsupported_is_traced_and_logged_for_every_sint(caplog: pytest.LogCaptureFixture) -> None:
+    # Issue 9: the warning named only the first AutoEOI SINT of a VP; each SINT is its own guest bug.
     s, mem, irq, rec = make(auto_eoi_supported=False)
     enable(s, {3: VEC | SINT_AUTO_EOI})
     s.write_msr(M.HV_X64_MSR_SINT0 + 4, VEC | SINT_AUTO_EOI)
-    assert rec.names().count("auto-eoi-unsupported") == 2
-    assert len([r for r in caplog.records if "AutoEOI" in r.message]) == 1
+    s.write_msr(M.HV_X64_MSR_SINT0 + 3, VEC | SINT_AUTO_EOI)  # the same SINT again: traced, not re-logged
+    assert rec.names().count("auto-eoi-unsupported") == 3
+    warnings = [r.getMessage() for r in caplog.records if "AutoEOI" in r.getMessage()]
+    assert len(warnings) == 2
+    assert "SINT3 " in warnings[0] and "SINT4 " in warnings[1]
+
+
+def test_sint_generation_changes_with_every_sint_write_and_reset() -> None:
+    s, mem, irq, _ = make()
+    g0 = s.sint_generation
+    s.write_msr(M.HV_X64_MSR_SINT0 + 2, VEC | SINT_AUTO_EOI)
+    g1 = s.sint_generation
+    s.reset()
+    assert g0 < g1 < s.sint_generation
 
 
 def test_polling_sint_gets_messages_without_interrupts() -> None:

@@ -163,6 +163,7 @@ KVM_SET_REGS = _iow(0x82, ctypes.sizeof(kvm_regs))
 KVM_GET_SREGS = _ior(0x83, ctypes.sizeof(kvm_sregs))
 KVM_SET_SREGS = _iow(0x84, ctypes.sizeof(kvm_sregs))
 KVM_INTERRUPT = _iow(0x86, 4)
+KVM_NMI = _io(0x9A)  # no in-kernel APIC: queue an NMI; KVM injects it when NMIs are unblocked
 KVM_GET_MSRS = _iowr(0x88, 8)
 KVM_SET_MSRS = _iow(0x89, 8)
 KVM_GET_FPU = _ior(0x8C, ctypes.sizeof(kvm_fpu))
@@ -188,8 +189,10 @@ KVM_CAP_SYNC_REGS = 74
 KVM_CAP_SIGNAL_MSI = 77
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_SPLIT_IRQCHIP = 121
+KVM_CAP_HYPERV_SYNIC = 123
 KVM_CAP_X2APIC_API = 129
 KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_HYPERV_SYNIC2 = 148  # SynIC without zeroing its pages: hv1 uses only its AutoEOI bitmap
 KVM_CAP_X86_USER_SPACE_MSR = 188
 KVM_CAP_X86_MSR_FILTER = 189
 KVM_CAP_ENFORCE_PV_FEATURE_CPUID = 190
@@ -206,6 +209,7 @@ KVM_EXIT_IRQ_WINDOW_OPEN = 7
 KVM_EXIT_SHUTDOWN = 8
 KVM_EXIT_FAIL_ENTRY = 9
 KVM_EXIT_INTR = 10
+KVM_EXIT_SET_TPR = 11  # no in-kernel APIC: the guest lowered CR8 (MOV to CR8)
 KVM_EXIT_INTERNAL_ERROR = 17
 KVM_EXIT_SYSTEM_EVENT = 24
 KVM_EXIT_X86_RDMSR = 29
@@ -215,7 +219,8 @@ EXIT_NAMES = {
     KVM_EXIT_UNKNOWN: "unknown", KVM_EXIT_EXCEPTION: "exception", KVM_EXIT_IO: "io",
     KVM_EXIT_HYPERCALL: "hypercall", KVM_EXIT_DEBUG: "debug", KVM_EXIT_HLT: "hlt", KVM_EXIT_MMIO: "mmio",
     KVM_EXIT_IRQ_WINDOW_OPEN: "irq-window", KVM_EXIT_SHUTDOWN: "shutdown", KVM_EXIT_FAIL_ENTRY: "fail-entry",
-    KVM_EXIT_INTR: "intr", KVM_EXIT_INTERNAL_ERROR: "internal-error", KVM_EXIT_SYSTEM_EVENT: "system-event",
+    KVM_EXIT_INTR: "intr", KVM_EXIT_SET_TPR: "set-tpr", KVM_EXIT_INTERNAL_ERROR: "internal-error",
+    KVM_EXIT_SYSTEM_EVENT: "system-event",
     KVM_EXIT_X86_RDMSR: "rdmsr", KVM_EXIT_X86_WRMSR: "wrmsr",
 }  # fmt: skip
 
@@ -247,6 +252,7 @@ RUN_IMMEDIATE_EXIT = 1
 RUN_EXIT_REASON = 8
 RUN_READY_FOR_INTERRUPT_INJECTION = 12
 RUN_IF_FLAG = 13
+RUN_CR8 = 16  # in before KVM_RUN, out after it, when there is no in-kernel APIC (KVM re-syncs CR8 from it)
 RUN_EXIT = 32
 RUN_VALID_REGS = 288
 RUN_DIRTY_REGS = 296

@@ -35,6 +35,7 @@ _GPR_INDEX = {name: i for i, name in enumerate(GPR_NAMES)}
 
 EFER_LMA = 1 << 10
 CR0_PE = 1
+MSR_IA32_APIC_BASE = 0x1B
 
 
 class ExitHandler(Protocol):
@@ -114,6 +115,28 @@ class KvmVcpu:
         buf = struct.pack("<II", 1, 0) + struct.pack("<IIQ", index, 0, value & 0xFFFF_FFFF_FFFF_FFFF)
         if fcntl.ioctl(self.fd, k.KVM_SET_MSRS, bytearray(buf)) != 1:
             raise OSError(f"KVM_SET_MSRS rejected MSR {index:#x}")
+
+    def set_apic_base(self, value: int) -> bool:
+        """Tell KVM the guest's IA32_APIC_BASE (user APIC mode: hv1 owns the MSR, KVM never sees the
+        guest's WRMSR). KVM then updates CPUID.01H:EDX[9] (APIC) to follow APIC_BASE.EN itself
+        (kvm_lapic_set_base -> kvm_update_cpuid_runtime), which is the only way a CPUID bit may change
+        after the first KVM_RUN. The sync area's copy is kept equal so that a later dirty-sregs write
+        cannot put the old base back. False if KVM refused the value (nothing changed)."""
+        try:
+            self.set_msr(MSR_IA32_APIC_BASE, value)
+        except OSError:
+            return False
+        self.sregs.apic_base = value & 0xFFFF_FFFF_FFFF_FFFF
+        return True
+
+    def cr8(self) -> int:
+        """CR8 as KVM left it in `kvm_run` at the last exit (no in-kernel APIC: the guest's TPR[7:4])."""
+        return int(self._u64[k.RUN_CR8 // 8]) & 0xF
+
+    def set_cr8(self, value: int) -> None:
+        """CR8 for the next entry: without an in-kernel APIC, KVM_RUN loads CR8 from `kvm_run` every
+        time (after the sync registers), so this is the value the guest runs with."""
+        self._u64[k.RUN_CR8 // 8] = value & 0xF
 
     def tsc_khz(self) -> int:
         return int(fcntl.ioctl(self.fd, k.KVM_GET_TSC_KHZ, 0))
@@ -195,6 +218,11 @@ class KvmVcpu:
         """KVM_INTERRUPT (no in-kernel APIC): only when ready_for_interrupt_injection is set,
         because KVM delivers it on the next entry even with IF=0 (host-kvm.md §1 step 10)."""
         fcntl.ioctl(self.fd, k.KVM_INTERRUPT, struct.pack("<I", vector))
+
+    def inject_nmi(self) -> None:
+        """KVM_NMI (no in-kernel APIC): KVM holds it until the guest can take an NMI (NMI blocking,
+        interrupt shadow) and then delivers it; vector 2, ignores IF. On this vCPU's thread."""
+        fcntl.ioctl(self.fd, k.KVM_NMI, 0)
 
     def can_inject(self) -> bool:
         return bool(self._u8[k.RUN_READY_FOR_INTERRUPT_INJECTION]) and bool(self._u8[k.RUN_IF_FLAG])
@@ -282,8 +310,8 @@ class KvmVcpu:
                 u8[32] = 0 if h.wrmsr(index, u64[48 // 8]) else 1
             elif reason == k.KVM_EXIT_HLT:
                 h.halted()
-            elif reason in (k.KVM_EXIT_IRQ_WINDOW_OPEN, k.KVM_EXIT_INTR):
-                pass
+            elif reason in (k.KVM_EXIT_IRQ_WINDOW_OPEN, k.KVM_EXIT_INTR, k.KVM_EXIT_SET_TPR):
+                pass  # SET_TPR: the guest lowered CR8; before_entry re-evaluates the APIC
             elif reason == k.KVM_EXIT_SHUTDOWN:
                 h.fatal("triple-fault", "the guest triple-faulted (KVM_EXIT_SHUTDOWN)")
                 return

@@ -98,6 +98,7 @@ class HostInfo:
     signal_msi: bool
     tsc_khz: int
     in_kernel_hyperv: bool
+    synic_auto_eoi: bool  # KVM_CAP_HYPERV_SYNIC2: SINT AutoEOI with the in-kernel APIC
     enforce_pv_cpuid: bool
     readonly_mem: bool
 
@@ -121,6 +122,7 @@ def host_info(system: KvmSystem) -> HostInfo:
         signal_msi=bool(system.check(k.KVM_CAP_SIGNAL_MSI)),
         tsc_khz=tsc,
         in_kernel_hyperv=bool(system.check(k.KVM_CAP_HYPERV)),
+        synic_auto_eoi=bool(system.check(k.KVM_CAP_HYPERV_SYNIC2)),
         enforce_pv_cpuid=bool(system.check(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID)),
         readonly_mem=bool(system.check(k.KVM_CAP_READONLY_MEM)),
     )
