@@ -11,18 +11,21 @@ from typing import Any
 
 import pytest
 
+from hv1.hv.caps import Caps
 from hv1.hv.hypercalls.abi import build_control
 from hv1.hv.hypercalls.table import HypercallContext, HypercallDef, Kind
 from hv1.hv.inject import INJECTABLE, InjectError, Injector, describe, parse_duration, parse_rule
 from hv1.hv.interfaces import GuestException
-from hv1.hv.synic import synic_of
+from hv1.hv.partition import Partition
+from hv1.hv.ports import PartitionPorts
+from hv1.hv.synic import attach_synic, synic_of
 from hv1.hv.timers import VpTimers
 from hv1.tlfs import msrs as M
 from hv1.tlfs.hypercalls import HypercallCode as C
 from hv1.tlfs.partition import PartitionPrivilege as P
 from hv1.tlfs.status import HvStatus as S
 from hv1.trace import Tracer
-from tests.fakes import FakeClock, FakeIrq, FakeRegs
+from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeKicker, FakeMemory, FakeRegs
 from tests.unit.test_ports import ALL, IN_GPA, OUT_GPA, Env
 
 POST_EVERY_3 = "hypercall=HvCallPostMessage:status=INSUFFICIENT_BUFFERS:every=3"
@@ -51,10 +54,25 @@ class RetryingGuest:
         return [i + 1 for i, s in enumerate(self.statuses) if s != S.SUCCESS]
 
 
+class TracedEnv(Env):
+    """test_ports.Env with synthetic timers and a partition traced by `tracer` from the start."""
+
+    def __init__(self, tracer: Tracer, vps: int = 2) -> None:
+        caps = Caps(
+            features=frozenset({"hypercall-msrs", "vp-index"}),
+            privileges=int(P.AccessHypercallMsrs | P.AccessVpIndex | ALL | P.AccessSyntheticTimerRegs),
+            apic_mode="user",
+        )
+        self.mem, self.irq = FakeMemory(1 << 20), FakeIrq()
+        self.p = Partition(
+            caps, vps, self.mem, FakeClock(), self.irq, FakeKicker(), FakeHooks(), tracer=tracer
+        )
+        self.ports: PartitionPorts = attach_synic(self.p)
+
+
 def traced_env(specs: list[str], vps: int = 2) -> tuple[Env, io.StringIO]:
-    env = Env(vps, privileges=ALL | P.AccessSyntheticTimerRegs)
     out = io.StringIO()
-    env.p.tracer = Tracer(json_out=out)
+    env = TracedEnv(Tracer(json_out=out), vps)
     env.p.set_injection(Injector.parse(specs))
     return env, out
 
@@ -158,7 +176,7 @@ def test_deposit_refuse_is_the_dispatcher_hook_for_hv_call_deposit_memory() -> N
 @pytest.mark.parametrize(
     "spec",
     [
-        "hypercall=HvCallSignalEvent:status=INSUFFICIENT_BUFFERS",  # "will never fail due to insufficient resources"
+        "hypercall=HvCallSignalEvent:status=INSUFFICIENT_BUFFERS",  # IPC: "will never fail due to ..."
         "hypercall=HvCallPostMessage:status=ACCESS_DENIED",  # the guest can see its own privileges
         "hypercall=HvCallPostMessage",  # no status
         "hypercall=HvCallNoSuchCall:status=INSUFFICIENT_BUFFERS",
