@@ -4,7 +4,10 @@ extra).
 
 Latency is what hv1 measured itself: a hypercall's `ns` (dispatcher entry to result written, the
 Python side of the exit; older traces only have `us`) and a synthetic MSR access's `ns` (the
-partition's rdmsr/wrmsr). The guest-visible round trip adds the KVM exit (bench/README.md).
+partition's rdmsr/wrmsr). The guest-visible round trip adds the KVM exit (bench/README.md). Tracing
+is part of what is measured: the events a call emits while it runs (SynIC deliveries, injections) are
+written inside its window, so a --trace-json run is slower than an untraced one; compare runs traced
+alike.
 Percentiles are nearest-rank: p50 of 1..10 is 5, p90 is 9, p99 is 10 (always a measured value).
 """
 

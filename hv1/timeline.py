@@ -88,9 +88,10 @@ class Timeline:
         self._first = True
         self.events = 0
         out.write('{"displayTimeUnit": "ns", "traceEvents": [\n')
-        self._put(
-            {"name": "process_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": f"partition {pid}"}}
-        )
+        # Metadata on the host thread: an importer makes a thread of every (pid, tid) it sees.
+        self._put({"name": "process_name", "ph": "M", "pid": pid, "tid": HOST_TID,
+                   "args": {"name": f"partition {pid}"}})  # fmt: skip
+        self._thread(-1)
 
     def _put(self, ev: dict[str, Any]) -> None:
         self._out.write(("" if self._first else ",\n") + json.dumps(ev))

@@ -34,6 +34,9 @@ Where each rule acts (all in hv1/hv, so unit tests drive them with fakes):
   DeliveryTime must be the time they reach the slot): use timer-delay.
 - timer-delay: VpTimers, where an expiry's signal time is set (one-shot arm, each periodic period).
 
+Rules are the host's, not guest state: a partition reset (a guest reboot) neither removes them nor
+restarts their counts, so a run's injection sequence continues across reboots.
+
 Cost when no spec is given: `partition.inject` is None, and each hook point is one attribute test.
 Every injected event is traced in category "inject" (and kept in the ring buffer).
 Not thread-safe by itself: every hook point runs under the partition lock.
@@ -213,11 +216,6 @@ class Trigger:
             return False
         self.hits += 1
         return True
-
-    def reset(self) -> None:
-        """Back to the first event (the same spec gives the same sequence again)."""
-        self.seen = self.hits = 0
-        self._rng = random.Random(self.seed)
 
 
 @dataclass
@@ -414,12 +412,6 @@ class Injector:
                 self._hit(r, vp, "timer-delay", timer=timer, expiration=expiration, delay_us=r.delay / 10)
                 return r.delay
         return 0
-
-    def reset(self) -> None:
-        """Counters and seeds back to the start (the rules stay: they are the host's, not guest state).
-        Not called on a partition reset: a run's injection sequence continues across guest reboots."""
-        for r in self.rules:
-            r.trigger.reset()
 
 
 def describe() -> str:

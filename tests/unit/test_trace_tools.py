@@ -73,7 +73,7 @@ def test_timeline_layout_process_threads_slices_instants_counters(tmp_path: Path
     _, perfetto, guest = record_run(tmp_path)
     events = load(perfetto)
     meta = {(e["name"], e["tid"]): e["args"] for e in events if e["ph"] == "M"}
-    assert meta[("process_name", 0)] == {"name": "partition 1"}
+    assert meta[("process_name", HOST_TID)] == {"name": "partition 1"}
     assert meta[("thread_name", 1)] == {"name": "vp0"} and meta[("thread_name", 2)] == {"name": "vp1"}
     assert meta[("thread_name", HOST_TID)] == {"name": "host"}
     assert {e["pid"] for e in events} == {1}
