@@ -28,10 +28,14 @@ Where each rule acts (all in hv1/hv, so unit tests drive them with fakes):
   Conditions": the injected status is one of the call's own, so it comes after the common ones) and
   before the handler: the handler does not run, its output is not written, RAX = status.
 - msr: MsrTable.read/write, before the MSR's own function; only synthetic-range MSRs.
-- slot-busy / message-delay: Synic delivery; the message stays queued (FIFO kept) and is retried
-  like any held message (EOM, EOI, rescan; message-delay also wakes the VP at the release time
-  through PartitionTime.poll_vp). Timer messages are not delayed by message-delay (their
-  DeliveryTime must be the time they reach the slot): use timer-delay.
+- slot-busy / message-delay: Synic delivery; the message stays queued (FIFO kept) until a release
+  time: the end of its message-delay, or hv/synic.HELD_RETRY (1 ms) after a slot-busy hit (each
+  such retry is one event of the slot-busy rule; a timer's expiry retries on the timer's own
+  back-off instead).
+  PartitionTime.poll_vp releases due messages and reports the next release as a deadline, so the
+  machine's scheduler wakes a VP for it even when the target VP sits in HLT with nothing else armed.
+  Timer messages are not delayed by message-delay (their DeliveryTime must be the time they reach
+  the slot): use timer-delay.
 - timer-delay: VpTimers, where an expiry's signal time is set (one-shot arm, each periodic period).
 
 Rules are the host's, not guest state: a partition reset (a guest reboot) neither removes them nor
@@ -113,8 +117,8 @@ RULES: dict[str, str] = {
     "slot-busy": (
         "the message stays queued as if the SIM slot were occupied (inter-partition-communication "
         "'Messages': 'the message remains queued, and no interrupt is generated'; delivery is "
-        "retried later): posters then see their queue fill and get INSUFFICIENT_BUFFERS, timers "
-        "keep their expiry pending"
+        "retried later: here 1 ms later, each retry one event of the rule): posters then see their "
+        "queue fill and get INSUFFICIENT_BUFFERS, timers keep their expiry pending"
     ),
     "message-delay": (
         "a posted message reaches its slot at least DURATION later: the TLFS bounds no delivery "
@@ -353,6 +357,11 @@ class Injector:
     @property
     def delays_messages(self) -> bool:
         return bool(self._message_rules)
+
+    @property
+    def holds_messages(self) -> bool:
+        """Some rule can keep a message queued until a release time (PartitionTime.poll_vp)."""
+        return bool(self._message_rules or self._slots)
 
     def _hit(self, rule: Rule, vp: int, event: str, **fields: Any) -> None:
         if self.tracer is not None:

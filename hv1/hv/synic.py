@@ -127,6 +127,11 @@ SYNIC_MSRS: tuple[int, ...] = (
     *range(M.HV_X64_MSR_SINT0, M.HV_X64_MSR_SINT0 + SINT_COUNT),
 )
 
+# Fault injection (hv/inject.py slot-busy): when a message held behind a slot made to look busy is
+# tried again: 1 ms, the first retry of a pending timer message (hv/timers.RETRY_MIN); the TLFS leaves
+# the interval to the hypervisor. 100 ns units.
+HELD_RETRY = 10_000
+
 # Messages waiting per SINT before a poster gets HV_STATUS_INSUFFICIENT_BUFFERS. Ports also have
 # their own 16 buffers (inter-partition-communication.md "Guest Message Buffers").
 DEFAULT_QUEUE_DEPTH = 16
@@ -447,11 +452,14 @@ class Synic:
         made to look busy (slot-busy). Either way it stays queued, as behind an occupied slot."""
         if head.not_before and inj.now() < head.not_before:
             return True
-        return inj.slot_busy(self.vp_index, sint)
+        if inj.slot_busy(self.vp_index, sint):
+            head.not_before = inj.now() + HELD_RETRY  # tried again then (PartitionTime.poll_vp wakes)
+            return True
+        return False
 
     def next_release(self) -> int | None:
-        """The earliest reference time at which a message held by an injected message-delay may go
-        (PartitionTime.poll_vp wakes the VP then), or None."""
+        """The earliest reference time at which a message held by fault injection (message-delay,
+        slot-busy) may go (PartitionTime.poll_vp wakes a VP then), or None."""
         best: int | None = None
         pending = self._pending
         while pending:

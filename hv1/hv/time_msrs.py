@@ -183,7 +183,7 @@ class PartitionTime:
         Lock-free when nothing is due."""
         timers = self.vp_timers[vp_index]
         inj = timers.inject
-        if inj is not None and inj.delays_messages:
+        if inj is not None and inj.holds_messages:
             return self._poll_held_messages(timers, now)
         nxt = timers.next_deadline()
         if nxt is None:
@@ -196,7 +196,7 @@ class PartitionTime:
             return timers.poll(now)
 
     def _poll_held_messages(self, timers: VpTimers, now: int | None) -> int | None:
-        """poll_vp with an injected message-delay (hv/inject.py): messages held until a release time
+        """poll_vp with message-holding fault injection (hv/inject.py): messages held until a release time
         are released here, for every VP (the poster's VP is the one sure to come by soon: the target
         may sit in HLT), and the earliest release counts as a deadline, so the machine's scheduler
         wakes a VP then."""

@@ -18,7 +18,7 @@ from hv1.hv.inject import INJECTABLE, InjectError, Injector, describe, parse_dur
 from hv1.hv.interfaces import GuestException
 from hv1.hv.partition import Partition
 from hv1.hv.ports import PartitionPorts
-from hv1.hv.synic import attach_synic, synic_of
+from hv1.hv.synic import HELD_RETRY, attach_synic, synic_of
 from hv1.hv.timers import VpTimers
 from hv1.tlfs import msrs as M
 from hv1.tlfs.hypercalls import HypercallCode as C
@@ -241,17 +241,26 @@ def test_msr_gp_on_read_by_index() -> None:
 
 def test_slot_busy_holds_the_message_until_the_rule_is_spent() -> None:
     """inter-partition-communication.md "Messages": while the slot is (made to look) busy the message
-    remains queued and no interrupt is generated; it is delivered once, later, in order."""
+    remains queued and no interrupt is generated; it is retried 1 ms later (each retry one event of
+    the rule), and delivered once, in order, when the rule is spent. EOM-driven attempts in between
+    do not count."""
     env, out = traced_env(["slot-busy=vp0.sint2:times=2"])
+    clock: FakeClock = env.p.clock  # type: ignore[assignment]
+    synic = synic_of(env.p.vps[0])
     env.enable(0)
-    assert env.ports.post_message(0, 2, 0x1234, b"one") == S.SUCCESS
-    assert env.slot(0, 2)[0] == 0 and env.irq.sent == []  # attempt 1: busy
-    synic_of(env.p.vps[0]).rescan()  # attempt 2: busy
+    assert env.ports.post_message(0, 2, 0x1234, b"one") == S.SUCCESS  # attempt 1: busy
+    assert env.slot(0, 2)[0] == 0 and env.irq.sent == []
+    synic.rescan()
+    env.p.wrmsr(0, M.HV_X64_MSR_EOM, 0)  # not yet due: no event consumed
+    assert env.p.time.poll_vp(1) == HELD_RETRY  # the retry is a deadline for the machine
+    clock.t = HELD_RETRY
+    assert env.p.time.poll_vp(1) == 2 * HELD_RETRY  # attempt 2: busy again
     assert env.slot(0, 2)[0] == 0
-    synic_of(env.p.vps[0]).rescan()  # attempt 3: the rule is spent
+    clock.t = 2 * HELD_RETRY
+    assert env.p.time.poll_vp(1) is None  # attempt 3: the rule is spent, delivered
     assert env.slot(0, 2)[::3] == (0x1234, b"one")
     assert len(env.irq.sent) == 1
-    assert [e["event"] for e in inject_events(out)] == ["slot-busy", "slot-busy"]
+    assert [(e["event"], e["n"]) for e in inject_events(out)] == [("slot-busy", 1), ("slot-busy", 2)]
 
 
 def test_slot_busy_fills_the_queue_and_posters_get_insufficient_buffers() -> None:
