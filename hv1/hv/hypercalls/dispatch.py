@@ -17,7 +17,8 @@ Order of checks (the TLFS leaves it open but wants ACCESS_DENIED to win over sta
 6. Memory calls: an input or output block whose GPA is not 8-byte aligned, that crosses a page, or
    that is outside guest RAM -> HV_STATUS_INVALID_ALIGNMENT ("Common Hypercall Status Codes").
    GPA registers are ignored when the call has no input / no output.
-7. The handler: statuses of the call itself; rep elements in order with partial completion.
+7. The handler: statuses of the call itself; rep elements in order with partial completion. (Fault
+   injection, hv/inject.py, answers its status here instead of running the handler.)
 
 Result: RAX (x64) or EDX:EAX (x86) = status | reps completed << 32 (reps completed is the absolute
 count, "not relative to the rep start index"). Outputs are written on success (simple calls) or for
