@@ -20,6 +20,8 @@ Spec grammar (one rule per spec; options after ':' in any order):
              N injections), prob=P (each matching event with probability P), seed=S (seed of prob;
              default 0: the same spec gives the same run). Without a trigger every matching event
              is hit. All given triggers must agree: after, then every, then prob, then times.
+    vp=N, timer=N, sint=N: only the timers / messages of that VP (the target VP of a message), that
+             STIMER, that SINT.
     DURATION: a number with ns, us, ms or s; rounded *up* to the 100 ns reference-time unit, so an
              injected delay is never shorter than asked (and an expiry never early).
 

@@ -275,3 +275,21 @@ def test_hv1_command_stats(tmp_path: Path) -> None:
     jsonl, _, _ = record_run(tmp_path)
     r = subprocess.run([sys.executable, "-m", "hv1.cli", "stats", str(jsonl)], capture_output=True, text=True)
     assert r.returncode == 0 and "HvCallPostMessage" in r.stdout
+
+
+@pytest.mark.skipif(
+    os.path.exists("/dev/kvm"), reason="with KVM this would boot the kernel (the KVM tests do)"
+)
+def test_run_without_kvm_still_closes_the_timeline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The timeline is a complete JSON document whatever ends the run (here: no /dev/kvm, exit 2)."""
+    from tests.unit.test_cli import _mb_aout
+
+    kernel = tmp_path / "k.bin"
+    kernel.write_bytes(_mb_aout(0x100000, 0x100000 + 96))
+    out = tmp_path / "t.json"
+    status = main(["run", str(kernel), "--trace-perfetto", str(out), "--inject", POST_EVERY_3])
+    assert status == EXIT_USAGE, capsys.readouterr().err
+    names = {e["args"]["name"] for e in load(out) if e["ph"] == "M" and "name" in e["args"]}
+    assert names == {"partition 1", "host"}
