@@ -1,4 +1,4 @@
-"""Command line: `hv1 run`, `hv1 info`, `hv1 demo`.
+"""Command line: `hv1 run`, `hv1 info`, `hv1 demo`, and the trace tools `hv1 stats`, `hv1 timeline`.
 
 Conventions follow QEMU where there is one: `--memory` sizes take K/M/G suffixes (plain numbers are
 MiB), the isa-debug-exit status is (v << 1) | 1, and a mistake on the command line gets one line on
@@ -14,11 +14,13 @@ import re
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from hv1.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Hv1Error, UsageError
+from hv1.hv.inject import InjectError, Injector
+from hv1.timeline import Timeline
 from hv1.trace import TraceError, Tracer, parse_categories
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
@@ -64,6 +66,12 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="capability profile: minimal | default, with +feature/-feature edits")  # fmt: skip
     r.add_argument("--trace", default="", metavar="CATS", help="comma-separated trace categories, or 'all'")
     r.add_argument("--trace-json", metavar="FILE", help="write every trace event as a JSON line to FILE")
+    r.add_argument("--trace-perfetto", metavar="FILE",
+                   help="write the trace as a Chrome JSON timeline (ui.perfetto.dev) to FILE")  # fmt: skip
+    r.add_argument("--inject", action="append", default=[], metavar="SPEC",
+                   help="fault injection rule (repeatable), e.g. "
+                   "hypercall=HvCallPostMessage:status=INSUFFICIENT_BUFFERS:every=3; "
+                   "see `hv1 info --inject`")  # fmt: skip
     r.add_argument("--serial", metavar="FILE", help="write COM1 output to FILE instead of stdout")
     r.add_argument(
         "--timeout", type=float, metavar="SECONDS", help="stop the guest after this long (exit 124)"
@@ -78,6 +86,16 @@ def _build_parser() -> argparse.ArgumentParser:
     i.add_argument("--hv", metavar="PROFILE", help="decode the CPUID leaves of a capability profile")
     i.add_argument("--apic", default="kernel", choices=("kernel", "user"), help="APIC mode for --hv")
     i.add_argument("--hypercalls", action="store_true", help="print the hypercall table")
+    i.add_argument("--inject", action="store_true",
+                   help="print the --inject grammar and each injectable outcome's TLFS reason")  # fmt: skip
+
+    st = sub.add_parser("stats", help="hypercall/MSR counts and latency percentiles of a --trace-json file")
+    st.add_argument("trace", metavar="FILE", help="a file written by hv1 run --trace-json")
+    st.add_argument("--histogram", metavar="PNG", help="also draw a latency histogram (needs matplotlib)")
+
+    tl = sub.add_parser("timeline", help="convert a --trace-json file to a Chrome JSON timeline (Perfetto)")
+    tl.add_argument("trace", metavar="FILE", help="a file written by hv1 run --trace-json")
+    tl.add_argument("out", metavar="OUT", help="the timeline to write (open it in ui.perfetto.dev)")
 
     d = sub.add_parser("demo", help="build and run the demo guest")
     d.add_argument("--cpus", default="2", help="virtual processors (default 2)")
@@ -128,13 +146,19 @@ def _cmd_run(a: argparse.Namespace) -> int:
         cats = parse_categories(a.trace)
     except TraceError as e:
         raise UsageError(str(e)) from None
+    try:
+        injector = Injector.parse(a.inject)  # every spec checked before anything is opened
+    except InjectError as e:
+        raise UsageError(str(e)) from None
     json_out = open(a.trace_json, "w") if a.trace_json else None  # noqa: SIM115 - closed below
+    perfetto_out = open(a.trace_perfetto, "w") if a.trace_perfetto else None  # noqa: SIM115 - closed below
     serial = open(a.serial, "wb") if a.serial else None  # noqa: SIM115 - closed below
-    tracer = Tracer(cats, text=sys.stderr, json_out=json_out)
+    timeline = Timeline(perfetto_out) if perfetto_out else None
+    tracer = Tracer(cats, text=sys.stderr, json_out=json_out, timeline=timeline)
     cfg = MachineConfig(
         kernel=a.kernel, cpus=cpus, memory=memory, append=a.append, modules=modules, apic=a.apic,
         hv=a.hv, timeout=a.timeout, on_crash=a.on_crash, no_reboot=a.no_reboot,
-        vp_index_map=_vp_index_map(a.vp_index_map, cpus),
+        vp_index_map=_vp_index_map(a.vp_index_map, cpus), inject=injector,
     )  # fmt: skip
     try:
         machine = Machine(cfg, tracer=tracer, serial_out=serial)
@@ -146,6 +170,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
         tracer.close()
         if json_out:
             json_out.close()
+        if perfetto_out:
+            perfetto_out.close()
         if serial:
             serial.close()
     if result.reason not in ("debug-exit",) and result.status != EXIT_OK:
@@ -160,6 +186,11 @@ def _cmd_run(a: argparse.Namespace) -> int:
 def _cmd_info(a: argparse.Namespace) -> int:
     from hv1.hv import caps as capsmod
 
+    if a.inject:
+        from hv1.hv.inject import describe
+
+        print(describe())
+        return EXIT_OK
     if a.hypercalls:
         from hv1.hv.enlightenments import ENLIGHTENMENT_HYPERCALLS
         from hv1.hv.hypercalls import core_table, format_table
@@ -224,6 +255,57 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return EXIT_OK if status == 1 else status
 
 
+def _read_records(path: str) -> list[dict[str, Any]]:
+    from hv1.timeline import read_trace_json
+
+    try:
+        with open(path) as f:
+            return list(read_trace_json(f))
+    except OSError as e:
+        raise UsageError(f"cannot read trace {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise UsageError(f"{path}: {e} (expected a file written by hv1 run --trace-json)") from None
+
+
+def _cmd_stats(a: argparse.Namespace) -> int:
+    from hv1.stats import PlotUnavailable, collect, format_stats, histogram
+
+    series, injected = collect(_read_records(a.trace))
+    print(format_stats(series, injected))
+    if a.histogram:
+        try:
+            histogram(series, a.histogram)
+        except PlotUnavailable as e:
+            raise UsageError(str(e)) from None
+        except OSError as e:
+            raise UsageError(f"cannot write {a.histogram}: {e.strerror}") from None
+    return EXIT_OK
+
+
+def _cmd_timeline(a: argparse.Namespace) -> int:
+    from hv1.timeline import convert
+
+    records = _read_records(a.trace)
+    try:
+        with open(a.out, "w") as out:
+            n = convert(records, out)
+    except OSError as e:
+        raise UsageError(f"cannot write {a.out}: {e.strerror}") from None
+    sys.stderr.write(f"hv1: {n} trace events written to {a.out} (open it in ui.perfetto.dev)\n")
+    return EXIT_OK
+
+
+def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
+    """Sub-command -> handler, looked up when the command runs (tests replace handlers)."""
+    return {
+        "run": _cmd_run,
+        "info": _cmd_info,
+        "demo": _cmd_demo,
+        "stats": _cmd_stats,
+        "timeline": _cmd_timeline,
+    }
+
+
 class _FaultWatch:
     """While installed, an exception that escapes any thread (threading.excepthook) or is otherwise
     swallowed by Python (sys.unraisablehook: finalizers, callbacks) is printed with a traceback and
@@ -275,12 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     with _FaultWatch() as watch:
         try:
-            if args.command == "run":
-                status = _cmd_run(args)
-            elif args.command == "info":
-                status = _cmd_info(args)
-            else:
-                status = _cmd_demo(args)
+            status = _commands()[args.command](args)
         except Hv1Error as e:
             sys.stderr.write(f"hv1: {e}\n")
             status = e.status

@@ -1,4 +1,5 @@
-"""Trace events: one readable line per event (`--trace CATS`) and JSON lines (`--trace-json FILE`).
+"""Trace events: one readable line per event (`--trace CATS`), JSON lines (`--trace-json FILE`) and a
+Chrome JSON timeline for Perfetto (`--trace-perfetto FILE`, hv1/timeline.py).
 
 Every event also goes into a small ring buffer, whatever is enabled, so that a fatal stop can print
 the last events that led to it. Callers on hot paths test `tracer.wants(cat)` before building fields.
@@ -12,7 +13,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from hv1.timeline import Timeline
 
 # Categories a user can name with --trace. "all" enables every one.
 CATEGORIES = (
@@ -29,6 +33,7 @@ CATEGORIES = (
     "flush",  # TLB flush hypercalls
     "vp",  # VP lifecycle: start, INIT/SIPI, halt, stop
     "crash",  # guest crash notifications
+    "inject",  # fault injection: every injected failure or delay (hv/inject.py)
 )
 
 RING_SIZE = 64
@@ -61,10 +66,14 @@ class Tracer:
         categories: Iterable[str] = (),
         text: TextIO | None = None,
         json_out: TextIO | None = None,
+        timeline: Timeline | None = None,
     ) -> None:
         self.categories = frozenset(categories)
         self._text = text if text is not None else sys.stderr
         self._json = json_out
+        self._timeline = timeline
+        # A sink that records every category (JSON lines, timeline): then every event is written.
+        self._record_all = json_out is not None or timeline is not None
         self._ring: collections.deque[tuple[float, str, int, str, dict[str, Any]]] = collections.deque(
             maxlen=RING_SIZE
         )
@@ -73,12 +82,12 @@ class Tracer:
         self.counts: collections.Counter[str] = collections.Counter()
 
     def wants(self, cat: str) -> bool:
-        return cat in self.categories or self._json is not None
+        return cat in self.categories or self._record_all
 
     def emit(self, cat: str, vp: int, event: str, **fields: Any) -> None:
         t = time.monotonic() - self._t0
         self._ring.append((t, cat, vp, event, fields))
-        if cat in self.categories or self._json is not None:
+        if cat in self.categories or self._record_all:
             self._write(t, cat, vp, event, fields)
 
     def _write(self, t: float, cat: str, vp: int, event: str, fields: dict[str, Any]) -> None:
@@ -86,10 +95,13 @@ class Tracer:
             if cat in self.categories:
                 self._text.write(format_line(t, cat, vp, event, fields) + "\n")
                 self._text.flush()
-            if self._json is not None:
+            if self._record_all:
                 rec = {"t": round(t, 7), "cat": cat, "vp": vp, "event": event}
                 rec.update({k: _jsonable(v) for k, v in fields.items()})
-                self._json.write(json.dumps(rec) + "\n")
+                if self._json is not None:
+                    self._json.write(json.dumps(rec) + "\n")
+                if self._timeline is not None:
+                    self._timeline.add(rec)  # the same record a --trace-json line holds
 
     def last_events(self) -> list[str]:
         return [format_line(*e) for e in list(self._ring)]
@@ -98,6 +110,9 @@ class Tracer:
         with self._lock:
             if self._json is not None:
                 self._json.flush()
+            if self._timeline is not None:
+                self._timeline.close()
+                self._timeline = None
 
 
 def _jsonable(v: Any) -> Any:

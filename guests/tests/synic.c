@@ -188,6 +188,46 @@ static void test_port_calls(void)
     }
 }
 
+/* ---- fault injection (hv1 only): "inject-every=N" on the command line, run under
+ *   hv1 run synic.elf --append inject-every=N --inject hypercall=HvCallPostMessage:status=INSUFFICIENT_BUFFERS:every=N
+ * A sender that retries on HV_STATUS_INSUFFICIENT_BUFFERS (HvCallPostMessage Return Values) sees exactly calls
+ * N, 2N, ... refused, and every message arrives once, in order (a refused post is not taken). ---- */
+#define INJECT_MESSAGES 20
+
+static void test_inject_retry(uint32_t every)
+{
+    struct hvs_message m;
+    set_irq_handler(VEC_MSG, count_irq);
+    hvs_testdev(HVS_TESTDEV_MSG_CONN_CREATE, 0, SINT_MSG, CONN_MSG);
+    sint_set(SINT_MSG, VEC_MSG);
+    uint32_t calls = 0, refused = 0, unexpected = 0, got = 0, in_order = 1;
+    for (uint32_t i = 0; i < INJECT_MESSAGES; i++) {
+        uint32_t before = irq_count[VEC_MSG];
+        for (uint32_t tries = 0; tries < 100; tries++) {
+            uint16_t st = post(CONN_MSG, 0x200 + i, &i, 4);
+            calls++;
+            if (st == HVS_SUCCESS)
+                break;
+            if (st == HVS_INSUFFICIENT_BUFFERS && calls % every == 0)
+                refused++;
+            else
+                unexpected++;
+        }
+        wait_count(&irq_count[VEC_MSG], before + 1, WAIT_US);   /* the test device echoes it to SINT_MSG */
+        if (take(SINT_MSG, &m)) {
+            uint32_t seq;
+            memcpy(&seq, (const void *)m.payload, 4);
+            in_order &= seq == got && m.type == 0x200 + got;
+            got++;
+        }
+    }
+    checkf(unexpected == 0 && refused == calls / every, "synic.inject.retry-sees-exactly-the-injected-failures",
+           "calls %u refused %u unexpected %u every %u", calls, refused, unexpected, every);
+    checkf(got == INJECT_MESSAGES && in_order, "synic.inject.every-message-once-in-order", "got %u, order %u", got,
+           in_order);
+    printf("inject: %u calls, %u refused\n", calls, refused);
+}
+
 /* ---- messages through the test device's echo connection ---- */
 static void test_messages(void)
 {
@@ -566,6 +606,11 @@ void kmain(const struct boot_info *bi)
     if (!testdev || !post_ok || !signal_ok) {
         skip("synic.msg", testdev ? "PostMessages/SignalEvents not advertised" : "no hyperv-testdev at 0x3000");
         test_direct();
+        return;
+    }
+    long inject_every = cmdline_int("inject-every", 0);
+    if (inject_every > 0) {
+        test_inject_retry((uint32_t)inject_every);
         return;
     }
     test_messages();

@@ -143,6 +143,9 @@ class MsrTable:
 
     def read(self, vp: Vp, index: int) -> int:
         d = self._lookup(index)
+        inj = self.partition.inject
+        if inj is not None and inj.msr_gp(vp.index, index, write=False):
+            raise gp()  # fault injection (hv/inject.py)
         if d.read is None:
             raise gp()
         if d.read is STORED:
@@ -151,6 +154,9 @@ class MsrTable:
 
     def write(self, vp: Vp, index: int, value: int) -> None:
         d = self._lookup(index)
+        inj = self.partition.inject
+        if inj is not None and inj.msr_gp(vp.index, index, write=True):
+            raise gp()  # fault injection (hv/inject.py)
         if d.write is None:
             raise gp()
         if d.write is STORED:

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from hv1.hv.caps import Caps
 from hv1.hv.hypercall_page import HypercallPage
 from hv1.hv.hypercalls import HypercallTable, core_table, dispatch
+from hv1.hv.inject import Injector
 from hv1.hv.interfaces import Clock, GuestException, GuestMemory, InterruptSink, Kicker, VpRegisters
 from hv1.hv.msrs import MsrTable, register_core_msrs
 from hv1.hv.overlay import OverlayLayer, OverlayPage
@@ -38,6 +40,12 @@ from hv1.trace import NULL_TRACER, Tracer
 
 if TYPE_CHECKING:
     from hv1.hv.hypervisor import Hypervisor
+
+
+def _since(t0: int) -> int:
+    """Nanoseconds since perf_counter_ns() == t0; 0 when t0 is 0 (nobody records the duration)."""
+    return time.perf_counter_ns() - t0 if t0 else 0
+
 
 # HV_PARTITION_ID of the (only) partition: IDs are allocated by the hypervisor from 1.
 PARTITION_ID = 1
@@ -108,6 +116,8 @@ class Partition:
         self.boot_zeroed: list[tuple[int, int]] = list(boot_zeroed)
         self.rep_budget_ns = DEFAULT_REP_BUDGET_NS
         self.rep_budget_reps: int | None = None  # also yield after this many rep elements per exit
+        # Fault injection (hv/inject.py): None unless the host asked for it; see set_injection.
+        self.inject: Injector | None = None
         # VP indexes (HV_X64_MSR_VP_INDEX) of the VPs in APIC-ID order; sparse maps allowed (hv/vpset.py
         # parse_vp_index_map). Every entry point and hook names VPs by VP index.
         vp_indexes = list(range(vp_count)) if vp_indexes is None else list(vp_indexes)
@@ -166,6 +176,19 @@ class Partition:
     def new_overlay(self, *, guest_writable: bool = True) -> OverlayPage:
         return OverlayPage(self.memory, self.overlays, guest_writable=guest_writable)
 
+    def set_injection(self, injector: Injector | None) -> None:
+        """Install fault-injection rules (hv/inject.py), or None to remove them. The hook points are
+        the dispatcher, the MSR table, every VP's SynIC and timers; injected events are traced in
+        category "inject". Call before the VPs run (or with no VP inside the hypervisor)."""
+        with self.lock:
+            if injector is not None:
+                injector.tracer = self.tracer
+                injector.clock = self.time.reftime
+            self.inject = injector
+            for vp in self.vps:
+                synic_of(vp).inject = injector
+                self.time.vp_timers[vp.index].inject = injector
+
     def add_subsystem(self, name: str, obj: Resettable) -> None:
         if name in self.subsystems:
             raise ValueError(f"subsystem {name!r} already attached")
@@ -182,14 +205,20 @@ class Partition:
 
     def rdmsr(self, vp_index: int, msr: int) -> int:
         vp = self._vp_by_index[vp_index]
+        # The access's duration (a timeline slice, `hv1 stats` latency) only when someone records it.
+        t0 = time.perf_counter_ns() if self.tracer.wants("msrs") else 0
         try:
             with self.lock:
                 try:
                     value = self.msrs.read(vp, msr)
                 except GuestException:
-                    self.tracer.emit("msrs", vp_index, "rdmsr", msr=self.msrs.name(msr), gp=True)
+                    self.tracer.emit(
+                        "msrs", vp_index, "rdmsr", msr=self.msrs.name(msr), gp=True, ns=_since(t0)
+                    )
                     raise
-                self.tracer.emit("msrs", vp_index, "rdmsr", msr=self.msrs.name(msr), value=value)
+                self.tracer.emit(
+                    "msrs", vp_index, "rdmsr", msr=self.msrs.name(msr), value=value, ns=_since(t0)
+                )
                 return value
         finally:
             vp.run_deferred()
@@ -197,15 +226,26 @@ class Partition:
     def wrmsr(self, vp_index: int, msr: int, value: int) -> None:
         vp = self._vp_by_index[vp_index]
         value &= (1 << 64) - 1
+        t0 = time.perf_counter_ns() if self.tracer.wants("msrs") else 0
         try:
             with self.lock:
                 shown = self.hypercall_page.shown_at()
                 try:
                     self.msrs.write(vp, msr, value)
                 except GuestException:
-                    self.tracer.emit("msrs", vp_index, "wrmsr", msr=self.msrs.name(msr), value=value, gp=True)
+                    self.tracer.emit(
+                        "msrs",
+                        vp_index,
+                        "wrmsr",
+                        msr=self.msrs.name(msr),
+                        value=value,
+                        gp=True,
+                        ns=_since(t0),
+                    )
                     raise
-                self.tracer.emit("msrs", vp_index, "wrmsr", msr=self.msrs.name(msr), value=value)
+                self.tracer.emit(
+                    "msrs", vp_index, "wrmsr", msr=self.msrs.name(msr), value=value, ns=_since(t0)
+                )
                 self._hypercall_page_moved(vp, shown)
         finally:
             vp.run_deferred()

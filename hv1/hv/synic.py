@@ -77,6 +77,7 @@ from hv1.tlfs.partition import PartitionPrivilege
 from hv1.tlfs.status import HvStatus
 
 if TYPE_CHECKING:
+    from hv1.hv.inject import Injector
     from hv1.hv.partition import Partition
     from hv1.hv.ports import PartitionPorts
     from hv1.hv.vp import Vp
@@ -128,6 +129,11 @@ SYNIC_MSRS: tuple[int, ...] = (
     *range(M.HV_X64_MSR_SINT0, M.HV_X64_MSR_SINT0 + SINT_COUNT),
 )
 
+# Fault injection (hv/inject.py slot-busy): when a message held behind a slot made to look busy is
+# tried again: 1 ms, the first retry of a pending timer message (hv/timers.RETRY_MIN); the TLFS leaves
+# the interval to the hypervisor. 100 ns units.
+HELD_RETRY = 10_000
+
 # Messages waiting per SINT before a poster gets HV_STATUS_INSUFFICIENT_BUFFERS. Ports also have
 # their own 16 buffers (inter-partition-communication.md "Guest Message Buffers").
 DEFAULT_QUEUE_DEPTH = 16
@@ -153,6 +159,7 @@ class QueuedMessage:
     payload: bytes
     origin: int = 0  # header Sender / Port / OriginationId
     owner: BufferOwner | None = None
+    not_before: int = 0  # reference time before which it stays queued (injected message-delay)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +244,7 @@ class Synic:
         # Called with a SINT number when that SINT may take a message now (see `add_ready_listener`).
         self._ready_listeners: list[Callable[[int], None]] = []
         self.counters = {"posted": 0, "delivered": 0, "queued": 0, "eom": 0, "events": 0, "interrupts": 0}
+        self.inject: Injector | None = None  # fault injection (hv/inject.py, Partition.set_injection)
 
     # --- decoded state -------------------------------------------------------------------------------
     @property
@@ -373,13 +381,17 @@ class Synic:
         payload: bytes | bytearray | memoryview,
         origin: int = 0,
         owner: BufferOwner | None = None,
+        *,
+        delayable: bool = True,
     ) -> HvStatus:
         """Queue a message for SINT `sint` and try to deliver it.
 
         INVALID_SYNIC_STATE when SCONTROL or SIMP is disabled (HvCallPostMessage.md), and
         INSUFFICIENT_BUFFERS when the SINT's queue is full; the message is then not taken (and
         `owner` not charged). SUCCESS means queued: it will reach the slot exactly once, in order.
-        `msg_type` and the payload length are the caller's to validate (non-zero, <= 240 bytes)."""
+        `msg_type` and the payload length are the caller's to validate (non-zero, <= 240 bytes).
+        `delayable=False` exempts the message from an injected message-delay (timer messages, whose
+        DeliveryTime is stamped when they are posted)."""
         self._check_sint(sint)
         if not msg_type or msg_type >> 32 or len(payload) > HV_MESSAGE_PAYLOAD_SIZE:
             raise ValueError(f"bad message type {msg_type:#x} or payload size {len(payload)}")
@@ -390,19 +402,29 @@ class Synic:
             if len(q) >= self.queue_depth:
                 self._trace("post-full", sint=sint, type=msg_type, queued=len(q))
                 return HvStatus.INSUFFICIENT_BUFFERS
-            q.append(QueuedMessage(msg_type, bytes(payload), origin, owner))
+            msg = QueuedMessage(msg_type, bytes(payload), origin, owner)
+            inj = self.inject
+            if inj is not None and delayable and inj.delays_messages:
+                delay = inj.message_delay(self.vp_index, sint)
+                if delay:
+                    msg.not_before = inj.now() + delay
+            q.append(msg)
             self._pending |= 1 << sint
             self.counters["posted"] += 1
-            self._trace("post", sint=sint, type=msg_type, size=len(payload), origin=origin)
-            if not self._try_deliver(sint):
+            self._trace("post", sint=sint, type=msg_type, size=len(payload), origin=origin, queued=len(q))
+            if not self._try_deliver(sint, injectable=delayable):
                 self.counters["queued"] += 1
                 self._trace("queued", sint=sint, type=msg_type, queued=len(q))
             return HvStatus.SUCCESS
 
-    def _try_deliver(self, sint: int) -> bool:
-        """Move the head of the SINT's queue into its slot if possible. True if one was delivered."""
+    def _try_deliver(self, sint: int, injectable: bool = True) -> bool:
+        """Move the head of the SINT's queue into its slot if possible. True if one was delivered.
+        `injectable=False`: the caller (try_post) has consulted the fault injector already."""
         q = self._queues[sint]
         if not q or not self.can_accept_messages():
+            return False
+        inj = self.inject
+        if inj is not None and injectable and self._held(inj, sint, q[0]):
             return False
         view = self.simp_page.data()
         off = sint * HV_MESSAGE_SIZE
@@ -424,11 +446,34 @@ class Synic:
         view[off + MESSAGE_PAYLOAD_OFFSET : off + MESSAGE_PAYLOAD_OFFSET + n] = msg.payload
         view[off : off + 4] = msg.msg_type.to_bytes(4, "little")
         self.counters["delivered"] += 1
-        self._trace("delivered", sint=sint, type=msg.msg_type, size=n, pending=more)
+        self._trace("delivered", sint=sint, type=msg.msg_type, size=n, pending=more, queued=len(q))
         if msg.owner is not None:
             msg.owner.release_message_buffer()
         self._notify(sint)
         return True
+
+    def _held(self, inj: Injector, sint: int, head: QueuedMessage) -> bool:
+        """Fault injection: the head message must wait (its message-delay has not passed) or the slot is
+        made to look busy (slot-busy). Either way it stays queued, as behind an occupied slot."""
+        if head.not_before and inj.now() < head.not_before:
+            return True
+        if inj.slot_busy(self.vp_index, sint):
+            head.not_before = inj.now() + HELD_RETRY  # tried again then (PartitionTime.poll_vp wakes)
+            return True
+        return False
+
+    def next_release(self) -> int | None:
+        """The earliest reference time at which a message held by fault injection (message-delay,
+        slot-busy) may go (PartitionTime.poll_vp wakes a VP then), or None."""
+        best: int | None = None
+        pending = self._pending
+        while pending:
+            s = (pending & -pending).bit_length() - 1
+            pending &= pending - 1
+            t = self._queues[s][0].not_before if self._queues[s] else 0
+            if t and (best is None or t < best):
+                best = t
+        return best
 
     def _scan_all(self) -> None:
         pending = self._pending
@@ -512,6 +557,9 @@ class Synic:
         so that the guest writes EOM, and False is returned; listeners hear when to retry."""
         self._check_sint(sint)
         with self.lock:
+            inj = self.inject
+            if inj is not None and self.can_accept_messages() and inj.slot_busy(self.vp_index, sint):
+                return False  # fault injection: the slot looks busy; the timer keeps its expiry pending
             if not self.slot_ready(sint):
                 if not self.can_accept_messages() or self._queues[sint]:
                     return False
@@ -523,7 +571,7 @@ class Synic:
                     _fence()
                 if not self.slot_ready(sint):
                     return False
-            return self.post_message(sint, message_type, payload, origin) == HvStatus.SUCCESS
+            return self.post_message(sint, message_type, payload, origin, delayable=False) == HvStatus.SUCCESS
 
     def add_ready_listener(self, callback: Callable[[int], None]) -> None:
         """`callback(sint)` runs (with the lock held) whenever SINT `sint` may have become able to take

@@ -107,6 +107,10 @@ class TimerSynicPort(TimerSynic, Protocol):
 
     def add_ready_listener(self, callback: Callable[[int], None]) -> None: ...
 
+    def next_release(self) -> int | None: ...
+
+    def rescan(self) -> None: ...
+
 
 class PartitionTime:
     """Partition-wide time: the reference time source, the TSC page, the frequency MSRs,
@@ -144,6 +148,7 @@ class PartitionTime:
         self._deferred_hz: int | None = None  # new scale waiting for the end of TSC emulation
         self.vp_timers: dict[int, VpTimers] = {}
         self.vp_runtime: dict[int, VpRuntime] = {}
+        self.vp_synics: dict[int, TimerSynicPort] = {}
         self._listeners: list[Callable[[], None]] = []
         self.migrations = 0
         reftime.on_change(self._params_changed)
@@ -168,6 +173,7 @@ class PartitionTime:
         self.vp_runtime[vp.index] = runtime
         if synic is not None:
             synic.add_ready_listener(timers.sint_ready)
+            self.vp_synics[vp.index] = synic
         return timers
 
     def poll_vp(self, vp_index: int, now: int | None = None) -> int | None:
@@ -176,6 +182,9 @@ class PartitionTime:
         next deadline in reference time (None: nothing armed; convert with reftime.host_ns_at).
         Lock-free when nothing is due."""
         timers = self.vp_timers[vp_index]
+        inj = timers.inject
+        if inj is not None and inj.holds_messages:
+            return self._poll_held_messages(timers, now)
         nxt = timers.next_deadline()
         if nxt is None:
             return None
@@ -185,6 +194,24 @@ class PartitionTime:
             return nxt
         with self.lock:
             return timers.poll(now)
+
+    def _poll_held_messages(self, timers: VpTimers, now: int | None) -> int | None:
+        """poll_vp with message-holding fault injection (hv/inject.py): messages held until a release time
+        are released here, for every VP (the poster's VP is the one sure to come by soon: the target
+        may sit in HLT), and the earliest release counts as a deadline, so the machine's scheduler
+        wakes a VP then."""
+        with self.lock:
+            if now is None:
+                now = self.reftime.now()
+            nxt = timers.poll(now)
+            for synic in self.vp_synics.values():
+                release = synic.next_release()
+                if release is not None and now >= release:
+                    synic.rescan()
+                    release = synic.next_release()
+                if release is not None and (nxt is None or release < nxt):
+                    nxt = release
+            return nxt
 
     # --- host side ---------------------------------------------------------------------------------------
     def on_change(self, listener: Callable[[], None]) -> None:

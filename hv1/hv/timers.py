@@ -46,9 +46,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hv1.hv.interfaces import Clock, InterruptSink, gp
+
+if TYPE_CHECKING:
+    from hv1.hv.inject import Injector
 
 STIMER_COUNT = 4
 U64 = (1 << 64) - 1
@@ -176,6 +179,7 @@ class VpTimers:
         self._next: int | None = None  # cached earliest wake-up
         self._polling = False
         self._again = False
+        self.inject: Injector | None = None  # fault injection (hv/inject.py, Partition.set_injection)
 
     # --- MSRs ----------------------------------------------------------------------------------------
     def read_config(self, index: int) -> int:
@@ -266,7 +270,7 @@ class VpTimers:
             t.expiration = now + max(t.count, self.min_period)
         else:
             t.expiration = t.count
-        t.fire_at = t.expiration
+        t.fire_at = self._signal_at(t, t.expiration)
         self._trace("arm", t, expiration=t.expiration, periodic=t.periodic, lazy=t.lazy, direct=t.direct)
 
     def _cancel(self, t: SyntheticTimer, why: str) -> None:
@@ -369,18 +373,28 @@ class VpTimers:
         period = max(t.count, self.min_period)
         nxt = expiration + period
         if nxt > now:
-            t.expiration = t.fire_at = nxt  # on time
+            t.expiration = nxt  # on time
+            t.fire_at = self._signal_at(t, nxt)
             return
         missed = (now - expiration) // period  # expiries after `expiration` that are already due
         if t.lazy or missed > CATCHUP_MAX_PERIODS:
             # Skip to the first expiry still in the future (lazy: always; non-lazy: too far behind).
             t.skipped += missed
-            t.expiration = t.fire_at = expiration + (missed + 1) * period
+            t.expiration = expiration + (missed + 1) * period
+            t.fire_at = self._signal_at(t, t.expiration)
             self._trace("skip", t, skipped=missed, expiration=t.expiration)
             return
         # Catch up by period modulation: the next (already due) expiry, half a period from now.
         t.expiration = nxt
-        t.fire_at = max(nxt, now + max(period // 2, 1))
+        t.fire_at = max(self._signal_at(t, nxt), now + max(period // 2, 1))
+
+    def _signal_at(self, t: SyntheticTimer, expiration: int) -> int:
+        """When the expiry at `expiration` is signalled: then, or later by an injected timer-delay
+        (hv/inject.py; timers.md "never ... before the expiration time ... any time after")."""
+        inj = self.inject
+        if inj is None or not inj.delays_timers:
+            return expiration
+        return expiration + inj.timer_delay(self.vp_index, t.index, expiration)
 
     def _trace(self, event: str, t: SyntheticTimer, **fields: Any) -> None:
         if self._tracer is not None and self._tracer.wants("timers"):

@@ -37,6 +37,7 @@ from hv1.hv.apic import ApicHooks, ApicRouter, LocalApic, inject_pending
 from hv1.hv.caps import parse_profile, without_auto_eoi
 from hv1.hv.hypercall_page import HYPERCALL_PORT
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
+from hv1.hv.inject import InjectError, Injector
 from hv1.hv.interfaces import GP_VECTOR, GuestException
 from hv1.hv.partition import Partition
 from hv1.hv.reftime import ReferenceTime
@@ -81,6 +82,8 @@ class MachineConfig:
     on_crash: str = "stop"
     no_reboot: bool = False  # QEMU's -no-reboot: a partition reset ends the run instead
     vp_index_map: list[int] | None = None  # VP index of each vCPU in APIC-ID order (--vp-index-map)
+    # Fault injection (--inject, hv/inject.py): specs, or an Injector built from Python.
+    inject: list[str] | Injector = field(default_factory=list)
 
 
 @dataclass
@@ -538,6 +541,13 @@ class Machine:
             caps = parse_profile(cfg.hv, apic_mode=cfg.apic)
         except ValueError as e:
             raise UsageError(f"--hv: {e}") from None
+        injector: Injector | None = None
+        try:
+            injector = cfg.inject if isinstance(cfg.inject, Injector) else Injector.parse(cfg.inject)
+        except InjectError as e:
+            raise UsageError(str(e)) from None
+        if not injector.rules:
+            injector = None  # no rule: no hook does anything (partition.inject stays None)
 
         # Load first: every mistake in the image is reported before /dev/kvm is even opened.
         self.ram = GuestRam(cfg.memory)
@@ -574,6 +584,8 @@ class Machine:
             apic_ids=self.apic_ids, boot_zeroed=self._boot_zeroed_ranges(), vp_indexes=self.vp_indexes,
         )  # fmt: skip
         self.partition.time.on_change(self._time_changed)
+        if injector is not None:
+            self.partition.set_injection(injector)
         self._reset_requested = False
         self.resets = 0
         self._park_lock = threading.Lock()

@@ -21,7 +21,8 @@ Order of checks (the TLFS leaves it open but wants ACCESS_DENIED to win over sta
    writes through an overlay the guest cannot write. GPA registers are ignored when the call has no
    input / no output. (Input or output on an overlay the guest can write is "undefined" in the TLFS:
    hv1 reads and writes what the guest would see there.)
-7. The handler: statuses of the call itself; rep elements in order with partial completion.
+7. The handler: statuses of the call itself; rep elements in order with partial completion. (Fault
+   injection, hv/inject.py, answers its status here instead of running the handler.)
 
 Result: RAX (x64) or EDX:EAX (x86) = status | reps completed << 32 (reps completed is the absolute
 count, "not relative to the rep start index"). Outputs are written on success (simple calls) or for
@@ -112,9 +113,10 @@ def dispatch(partition: Partition, vp: Vp, regs: VpRegisters) -> None:
         _execute(partition, vp, regs, long_mode, ctl, p1, p2, d, out, t0)
     except GuestException:
         partition.counters["hypercall_ud"] += 1
+        ns = time.perf_counter_ns() - t0
         tracer.emit(
             "hypercalls", vp.index, d.name if d is not None else hypercall_name(ctl.code), code=ctl.code,
-            fast=ctl.fast, xmm=out.xmm, status="#UD", us=(time.perf_counter_ns() - t0) // 1000,
+            fast=ctl.fast, xmm=out.xmm, status="#UD", us=ns // 1000, ns=ns,
         )  # fmt: skip
         raise
     if out.yielded:
@@ -127,10 +129,11 @@ def dispatch(partition: Partition, vp: Vp, regs: VpRegisters) -> None:
         write_result(regs, long_mode, result_value(out.status, out.reps))
         partition.counters[d.counter_key if d is not None else "hypercalls.unknown"] += 1
         status_text = _TRACE_STATUS.get(out.status) or f"{out.status:#x}"
+    ns = time.perf_counter_ns() - t0  # duration: a timeline draws [end - ns, end] (hv1/timeline.py)
     tracer.emit(
         "hypercalls", vp.index, d.name if d is not None else hypercall_name(ctl.code), code=ctl.code,
         fast=ctl.fast, xmm=out.xmm, rep_start=ctl.rep_start, rep_count=ctl.rep_count, status=status_text,
-        reps=out.reps, us=(time.perf_counter_ns() - t0) // 1000,
+        reps=out.reps, us=ns // 1000, ns=ns,
     )  # fmt: skip
 
 
@@ -215,6 +218,14 @@ def _execute(
             out.status = S.INVALID_ALIGNMENT
             return
         block = p.memory.read(in_gpa, in_total) if in_total else b""
+
+    inj = p.inject
+    if inj is not None:
+        # Fault injection (hv/inject.py): after every ABI check, instead of the handler.
+        injected = inj.hypercall_status(vp.index, ctl.code)
+        if injected is not None:
+            out.status = injected
+            return
 
     ctx = HypercallContext(
         p,
