@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from hv1.hv.caps import Caps
+from hv1.hv.guest_cpu import ARCHITECTURAL, GuestCpu
 from hv1.hv.hypercall_page import HypercallPage
 from hv1.hv.hypercalls import HypercallTable, core_table, dispatch
 from hv1.hv.interfaces import Clock, GuestException, GuestMemory, InterruptSink, Kicker, VpRegisters
@@ -101,6 +102,10 @@ class Partition:
         # HvExtCallGetBootZeroedMemory (partial pages at the edges are left out).
         self.boot_zeroed: list[tuple[int, int]] = list(boot_zeroed)
         self.rep_budget_ns = DEFAULT_REP_BUDGET_NS
+        # The guest's processor as its CPUID describes it (hv/guest_cpu.py): the machine sets it from
+        # the CPUID table it installs, before the first VP runs. Guest-supplied register state
+        # (HvCallStartVirtualProcessor) is checked against it.
+        self.guest_cpu: GuestCpu = ARCHITECTURAL
         self.rep_budget_reps: int | None = None  # also yield after this many rep elements per exit
         # VP indexes (HV_X64_MSR_VP_INDEX) of the VPs in APIC-ID order; sparse maps allowed (hv/vpset.py
         # parse_vp_index_map). Every entry point and hook names VPs by VP index.
@@ -121,7 +126,7 @@ class Partition:
         self.ports: PartitionPorts = attach_synic(self)
         reftime = clock if isinstance(clock, ReferenceTime) else ReferenceTime.from_clock(clock)
         self.time = PartitionTime(
-            caps, reftime, self.new_overlay(), vp_count, irq, lock=self.lock, tracer=tracer
+            caps, reftime, self.new_overlay(), vp_indexes, irq, lock=self.lock, tracer=tracer
         )
         self.add_subsystem("time", self.time)
         for vp in self.vps:
