@@ -64,6 +64,20 @@ DEFAULT_SPINLOCK_RETRIES = 0x0FFF
 DEFAULT_MAX_LEAF = HV_CPUID_NESTED_FEATURES
 MINIMAL_MAX_LEAF = HV_CPUID_MIN_MAX_LEAF
 
+# Leaf 0x40000005, hv1's implementation limits (feature-discovery.md "Hypervisor Implementation
+# Limits"; 0 would mean "not reported"), the same in every profile:
+# - EAX, max VPs: a partition has at most 64 (`--cpus 1..64`, hv1/machine MAX_CPUS). Not -1 ("no
+#   limit", Requirements doc "Maximum Supported Virtual Processors"): hv1 has a limit, and a guest that
+#   believed -1 could try more than 64 VPs (Windows Server 2019 with more than 64 vCPUs bugchecks on a
+#   wrong value, guests-and-hosts.md §4). With at most 64 VPs the non-Ex flush hypercalls still name
+#   every VP, so recommending them stays valid (the Requirements doc forbids that only with -1).
+# - EBX, max LPs: hv1 runs VPs as host threads and sets no LP limit of its own; it reports 64, the
+#   value KVM reports for this field (matching Hyper-V 2016), which Windows uses "for reporting
+#   purposes only" (Requirements doc, leaf 0x40000005).
+# - ECX, interrupt vectors for remapping: 0, not reported: hv1 has no device interrupt remapping.
+IMPLEMENTATION_MAX_VPS = 64
+IMPLEMENTATION_MAX_LPS = 64
+
 # Where hv1 knowingly differs from the letter of the TLFS, and why. `describe()` prints these.
 DEVIATIONS: tuple[tuple[str, str], ...] = (
     (
@@ -424,9 +438,9 @@ class Caps:
     recommendations: int = 0
     spinlock_retries: int = SPINLOCK_RETRIES_NEVER
     implemented_phys_bits: int = 0  # 0x40000004 ECX 6:0 (0 = not reported)
-    max_vps: int = 0  # 0x40000005 EAX (0 = not reported)
-    max_lps: int = 0  # 0x40000005 EBX
-    max_irq_vectors: int = 0  # 0x40000005 ECX
+    max_vps: int = IMPLEMENTATION_MAX_VPS  # 0x40000005 EAX (0 = not reported)
+    max_lps: int = IMPLEMENTATION_MAX_LPS  # 0x40000005 EBX
+    max_irq_vectors: int = 0  # 0x40000005 ECX: no interrupt remapping (no device interrupts)
     hardware_features: int = 0  # 0x40000006 EAX
     max_leaf: int = MINIMAL_MAX_LEAF
     vendor: str = HV_VENDOR_MICROSOFT
@@ -517,7 +531,7 @@ def build_caps(
     apic_mode: str = "kernel",
     *,
     max_leaf: int | None = None,
-    max_vps: int = 0,
+    max_vps: int = IMPLEMENTATION_MAX_VPS,
     profile: str = "",
 ) -> Caps:
     """Caps with exactly `features` (plus the mandatory ones). Every name must exist, be implemented
@@ -567,7 +581,7 @@ def _unknown_feature_message(name: str) -> str:
     )
 
 
-def parse_profile(spec: str, apic_mode: str = "kernel", *, max_vps: int = 0) -> Caps:
+def parse_profile(spec: str, apic_mode: str = "kernel", *, max_vps: int = IMPLEMENTATION_MAX_VPS) -> Caps:
     """`minimal`, `default`, and `+name`/`-name` edits, comma-separated (module docstring).
 
     Features that were only inherited from the base profile are dropped when a feature they require

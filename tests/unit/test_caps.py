@@ -74,7 +74,8 @@ def test_req_minimal_profile_is_exactly_the_requirements_set(mode: str) -> None:
     assert leaves[0x40000003] == (0x60, 0, 0, 0)
     # No recommendation; spinlock retries "never notify" (0xFFFFFFFF, a Requirements-doc value).
     assert leaves[0x40000004] == (0, SPINLOCK_RETRIES_NEVER, 0, 0)
-    assert leaves[0x40000005] == (0, 0, 0, 0)
+    # Implementation limits (not a feature: the same in every profile): 64 VPs, 64 LPs, no remapping.
+    assert leaves[0x40000005] == (64, 64, 0, 0)
     assert c.features == {"hypercall-msrs", "vp-index"}
 
 
