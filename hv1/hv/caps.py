@@ -22,6 +22,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from hv1.hv.vpset import MAX_VP_INDEX
 from hv1.tlfs.feature_discovery import (
     HV_CPUID_FEATURES,
     HV_CPUID_HARDWARE_FEATURES,
@@ -66,16 +67,19 @@ MINIMAL_MAX_LEAF = HV_CPUID_MIN_MAX_LEAF
 
 # Leaf 0x40000005, hv1's implementation limits (feature-discovery.md "Hypervisor Implementation
 # Limits"; 0 would mean "not reported"), the same in every profile:
-# - EAX, max VPs: a partition has at most 64 (`--cpus 1..64`, hv1/machine MAX_CPUS). Not -1 ("no
-#   limit", Requirements doc "Maximum Supported Virtual Processors"): hv1 has a limit, and a guest that
-#   believed -1 could try more than 64 VPs (Windows Server 2019 with more than 64 vCPUs bugchecks on a
-#   wrong value, guests-and-hosts.md §4). With at most 64 VPs the non-Ex flush hypercalls still name
-#   every VP, so recommending them stays valid (the Requirements doc forbids that only with -1).
+# - EAX, max VPs: 4096. The TLFS ties VP indexes to it: "A virtual processor index must be less than
+#   the maximum number of virtual processors per partition" (PDF §7.8), and hv1 gives VPs any index
+#   up to 4095 (`--vp-index-map`; the largest an HV_VP_SET names, hv/vpset.py MAX_VP_INDEX). A
+#   partition has at most 64 VPs (`--cpus`), all described by the MADT/MP table the guest reads, so
+#   a guest never tries more. Not -1 ("no limit", Requirements doc "Maximum Supported Virtual
+#   Processors"): hv1 has a limit (and -1 would forbid recommending the non-Ex flush hypercalls).
+#   Windows Server 2019 with more than 64 vCPUs bugchecks on a bad value (guests-and-hosts.md §4);
+#   hv1 never runs more than 64.
 # - EBX, max LPs: hv1 runs VPs as host threads and sets no LP limit of its own; it reports 64, the
 #   value KVM reports for this field (matching Hyper-V 2016), which Windows uses "for reporting
 #   purposes only" (Requirements doc, leaf 0x40000005).
 # - ECX, interrupt vectors for remapping: 0, not reported: hv1 has no device interrupt remapping.
-IMPLEMENTATION_MAX_VPS = 64
+IMPLEMENTATION_MAX_VPS = MAX_VP_INDEX + 1
 IMPLEMENTATION_MAX_LPS = 64
 
 # Where hv1 knowingly differs from the letter of the TLFS, and why. `describe()` prints these.

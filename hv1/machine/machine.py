@@ -34,7 +34,7 @@ from hv1.backends.kvm.vm import (
 from hv1.errors import EXIT_GUEST_CRASH, EXIT_GUEST_FATAL, EXIT_INTERNAL, EXIT_TIMEOUT, UsageError
 from hv1.hv import enlightenments
 from hv1.hv.apic import ApicHooks, ApicRouter, LocalApic
-from hv1.hv.caps import IMPLEMENTATION_MAX_VPS, parse_profile
+from hv1.hv.caps import parse_profile
 from hv1.hv.guest_cpu import GuestCpu
 from hv1.hv.hypercall_page import HYPERCALL_PORT
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
@@ -63,7 +63,7 @@ from hv1.machine.scheduler import Scheduler
 from hv1.trace import Tracer
 
 APIC_MODES = ("kernel", "user")
-MAX_CPUS = IMPLEMENTATION_MAX_VPS  # what CPUID 0x40000005.EAX reports (hv/caps.py)
+MAX_CPUS = 64
 MIN_MEMORY = 2 << 20
 MAX_MEMORY = 3 << 30  # below the PCI/APIC hole at 3 GiB: one RAM slot, no remapping
 APIC_MSR_BASE = 0x1B
