@@ -43,6 +43,7 @@ CPUID_CET_SS: Bit = (7, 0, ECX, 7)
 CPUID_LA57: Bit = (7, 0, ECX, 16)
 CPUID_PKS: Bit = (7, 0, ECX, 31)
 CPUID_CET_IBT: Bit = (7, 0, EDX, 20)
+CPUID_FRED: Bit = (7, 1, EAX, 17)
 CPUID_LAM: Bit = (7, 1, EAX, 26)
 CPUID_SYSCALL: Bit = (0x80000001, 0, EDX, 11)
 CPUID_NX: Bit = (0x80000001, 0, EDX, 20)
@@ -77,6 +78,7 @@ CR4_ALLOWED_BY: tuple[tuple[int, tuple[Bit, ...]], ...] = (
     (23, (CPUID_CET_SS, CPUID_CET_IBT)),  # CET (either feature)
     (24, (CPUID_PKS,)),  # PKS
     (28, (CPUID_LAM,)),  # LAM_SUP
+    (32, (CPUID_FRED,)),  # FRED
 )
 CR4_DEFINED = sum(1 << bit for bit, _ in CR4_ALLOWED_BY)
 

@@ -183,12 +183,13 @@ def _has(leaves: Leaves, leaf: int, sub: int, reg: int, bit: int) -> bool:
 
 def _cr4_reserved(leaves: Leaves) -> int:
     """KVM's __cr4_reserved_bits for this CPUID (bits KVM itself never allows included)."""
-    reserved = ~((1 << 29) - 1) | 1 << 15 | 1 << 19 | 1 << 25 | 1 << 26 | 1 << 27
+    reserved = ~((1 << 29) - 1) & ~(1 << 32) | 1 << 15 | 1 << 19 | 1 << 25 | 1 << 26 | 1 << 27
     gated = {
         0: (1, 0, 3, 1), 1: (1, 0, 3, 1), 3: (1, 0, 3, 2), 4: (1, 0, 3, 3), 5: (1, 0, 3, 6), 6: (1, 0, 3, 7),
         7: (1, 0, 3, 13), 9: (1, 0, 3, 24), 10: (1, 0, 3, 25), 11: (7, 0, 2, 2), 12: (7, 0, 2, 16),
         13: (1, 0, 2, 5), 14: (1, 0, 2, 6), 16: (7, 0, 1, 0), 17: (1, 0, 2, 17), 18: (1, 0, 2, 26),
         20: (7, 0, 1, 7), 21: (7, 0, 1, 20), 22: (7, 0, 2, 3), 24: (7, 0, 2, 31), 28: (7, 1, 0, 26),
+        32: (7, 1, 0, 17),
     }  # fmt: skip
     for bit, feature in gated.items():
         if not _has(leaves, *feature):
@@ -229,6 +230,8 @@ def kvm_accepts(c: InitialVpContext, leaves: Leaves, mem: GuestMemory) -> bool:
     if c.cr4 & _cr4_reserved(leaves) or (c.cr4 >> 23 & 1 and not c.cr0 >> 16 & 1):
         return False
     if c.cr4 >> 17 & 1 and (not ia32e or c.cr3 & 0xFFF):
+        return False
+    if c.cr4 >> 32 & 1 and not ia32e:  # FRED
         return False
     # kvm_valid_efer: SCE needs SYSCALL, LME/LMA need LM, NXE needs NX; the rest is not offered
     efer_ok = 0

@@ -97,7 +97,7 @@ CR0_WP = 1 << 16
 # so a context with them could never run: INVALID_REGISTER_VALUE, as the TLFS answers for
 # HvCallSetVpRegisters ("reserved bits must be zero", inventory §6.2).
 CR0_DEFINED = 0x3F | CR0_WP | 1 << 18 | CR0_NW | CR0_CD | CR0_PG
-CR4_PAE, CR4_LA57, CR4_PCIDE, CR4_CET = 1 << 5, 1 << 12, 1 << 17, 1 << 23
+CR4_PAE, CR4_LA57, CR4_PCIDE, CR4_CET, CR4_FRED = 1 << 5, 1 << 12, 1 << 17, 1 << 23, 1 << 32
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
 RFLAGS_FIXED1 = 1 << 1
 RFLAGS_VM = 1 << 17
@@ -335,6 +335,7 @@ def context_error(
     - CR0: PE=1, no reserved bit (63:32 or an undefined bit of 31:0), NW needs CD;
     - CR4: only bits the guest's CPUID allows (SMXE without SMX, VMXE without VMX, PKE without PKU,
       ... are reserved for this guest); CET needs CR0.WP; PCIDE only in long mode with CR3[11:0] = 0;
+      FRED only in long mode;
     - EFER: only SCE/LME/LMA/NXE, each as the guest's CPUID allows; LME with PG needs PAE and LMA,
       and LMA needs LME with PG;
     - CR3 within the guest's MAXPHYADDR in long mode (32 bits otherwise); with PAE paging outside
@@ -373,6 +374,8 @@ def context_error(
         return f"CR3 {ctx.cr3:#x} beyond the physical address width"
     if cr4 & CR4_PCIDE and (not ctx.long_mode or ctx.cr3 & 0xFFF):
         return "CR4.PCIDE outside long mode or with CR3[11:0] != 0"
+    if cr4 & CR4_FRED and not ctx.long_mode:
+        return "CR4.FRED outside long mode"  # SDM: MOV to CR4 #GPs setting FRED outside IA-32e mode
     if cr0 & CR0_PG and cr4 & CR4_PAE and not ctx.long_mode:
         err = _pdpte_error(ctx.cr3, cpu, memory)
         if err is not None:
