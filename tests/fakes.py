@@ -93,11 +93,15 @@ class FakeClock:
 
 @dataclass
 class FakeIrq:
-    """Records interrupts requested for VPs."""
+    """Records interrupts requested for VPs. With `vp_indexes` set, an interrupt for a VP index the
+    partition does not have raises KeyError, as the machine's sink does (Machine.vp_by_index)."""
 
     sent: list[tuple[int, int, bool]] = field(default_factory=list)
+    vp_indexes: set[int] | None = None
 
     def request_interrupt(self, vp_index: int, vector: int, auto_eoi: bool = False) -> None:
+        if self.vp_indexes is not None and vp_index not in self.vp_indexes:
+            raise KeyError(f"no VP with index {vp_index}")
         self.sent.append((vp_index, vector, auto_eoi))
 
 

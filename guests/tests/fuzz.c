@@ -10,6 +10,7 @@
  * handler that counts and EOIs. `seed=N` and `n=N` on the command line. Rule: fuzz.* */
 #include "guest.h"
 #include "hv.h"
+#include "vp_hv.h"
 
 #define SCRATCH_PAGES 16
 static uint8_t scratch[SCRATCH_PAGES][4096] __attribute__((aligned(4096)));
@@ -153,6 +154,67 @@ static void fuzz_ports(uint32_t n)
     }
 }
 
+/* HvCallStartVirtualProcessor with hostile contexts (issue 9 bug 4: a context KVM refuses used to stop the
+ * VMM): this VP's own state with 1-3 random bits or words changed. Sent to this VP (validated first, then
+ * INVALID_VP_STATE: the caller runs) and, with CR0.PE also cleared so that it can never start, to the AP named
+ * by GetVpIndexFromApicId(1) (a VP index, also with --vp-index-map). Every answer must be a listed status. */
+static uint32_t start_vp_bad_answers;
+
+static uint16_t start_vp_call(uint32_t vp, const struct hvv_initial_vp_context *c)
+{
+    struct hvv_start_vp_input *in = (void *)scratch[SCRATCH_PAGES - 1];
+    memset(in, 0, sizeof(*in));
+    in->partition_id = HVV_PARTITION_SELF;
+    in->vp_index = vp;
+    in->ctx = *c;
+    return hv_status(hv_hypercall(hv_control(HVV_CALL_START_VP, 0, 0, 0, 0), (uint64_t)(uintptr_t)in, 0));
+}
+
+static bool ap_vp_index(uint32_t *out)
+{
+    uint64_t *in = (uint64_t *)scratch[SCRATCH_PAGES - 2], *res = in + 256;
+    in[0] = HVV_PARTITION_SELF, in[1] = 0, in[2] = 1;   /* header; element: APIC ID 1 */
+    uint64_t r = hv_hypercall(hv_control(0x009A, 0, 0, 1, 0), (uint64_t)(uintptr_t)in, (uint64_t)(uintptr_t)res);
+    *out = (uint32_t)res[0];
+    return hv_status(r) == 0 && hv_reps(r) == 1;
+}
+
+static void fuzz_start_vp(uint32_t n)
+{
+    struct __attribute__((packed)) { uint16_t limit; uint64_t base; } gdt, idt;
+    __asm__ volatile("sgdt %0" : "=m"(gdt));
+    __asm__ volatile("sidt %0" : "=m"(idt));
+    struct hvv_initial_vp_context good = {
+        .rip = (uint64_t)(uintptr_t)fuzz_start_vp, .rsp = 0x8000, .rflags = 0x2,
+        .cs = { 0, 0xFFFFFFFF, 0x08, HVV_SEG_CODE64 }, .ds = { 0, 0xFFFFFFFF, 0x10, HVV_SEG_DATA },
+        .gdtr = { { 0 }, gdt.limit, gdt.base }, .idtr = { { 0 }, idt.limit, idt.base },
+        .efer = rdmsr(HVV_MSR_EFER), .cr0 = read_cr0(), .cr3 = read_cr3(), .cr4 = read_cr4(),
+        .pat = rdmsr(HVV_MSR_PAT),
+    };
+    good.es = good.ss = good.fs = good.gs = good.ds;
+    uint32_t ap = 0;
+    bool have_ap = boot_info.nr_cpus > 1 && page_is_live() && ap_vp_index(&ap);
+    for (uint32_t i = 0; i < n; i++) {
+        if (!page_is_live())
+            continue;
+        struct hvv_initial_vp_context c = good;
+        uint64_t *w = (uint64_t *)&c;
+        for (uint64_t k = 1 + next() % 3; k; k--) {
+            uint64_t at = next() % (sizeof(c) / 8);
+            w[at] = (next() & 1) ? w[at] ^ (1ull << (next() % 64)) : next();
+        }
+        uint16_t st = start_vp_call(0xFFFFFFFE, &c);   /* HV_VP_INDEX_SELF */
+        if (st != HVV_INVALID_REGISTER_VALUE && st != HVV_INVALID_VP_STATE && st != HVV_ACCESS_DENIED)
+            start_vp_bad_answers++;
+        if (have_ap) {
+            c.cr0 &= ~1ull;   /* never startable: the AP stays where it is */
+            st = start_vp_call(ap, &c);
+            if (st != HVV_INVALID_REGISTER_VALUE && st != HVV_ACCESS_DENIED)
+                start_vp_bad_answers++;
+        }
+    }
+}
+
 void kmain(const struct boot_info *bi)
 {
     rng = (uint64_t)cmdline_int("seed", 0x1234) * 0x9E3779B97F4A7C15ull | 1;
@@ -169,6 +231,9 @@ void kmain(const struct boot_info *bi)
     fuzz_msrs(n);
     fuzz_hypercalls(n);
     fuzz_ports(n / 4);
+    fuzz_start_vp(n / 4);
+    checkf(start_vp_bad_answers == 0, "fuzz.start-vp-hostile-contexts-answered", "%u answers not in the TLFS list",
+           start_vp_bad_answers);
     fuzz_msrs(n / 2);
     /* Still here, and the hypervisor still answers a well-formed call and MSR read. */
     uint64_t v = ~0ull;

@@ -45,8 +45,9 @@ struct expect {
     uint32_t max, a3, b3, c3, d3, a4, b4, c4, a5, b5, c5, a6;
 };
 /* Requirements doc / `hv1 info --hv minimal`: AccessHypercallMsrs + AccessVpIndex, nothing else; spinlock
- * retries 0xFFFFFFFF ("never retry"); no limits reported; max leaf 0x40000005. */
-static const struct expect minimal_set = { 0x40000005, 0x60, 0, 0, 0, 0, 0xFFFFFFFF, 0, 0, 0, 0, 0 };
+ * retries 0xFFFFFFFF ("never retry"); max leaf 0x40000005. Implementation limits (hv1/hv/caps.py, the same
+ * in every profile): 4096 VPs (VP indexes 0..4095, PDF §7.8), 64 LPs, no interrupt-remapping vectors. */
+static const struct expect minimal_set = { 0x40000005, 0x60, 0, 0, 0, 0, 0xFFFFFFFF, 0, 0x1000, 0x40, 0, 0 };
 
 static bool parse_expect(struct expect *e)
 {
@@ -121,6 +122,14 @@ static void test_cpuid(void)
                "ebx=0x%08x", L(0x40000003).ebx);
     checkf(!(L(0x40000003).edx & 1), "cpuid.40000003.edx0.deprecated-mwait-clear [fd]", "edx=0x%x",
            L(0x40000003).edx);
+    /* 0x40000005: 0 means "not reported"; otherwise every VP of this partition fits (its index is below EAX,
+     * PDF §7.8: checked per VP in msr.vp-index.below-max-vps). hv1 reports its limits. */
+    checkf(L(0x40000005).eax == 0xFFFFFFFF || L(0x40000005).eax >= boot_info.nr_cpus,
+           "cpuid.40000005.eax-covers-the-vps [fd \"Hypervisor Implementation Limits\"]", "eax=%u, %u cpus",
+           L(0x40000005).eax, boot_info.nr_cpus);
+    checkf(L(0x40000005).eax && L(0x40000005).ebx, "cpuid.40000005.limits-reported [hv1]", "eax=%u ebx=%u",
+           L(0x40000005).eax, L(0x40000005).ebx);
+    check(!L(0x40000005).edx, "cpuid.40000005.edx-reserved-zero [fd]");
     if (L(0x40000005).eax == 0xFFFFFFFF)
         check(!(L(0x40000004).eax & 6), "cpuid.40000004.no-flush-recommendation-with-unlimited-vps [req]");
     else
@@ -528,6 +537,7 @@ static void test_all_vps(void)
         pause();
     check(atomic_load(&vps_done) == ncpus, "smp.all-vps-reported");
     bool read_ok = true, write_gp = true, unique = true, matches_apic = true, in_range = true, partition_wide = true;
+    bool below_limit = true;
     bool same_privileges = true, calls_ok = true;
     uint32_t limit = L(0x40000005).eax;
     for (uint32_t i = 0; i < ncpus; i++) {
@@ -536,7 +546,8 @@ static void test_all_vps(void)
         read_ok &= s->vp_index_read < 0;
         write_gp &= s->vp_index_write == EXC_GP;
         matches_apic &= s->vp_index == s->apic_id;
-        in_range &= s->vp_index < ncpus && (!limit || s->vp_index < limit);
+        in_range &= s->vp_index < ncpus;
+        below_limit &= !limit || s->vp_index < limit;
         partition_wide &= s->guest_os_id == seen[0].guest_os_id && s->hypercall == seen[0].hypercall;
         same_privileges &= !memcmp(&s->l3, &seen[0].l3, sizeof s->l3) && !memcmp(&s->l4, &seen[0].l4, sizeof s->l4);
         calls_ok &= s->call_result == 0;
@@ -547,6 +558,7 @@ static void test_all_vps(void)
     check(unique, "msr.vp-index.unique [req \"all VP indices must be unique\"]");
     check(seen[0].vp_index == 0, "msr.vp-index.boot-processor-is-0 [inv §3.3]");
     check(in_range, "msr.vp-index.below-vp-count [inv §3.3]");
+    check(below_limit, "msr.vp-index.below-max-vps [PDF §7.8 \"must be less than the maximum number of VPs\"]");
     check(matches_apic, "msr.vp-index.equals-apic-id [hv1: VP i has APIC ID i]");
     check(write_gp, "msr.vp-index.write-gp-on-every-vp [inv §3.1]");
     check(partition_wide, "msr.guest-os-id-and-hypercall.partition-wide [hc \"partition-wide MSR\"]");

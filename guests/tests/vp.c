@@ -546,6 +546,51 @@ static uint16_t start_vp(uint64_t partition, uint32_t vp, uint8_t vtl, const str
     return HVV_STATUS(hcall(HVV_CALL_START_VP, in, NULL));
 }
 
+/* Contexts the guest's own processor could not hold (issue 9 bug 4: each used to be SUCCESS, then KVM_SET_SREGS
+ * failed with EINVAL and the VMM stopped with an internal fault). Each must be INVALID_REGISTER_VALUE and start
+ * nothing; the target AP is still startable afterwards (vp.start.success). CPUID decides which CR4 bits exist. */
+static void test_start_vp_hostile(uint32_t target, const struct hvv_initial_vp_context *good)
+{
+    struct cpuid_regs one = cpuid(1, 0), seven = cpuid(7, 0), ext = cpuid(0x80000000, 0);
+    uint32_t maxphy = ext.eax >= 0x80000008 ? (cpuid(0x80000008, 0).eax & 0xFF) : 36;
+    struct hvv_initial_vp_context bad;
+#define HOSTILE(rule, edit)                                                                                 \
+    do {                                                                                                    \
+        bad = *good;                                                                                        \
+        edit;                                                                                               \
+        uint16_t st_ = start_vp(HVV_PARTITION_SELF, target, 0, &bad);                                       \
+        checkf(st_ == HVV_INVALID_REGISTER_VALUE, "vp.start.hostile." rule "-invalid-register-value",       \
+               "status 0x%x", st_);                                                                         \
+    } while (0)
+    if (maxphy < 52)
+        HOSTILE("cr3-beyond-maxphyaddr", bad.cr3 |= 1ull << maxphy);
+    else
+        skip("vp.start.hostile.cr3-beyond-maxphyaddr-invalid-register-value", "MAXPHYADDR is 52");
+    if (!(one.ecx & (1u << 5)))
+        HOSTILE("cr4-vmxe-without-vmx", bad.cr4 |= 1ull << 13);
+    else
+        skip("vp.start.hostile.cr4-vmxe-without-vmx-invalid-register-value", "CPUID reports VMX");
+    if (!(one.ecx & (1u << 6)))
+        HOSTILE("cr4-smxe-without-smx", bad.cr4 |= 1ull << 14);
+    else
+        skip("vp.start.hostile.cr4-smxe-without-smx-invalid-register-value", "CPUID reports SMX");
+    if (!(seven.ecx & (1u << 3)))
+        HOSTILE("cr4-pke-without-pku", bad.cr4 |= 1ull << 22);
+    else
+        skip("vp.start.hostile.cr4-pke-without-pku-invalid-register-value", "CPUID reports PKU");
+    HOSTILE("cr4-reserved-bit-15", bad.cr4 |= 1ull << 15);
+    HOSTILE("cr0-reserved-bit-6", bad.cr0 |= 1ull << 6);
+    HOSTILE("cr0-bit-32", bad.cr0 |= 1ull << 32);
+    HOSTILE("efer-reserved-bit-2", bad.efer |= 1ull << 2);
+    HOSTILE("lme-pg-without-lma", bad.efer &= ~(1ull << 10));
+    HOSTILE("rip-not-canonical", bad.rip = 0x0000800000000000ull);
+    HOSTILE("fs-base-not-canonical", bad.fs.base = 0x0000800000000000ull);
+    HOSTILE("tr-16-bit-tss-in-long-mode", bad.tr.attributes = (uint16_t)((bad.tr.attributes & ~0xFu) | 0x3));
+    HOSTILE("ss-dpl-not-rpl", bad.ss.selector |= 3);
+    HOSTILE("gdtr-base-not-canonical", bad.gdtr.base = 0x0001000000000000ull);
+#undef HOSTILE
+}
+
 static void test_start_vp(void)
 {
     uint32_t n = smp_cpu_count();
@@ -578,6 +623,7 @@ static void test_start_vp(void)
     check(start_vp(HVV_PARTITION_SELF, 0, 0, &ctx) == HVV_INVALID_VP_STATE, "vp.start.running-vp-invalid-vp-state");
     check(HVV_STATUS(hcall(HVV_CALL_START_VP | HVV_FAST, 0, 0)) == HVV_INVALID_HYPERCALL_INPUT,
           "vp.start.fast-form-invalid-hypercall-input");
+    test_start_vp_hostile(target, &ctx);
     check(!atomic_load(&startvp_arrived), "vp.start.rejected-calls-start-nothing");
 
     uint16_t s = start_vp(HVV_PARTITION_SELF, target, 0, &ctx);
@@ -588,6 +634,16 @@ static void test_start_vp(void)
            "vp.start.ap-state-matches-context", "vp=%llu rflags=0x%llx cr3=0x%llx", (unsigned long long)startvp_vp_index,
            (unsigned long long)startvp_rflags, (unsigned long long)startvp_cr3);
     check(start_vp(HVV_PARTITION_SELF, target, 0, &ctx) == HVV_INVALID_VP_STATE, "vp.start.started-vp-invalid-vp-state");
+    if (!arrived)
+        return;
+    /* After an INIT the VP waits for SIPI, but it has run: StartVirtualProcessor does not start it again, in
+     * either APIC mode (hv1's decision, hv/hypercalls/vp_calls.py "A VP that has run"); smp_start brings it back
+     * with INIT-SIPI. */
+    apic_send_init(n - 1);
+    delay_us(1000);
+    atomic_store(&startvp_arrived, 0);
+    check(start_vp(HVV_PARTITION_SELF, target, 0, &ctx) == HVV_INVALID_VP_STATE, "vp.start.after-init-invalid-vp-state");
+    check(!wait_flag(&startvp_arrived, 100000), "vp.start.after-init-starts-nothing");
 }
 
 /* ---- synthetic cluster IPIs ---- */

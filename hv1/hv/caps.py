@@ -22,6 +22,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from hv1.hv.vpset import MAX_VP_INDEX
 from hv1.tlfs.feature_discovery import (
     HV_CPUID_FEATURES,
     HV_CPUID_HARDWARE_FEATURES,
@@ -63,6 +64,23 @@ DEFAULT_SPINLOCK_RETRIES = 0x0FFF
 # the lowest maximum a guest accepts.
 DEFAULT_MAX_LEAF = HV_CPUID_NESTED_FEATURES
 MINIMAL_MAX_LEAF = HV_CPUID_MIN_MAX_LEAF
+
+# Leaf 0x40000005, hv1's implementation limits (feature-discovery.md "Hypervisor Implementation
+# Limits"; 0 would mean "not reported"), the same in every profile:
+# - EAX, max VPs: 4096. The TLFS ties VP indexes to it: "A virtual processor index must be less than
+#   the maximum number of virtual processors per partition" (PDF §7.8), and hv1 gives VPs any index
+#   up to 4095 (`--vp-index-map`; the largest an HV_VP_SET names, hv/vpset.py MAX_VP_INDEX). A
+#   partition has at most 64 VPs (`--cpus`), all described by the MADT/MP table the guest reads, so
+#   a guest never tries more. Not -1 ("no limit", Requirements doc "Maximum Supported Virtual
+#   Processors"): hv1 has a limit (and -1 would forbid recommending the non-Ex flush hypercalls).
+#   Windows Server 2019 with more than 64 vCPUs bugchecks on a bad value (guests-and-hosts.md §4);
+#   hv1 never runs more than 64.
+# - EBX, max LPs: hv1 runs VPs as host threads and sets no LP limit of its own; it reports 64, the
+#   value KVM reports for this field (matching Hyper-V 2016), which Windows uses "for reporting
+#   purposes only" (Requirements doc, leaf 0x40000005).
+# - ECX, interrupt vectors for remapping: 0, not reported: hv1 has no device interrupt remapping.
+IMPLEMENTATION_MAX_VPS = MAX_VP_INDEX + 1
+IMPLEMENTATION_MAX_LPS = 64
 
 # Where hv1 knowingly differs from the letter of the TLFS, and why. `describe()` prints these.
 DEVIATIONS: tuple[tuple[str, str], ...] = (
@@ -427,9 +445,9 @@ class Caps:
     recommendations: int = 0
     spinlock_retries: int = SPINLOCK_RETRIES_NEVER
     implemented_phys_bits: int = 0  # 0x40000004 ECX 6:0 (0 = not reported)
-    max_vps: int = 0  # 0x40000005 EAX (0 = not reported)
-    max_lps: int = 0  # 0x40000005 EBX
-    max_irq_vectors: int = 0  # 0x40000005 ECX
+    max_vps: int = IMPLEMENTATION_MAX_VPS  # 0x40000005 EAX (0 = not reported)
+    max_lps: int = IMPLEMENTATION_MAX_LPS  # 0x40000005 EBX
+    max_irq_vectors: int = 0  # 0x40000005 ECX: no interrupt remapping (no device interrupts)
     hardware_features: int = 0  # 0x40000006 EAX
     max_leaf: int = MINIMAL_MAX_LEAF
     vendor: str = HV_VENDOR_MICROSOFT
@@ -523,7 +541,7 @@ def build_caps(
     apic_mode: str = "kernel",
     *,
     max_leaf: int | None = None,
-    max_vps: int = 0,
+    max_vps: int = IMPLEMENTATION_MAX_VPS,
     profile: str = "",
 ) -> Caps:
     """Caps with exactly `features` (plus the mandatory ones). Every name must exist, be implemented
@@ -573,7 +591,7 @@ def _unknown_feature_message(name: str) -> str:
     )
 
 
-def parse_profile(spec: str, apic_mode: str = "kernel", *, max_vps: int = 0) -> Caps:
+def parse_profile(spec: str, apic_mode: str = "kernel", *, max_vps: int = IMPLEMENTATION_MAX_VPS) -> Caps:
     """`minimal`, `default`, and `+name`/`-name` edits, comma-separated (module docstring).
 
     Features that were only inherited from the base profile are dropped when a feature they require

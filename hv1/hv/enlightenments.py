@@ -84,11 +84,13 @@ class EnlightenmentHooks(Protocol):
         ...
 
     def start_vp(self, vp_index: int, ctx: InitialVpContext) -> bool:
-        """HvCallStartVirtualProcessor: if VP `vp_index` has not started (never started, or waits for
-        SIPI after an INIT), make it start at `ctx` (already validated and `normalized()`: protected or
-        long mode) and return True; otherwise return False (-> HV_STATUS_INVALID_VP_STATE). Must be
-        atomic with respect to INIT/SIPI and other starts, and must not block: it is called under the
-        partition lock on the caller's thread. The registers are loaded by the target's own thread."""
+        """HvCallStartVirtualProcessor: if VP `vp_index` has not run since the partition was created
+        or reset (an INIT does not make it startable again: hv/hypercalls/vp_calls.py "A VP that has
+        run"), make it start at `ctx` (already validated against the guest's CPUID and `normalized()`:
+        protected or long mode) and return True; otherwise return False (-> HV_STATUS_INVALID_VP_STATE).
+        Must be atomic with respect to INIT/SIPI and other starts, and must not block: it is called
+        under the partition lock on the caller's thread. The registers are loaded by the target's own
+        thread; if the backend refuses them there, the VP stays stopped."""
         ...
 
 

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from hv1.hv.caps import Caps
+from hv1.hv.guest_cpu import ARCHITECTURAL, GuestCpu
 from hv1.hv.hypercall_page import HypercallPage
 from hv1.hv.hypercalls import HypercallTable, core_table, dispatch
 from hv1.hv.inject import Injector
@@ -115,6 +116,10 @@ class Partition:
         # HvExtCallGetBootZeroedMemory (partial pages at the edges are left out).
         self.boot_zeroed: list[tuple[int, int]] = list(boot_zeroed)
         self.rep_budget_ns = DEFAULT_REP_BUDGET_NS
+        # The guest's processor as its CPUID describes it (hv/guest_cpu.py): the machine sets it from
+        # the CPUID table it installs, before the first VP runs. Guest-supplied register state
+        # (HvCallStartVirtualProcessor) is checked against it.
+        self.guest_cpu: GuestCpu = ARCHITECTURAL
         self.rep_budget_reps: int | None = None  # also yield after this many rep elements per exit
         # Fault injection (hv/inject.py): None unless the host asked for it; see set_injection.
         self.inject: Injector | None = None
@@ -137,7 +142,7 @@ class Partition:
         self.ports: PartitionPorts = attach_synic(self)
         reftime = clock if isinstance(clock, ReferenceTime) else ReferenceTime.from_clock(clock)
         self.time = PartitionTime(
-            caps, reftime, self.new_overlay(), vp_count, irq, lock=self.lock, tracer=tracer
+            caps, reftime, self.new_overlay(), vp_indexes, irq, lock=self.lock, tracer=tracer
         )
         self.add_subsystem("time", self.time)
         for vp in self.vps:

@@ -156,6 +156,11 @@ class PartitionPorts:
         partition_id: int = 1,
     ) -> None:
         self.synics = list(synics)
+        # TLFS vp-properties.md "Virtual Processor Index": VPs are named by VP index, which need not
+        # be dense (--vp-index-map 0,65,130,3); never by position in `synics`.
+        self._by_vp_index: dict[int, Synic] = {s.vp_index: s for s in self.synics}
+        if len(self._by_vp_index) != len(self.synics):
+            raise ValueError("two SynICs with the same VP index")
         self.lock = lock if lock is not None else threading.RLock()
         self.tracer = tracer
         self.partition_id = partition_id
@@ -191,7 +196,7 @@ class PartitionPorts:
         if port_type in (PortType.MESSAGE, PortType.EVENT):
             if not 0 <= target_sint < SINT_COUNT:
                 return S.INVALID_PARAMETER
-            if target_vp != HV_ANY_VP and not 0 <= target_vp < len(self.synics):
+            if target_vp != HV_ANY_VP and target_vp not in self._by_vp_index:
                 return S.INVALID_VP_INDEX
         if port_type == PortType.EVENT and (
             flag_count < 1 or base_flag_number < 0 or base_flag_number + flag_count > HV_EVENT_FLAGS_COUNT
@@ -326,8 +331,9 @@ class PartitionPorts:
             self._delete_port(self.host_ports, conn.port.port_id)
 
     # --- root API: sending to the guest ----------------------------------------------------------------
-    def _synic(self, vp: int) -> Synic | None:
-        return self.synics[vp] if 0 <= vp < len(self.synics) else None
+    def synic_of_vp(self, vp: int) -> Synic | None:
+        """The SynIC of the VP with VP index `vp` (None: no such VP). VP indexes may be sparse."""
+        return self._by_vp_index.get(vp)
 
     def post_message(
         self, vp: int, sint: int, msg_type: int, payload: bytes | bytearray | memoryview, origin: int = 0
@@ -342,7 +348,7 @@ class PartitionPorts:
             or len(payload) > HV_MESSAGE_PAYLOAD_SIZE
         ):
             return S.INVALID_PARAMETER
-        synic = self._synic(vp)
+        synic = self.synic_of_vp(vp)
         if synic is None:
             return S.INVALID_VP_INDEX
         with self.lock:
@@ -352,7 +358,7 @@ class PartitionPorts:
         """Set SIEF flag `flag` of (vp, sint) (as HvCallSignalEventDirect): (status, newly set)."""
         if not 0 <= sint < SINT_COUNT or not 0 <= flag < HV_EVENT_FLAGS_COUNT:
             return S.INVALID_PARAMETER, False
-        synic = self._synic(vp)
+        synic = self.synic_of_vp(vp)
         if synic is None:
             return S.INVALID_VP_INDEX, False
         with self.lock:
@@ -387,7 +393,7 @@ class PartitionPorts:
                 if candidate.can_accept_messages():
                     return candidate
             return S.INVALID_SYNIC_STATE
-        synic = self._synic(port.target_vp)
+        synic = self.synic_of_vp(port.target_vp)
         if synic is None:
             return S.INVALID_VP_INDEX
         if not synic.can_accept_messages():
@@ -413,7 +419,7 @@ class PartitionPorts:
                 if candidate.can_accept_events(port.target_sint):
                     return candidate.signal_event(port.target_sint, flag)[0]
             return S.INVALID_SYNIC_STATE
-        synic = self._synic(port.target_vp)
+        synic = self.synic_of_vp(port.target_vp)
         if synic is None:
             return S.INVALID_VP_INDEX
         return synic.signal_event(port.target_sint, flag)[0]

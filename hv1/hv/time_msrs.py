@@ -42,7 +42,8 @@ both APIC modes):
     # hv/partition.py, after the MSR table and the per-VP Synics exist (clock: the machine's
     # ReferenceTime; unit tests that pass a FakeClock get ReferenceTime.from_clock(clock)):
     reftime = clock if isinstance(clock, ReferenceTime) else ReferenceTime.from_clock(clock)
-    self.time = PartitionTime(caps, reftime, self.new_overlay(), vp_count, irq, lock=self.lock, tracer=tracer)
+    self.time = PartitionTime(caps, reftime, self.new_overlay(), vp_indexes, irq, lock=self.lock,
+                              tracer=tracer)
     self.add_subsystem("time", self.time)
     for vp in self.vps:
         self.time.attach_vp(vp, synic_of(vp))   # hv/synic.Synic (try_post + add_ready_listener)
@@ -68,7 +69,7 @@ both APIC modes):
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -125,7 +126,7 @@ class PartitionTime:
         caps: Caps,
         reftime: ReferenceTime,
         tsc_page_overlay: OverlayPage,
-        vp_count: int,
+        vp_indexes: Iterable[int],
         irq: InterruptSink,
         *,
         lock: AbstractContextManager[Any] | None = None,
@@ -135,7 +136,9 @@ class PartitionTime:
         self.caps = caps
         self.reftime = reftime
         self.tsc_page = ReferenceTscPage(reftime, tsc_page_overlay, tracer)
-        self.vp_count = vp_count
+        # The partition's VP indexes (vp-properties.md "Virtual Processor Index"; a sparse map such as
+        # 0,65,130,3 is allowed): TargetVp names a VP by VP index, never by position or count.
+        self.vp_indexes: frozenset[int] = frozenset(vp_indexes)
         self.irq = irq
         self.lock: AbstractContextManager[Any] = lock if lock is not None else threading.RLock()
         self.apic_hz = apic_hz
@@ -268,7 +271,7 @@ class PartitionTime:
             return
         target = ctl >> REENLIGHTENMENT_TARGET_VP_SHIFT
         vector = ctl & REENLIGHTENMENT_VECTOR_MASK
-        if target < self.vp_count:
+        if target in self.vp_indexes:  # validated at write; a reset VP set cannot change it
             self._trace("reenlightenment", target_vp=target, vector=vector)
             self.irq.request_interrupt(target, vector, False)
 
@@ -319,7 +322,7 @@ class PartitionTime:
             # "Vector (must be a fixed APIC interrupt vector)"; TargetVp must name a VP.
             if (value & REENLIGHTENMENT_VECTOR_MASK) < 16:
                 raise gp()
-            if value >> REENLIGHTENMENT_TARGET_VP_SHIFT >= self.vp_count:
+            if value >> REENLIGHTENMENT_TARGET_VP_SHIFT not in self.vp_indexes:
                 raise gp()
         self.reenlightenment_control = value
 

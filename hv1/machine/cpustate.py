@@ -61,8 +61,19 @@ def set_real_mode_start(vcpu: KvmVcpu, vector: int) -> None:
     vcpu.set_regs(r)
 
 
+class ContextRejected(Exception):
+    """The backend refused an HV_INITIAL_VP_CONTEXT that hv validated (KVM_SET_SREGS or KVM_SET_MSRS
+    said EINVAL): nothing of it was loaded, the vCPU keeps the state it had."""
+
+
 def set_initial_context(vcpu: KvmVcpu, ctx: InitialVpContext) -> None:
-    """HvCallStartVirtualProcessor: load an HV_INITIAL_VP_CONTEXT (validated and normalized by hv)."""
+    """HvCallStartVirtualProcessor: load an HV_INITIAL_VP_CONTEXT (validated and normalized by hv).
+
+    All or nothing: hv/hypercalls/vp_calls.context_error should leave KVM nothing to refuse, but if
+    KVM still refuses a part (a check hv1 does not know of), the vCPU is put back as it was and
+    ContextRejected is raised, so that the caller keeps the VP stopped instead of running it in a
+    half-loaded state (or failing the VMM). KVM_SET_SREGS validates before it changes anything."""
+    old = vcpu.get_sregs()
     s = vcpu.get_sregs()
     for name, seg in (("cs", s.cs), ("ds", s.ds), ("es", s.es), ("fs", s.fs), ("gs", s.gs), ("ss", s.ss),
                       ("tr", s.tr), ("ldtr", s.ldt)):  # fmt: skip
@@ -74,8 +85,15 @@ def set_initial_context(vcpu: KvmVcpu, ctx: InitialVpContext) -> None:
     s.gdt.base, s.gdt.limit = ctx.gdtr.base, ctx.gdtr.limit
     s.idt.base, s.idt.limit = ctx.idtr.base, ctx.idtr.limit
     s.cr0, s.cr3, s.cr4, s.efer = ctx.cr0, ctx.cr3, ctx.cr4, ctx.efer
-    vcpu.set_sregs(s)
+    try:
+        vcpu.set_sregs(s)
+    except OSError as e:
+        raise ContextRejected(f"KVM_SET_SREGS: {e}") from None
+    try:
+        vcpu.set_msr(MSR_IA32_PAT, ctx.pat)
+    except OSError as e:
+        vcpu.set_sregs(old)
+        raise ContextRejected(f"PAT {ctx.pat:#x}: {e}") from None
     r = k.kvm_regs()
     r.rip, r.rsp, r.rflags = ctx.rip, ctx.rsp, ctx.rflags
     vcpu.set_regs(r)
-    vcpu.set_msr(MSR_IA32_PAT, ctx.pat)

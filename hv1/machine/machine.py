@@ -35,6 +35,7 @@ from hv1.errors import EXIT_GUEST_CRASH, EXIT_GUEST_FATAL, EXIT_INTERNAL, EXIT_T
 from hv1.hv import enlightenments
 from hv1.hv.apic import ApicHooks, ApicRouter, LocalApic, inject_pending
 from hv1.hv.caps import parse_profile, without_auto_eoi
+from hv1.hv.guest_cpu import GuestCpu
 from hv1.hv.hypercall_page import HYPERCALL_PORT
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
 from hv1.hv.inject import InjectError, Injector
@@ -45,7 +46,12 @@ from hv1.hv.synic import synic_of
 from hv1.hv.vp_assist import vp_assist_of
 from hv1.machine import multiboot
 from hv1.machine.auto_eoi import KernelAutoEoi
-from hv1.machine.cpustate import set_initial_context, set_multiboot_entry, set_real_mode_start
+from hv1.machine.cpustate import (
+    ContextRejected,
+    set_initial_context,
+    set_multiboot_entry,
+    set_real_mode_start,
+)
 from hv1.machine.devices.base import IoBus
 from hv1.machine.devices.bench_dev import BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT, BenchDev
 from hv1.machine.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
@@ -119,7 +125,9 @@ class Vp:
         self.start_ctx: InitialVpContext | None = None
         self.vcpu = vcpu
         self.apic = apic
-        self.hv_vp = machine.partition.vps[index]
+        hv_vp = machine.partition.vp(self.vp_index)  # by VP index, never by list position
+        assert hv_vp is not None
+        self.hv_vp = hv_vp
         self.synic = synic_of(self.hv_vp)
         # Kernel APIC mode: this VP's SINTs mirrored into KVM's AutoEOI bitmap (hv1/machine/auto_eoi.py).
         self.kernel_auto_eoi = KernelAutoEoi(vcpu.set_msr) if machine.kernel_auto_eoi else None
@@ -128,6 +136,10 @@ class Vp:
         self.nmi_pending = False  # user APIC mode: an NMI IPI for this VP, injected before the next entry
         self.wake = threading.Event()
         self.started = index == 0  # APs wait for INIT/SIPI
+        # Ran at least once since the partition was created or reset: HvCallStartVirtualProcessor
+        # starts only a VP that never ran (hv/hypercalls/vp_calls.py "A VP that has run"); an INIT
+        # does not clear it, so both APIC modes answer alike (kernel mode never sees the INIT).
+        self.has_run = self.started
         self.sipi_vector: int | None = None
         self.init_pending = False
         self.exit_counts = [0] * 64
@@ -149,7 +161,7 @@ class Vp:
             self._cr8_from_guest(self.apic)  # before any handler reads the TPR
         if not self.started and self.apic is None:
             # Kernel APIC mode: KVM handled this AP's INIT/SIPI itself; an exit means it is running.
-            self.started = True
+            self.started = self.has_run = True
         if self._trace_exits:
             self.m.tracer.emit("exits", self.index, k.EXIT_NAMES.get(reason, str(reason)))
 
@@ -341,7 +353,7 @@ class Vp:
 
     def reset_state(self) -> None:
         """Power-on state of the VP's VMM-side bookkeeping (the partition reset does the vCPU)."""
-        self.started = self.index == 0
+        self.started = self.has_run = self.index == 0
         self.sipi_vector = None
         self.init_pending = False
         self.nmi_pending = False
@@ -435,7 +447,7 @@ class Vp:
         vCPU's thread). An AP that KVM started through INIT/SIPI counts as started from its first
         exit; a SIPI racing with this call on the same AP is the guest's own race."""
         with self.m.start_lock:
-            if self.started or self.sipi_vector is not None or self.start_ctx is not None:
+            if self.has_run or self.started or self.sipi_vector is not None or self.start_ctx is not None:
                 return False
             self.start_ctx = ctx
         if self.apic is None:
@@ -448,10 +460,27 @@ class Vp:
         ctx = self.start_ctx
         if ctx is None or self.started:
             return
+        if self._load_start_context(ctx):
+            self.vcpu.set_mp_state(k.KVM_MP_STATE_RUNNABLE)
+        # else KVM keeps the AP in KVM_MP_STATE_UNINITIALIZED: stopped, waiting for INIT/SIPI
+
+    def _load_start_context(self, ctx: InitialVpContext) -> bool:
+        """Load a StartVirtualProcessor context on this VP's thread. If KVM refuses it (hv validated
+        it, so this is a check hv1 does not know of), nothing is loaded and the VP stays stopped: it
+        waits for INIT/SIPI or another HvCallStartVirtualProcessor, as if the call had not been made.
+        Never a VMM failure: the context is guest input."""
         self.m.tracer.emit("vp", self.index, "start-vp", rip=ctx.rip)
-        set_initial_context(self.vcpu, ctx)
-        self.vcpu.set_mp_state(k.KVM_MP_STATE_RUNNABLE)
-        self.started = True
+        try:
+            set_initial_context(self.vcpu, ctx)
+        except ContextRejected as e:
+            self.m.partition.counters["start_vp.load_rejected"] += 1
+            self.m.tracer.emit("vp", self.index, "start-vp-load-rejected", reason=str(e))
+            with self.m.start_lock:
+                if self.start_ctx is ctx:
+                    self.start_ctx = None
+            return False
+        self.started = self.has_run = True
+        return True
 
     def _enter_wait_for_sipi(self) -> None:
         """This VP's thread after an INIT that found it running (deliver_init already reset the
@@ -464,24 +493,26 @@ class Vp:
         self._wait_for_sipi()
 
     def _wait_for_sipi(self) -> None:
-        while not self.vcpu.stop_requested and self.sipi_vector is None and self.start_ctx is None:
-            if self._work:
-                self.service_work()
-            self.wake.wait()
-            self.wake.clear()
-        if self.vcpu.stop_requested:
+        while True:
+            while not self.vcpu.stop_requested and self.sipi_vector is None and self.start_ctx is None:
+                if self._work:
+                    self.service_work()
+                self.wake.wait()
+                self.wake.clear()
+            if self.vcpu.stop_requested:
+                return
+            ctx = self.start_ctx
+            if ctx is not None:
+                if self._load_start_context(ctx):
+                    return
+                continue  # refused by KVM: still stopped, back to waiting
+            vector = self.sipi_vector
+            if vector is None:
+                continue
+            self.m.tracer.emit("vp", self.index, "sipi", vector=vector)
+            set_real_mode_start(self.vcpu, vector)
+            self.started = self.has_run = True
             return
-        if self.start_ctx is not None:
-            self.m.tracer.emit("vp", self.index, "start-vp", rip=self.start_ctx.rip)
-            set_initial_context(self.vcpu, self.start_ctx)
-            self.started = True
-            return
-        if self.sipi_vector is None:
-            return
-        vector = self.sipi_vector
-        self.m.tracer.emit("vp", self.index, "sipi", vector=vector)
-        set_real_mode_start(self.vcpu, vector)
-        self.started = True
 
     def thread_main(self) -> None:
         # HV_X64_MSR_VP_RUNTIME counts this thread's CPU time: time in guest mode (a halted vCPU
@@ -627,6 +658,11 @@ class Machine:
                 if a is not None:
                     a.hooks = hooks
         cpuid = self._cpuid_template(caps_leaves=self.partition.cpuid_leaves())
+        # What the guest's CPUID allows (MAXPHYADDR, CR4/EFER bits): StartVirtualProcessor contexts are
+        # checked against it (hv/guest_cpu.py).
+        self.partition.guest_cpu = GuestCpu.from_leaves(
+            {(e.function, e.index): (e.eax, e.ebx, e.ecx, e.edx) for e in cpuid}
+        )
         for i in range(cfg.cpus):
             vcpu = vcpus[i]
             if self.system.check(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID):

@@ -207,6 +207,7 @@ def test_info_minimal_is_exactly_the_requirements_set() -> None:
     assert "EAX=0x31237648 EBX=0x00000000 ECX=0x00000000 EDX=0x00000000" in out  # "Hv#1"
     assert "EAX=0x00000060 EBX=0x00000000 ECX=0x00000000 EDX=0x00000000" in out  # 0x40000003
     assert "EAX=0x00000000 EBX=0xffffffff ECX=0x00000000 EDX=0x00000000" in out  # 0x40000004
+    assert "EAX=0x00001000 EBX=0x00000040 ECX=0x00000000 EDX=0x00000000" in out  # 0x40000005 limits
     leaves = re.findall(r"^  CPUID (0x4000000[0-9a-f]) ", out, re.M)
     assert leaves == [f"{0x40000000 + i:#010x}" for i in range(6)], leaves
     set_bits = [ln.split("]", 1)[1].split() for ln in out.splitlines() if ln.strip().startswith("[x]")]

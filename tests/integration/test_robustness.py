@@ -39,3 +39,23 @@ def test_resets_never_end_in_the_kick_signal(guest: Callable[[str], Path], apic:
         assert r.status not in (-10, 138) and r.status != 8, r.describe()
         assert "second boot after HV_X64_MSR_RESET" in r.stdout, r.describe()
         assert not r.failed and r.status == 1, r.describe()
+
+
+@pytest.mark.parametrize("apic", ["kernel", "user"])
+@pytest.mark.parametrize(
+    ("cpus", "vp_map", "seed"), [(2, "0,65", 7), (4, "0,65,130,3", 11), (2, "0,4095", 13)]
+)
+def test_random_guest_input_with_sparse_vp_indexes(
+    guest: Callable[[str], Path], apic: str, cpus: int, vp_map: str, seed: int
+) -> None:
+    """The same fuzz with VP indexes that are not list positions (issue 9 bug 3): the test device's
+    routes, reenlightenment TargetVp, port targets and StartVirtualProcessor all take VP indexes, and
+    a random one names no VP without stopping the VMM."""
+    r = run_hv1(
+        "run", str(guest("fuzz")), "--apic", apic, "--cpus", str(cpus), "--vp-index-map", vp_map,
+        "--on-crash", "continue", "--append", f"seed={seed}", "--timeout", "120",
+    )  # fmt: skip
+    assert "internal-fault" not in r.stderr and r.status != 8, r.describe()
+    assert r.results.get("fuzz.survived") == "PASS", r.describe()
+    assert r.results.get("fuzz.start-vp-hostile-contexts-answered") == "PASS", r.describe()
+    assert not r.failed and r.status == 1, r.describe()

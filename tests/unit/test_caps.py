@@ -74,7 +74,10 @@ def test_req_minimal_profile_is_exactly_the_requirements_set(mode: str) -> None:
     assert leaves[0x40000003] == (0x60, 0, 0, 0)
     # No recommendation; spinlock retries "never notify" (0xFFFFFFFF, a Requirements-doc value).
     assert leaves[0x40000004] == (0, SPINLOCK_RETRIES_NEVER, 0, 0)
-    assert leaves[0x40000005] == (0, 0, 0, 0)
+    # Implementation limits (not a feature: the same in every profile): VP indexes below 4096 (PDF
+    # §7.8: "A virtual processor index must be less than the maximum number of virtual processors"),
+    # 64 LPs, no interrupt remapping.
+    assert leaves[0x40000005] == (4096, 64, 0, 0)
     assert c.features == {"hypercall-msrs", "vp-index"}
 
 
@@ -320,3 +323,18 @@ def test_compose_sets_hypervisor_present_and_replaces_foreign_leaves() -> None:
         e = by_fn[(leaf, 0)]
         assert (e.eax, e.ebx, e.ecx, e.edx) == regs
     assert [e.function for e in out] == sorted(e.function for e in out)
+
+
+@pytest.mark.parametrize("mode", APIC_MODES)
+@pytest.mark.parametrize("profile", ["minimal", "default", "default,+reenlightenment"])
+def test_fd_implementation_limits_cover_every_vp_index_and_vp(profile: str, mode: str) -> None:
+    """feature-discovery.md 0x40000005 and PDF §7.8 "A virtual processor index must be less than the
+    maximum number of virtual processors per partition": every VP index --vp-index-map accepts is
+    below EAX, every --cpus count is within it, and EAX is not -1 (which would forbid the non-Ex
+    flush recommendations, Requirements doc "Maximum Supported Virtual Processors")."""
+    from hv1.hv.vpset import MAX_VP_INDEX
+    from hv1.machine.machine import MAX_CPUS
+
+    eax, ebx, ecx, edx = parse_profile(profile, apic_mode=mode).cpuid_leaves()[0x40000005]
+    assert MAX_VP_INDEX < eax != 0xFFFF_FFFF and eax >= MAX_CPUS
+    assert ebx == 64 and ecx == 0 and edx == 0

@@ -21,6 +21,7 @@ PROFILES = [
     "default",
     "default,+partition-id,+partition-properties",
     "default,-xmm-input,-xmm-output",
+    "default,+reenlightenment",
 ]
 # Interesting GPAs: in RAM (aligned or not, near page ends), at the end of RAM, far beyond.
 GPA = st.one_of(
@@ -44,16 +45,25 @@ def control_words() -> st.SearchStrategy[int]:
     return structured | U64
 
 
-_partitions: dict[str, Partition] = {}
+# VP index maps (--vp-index-map): dense, and sparse ones with indexes beyond the VP count and beyond
+# one 64-VP bank; each example's caller is one of the partition's VP indexes.
+VP_MAPS = [(0, 1), (0, 65), (0, 4095), (0, 65, 130, 3)]
+vp_maps = st.sampled_from(VP_MAPS) | st.lists(st.integers(1, 4095), min_size=1, max_size=3, unique=True).map(
+    lambda rest: (0, *rest)
+)
+_partitions: dict[tuple[str, tuple[int, ...]], Partition] = {}
 
 
-def partition(profile: str) -> Partition:
-    if profile not in _partitions:
-        p, _ = make(profile)
+def partition(profile: str, vp_map: tuple[int, ...] = (0, 1)) -> Partition:
+    key = (profile, vp_map)
+    if key not in _partitions:
+        if len(_partitions) > 64:
+            _partitions.clear()  # random maps: keep the cache small
+        p, _ = make(profile, vps=len(vp_map), vp_indexes=list(vp_map))
         p.boot_zeroed = [(0, RAM)]
         p.rep_budget_reps = 64
-        _partitions[profile] = p
-    return _partitions[profile]
+        _partitions[key] = p
+    return _partitions[key]
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -66,11 +76,22 @@ def partition(profile: str) -> Partition:
     mode=st.sampled_from(list(CpuMode)),
     cpl=st.sampled_from([0, 0, 0, 3]),
     junk=st.binary(min_size=0, max_size=64),
+    vp_map=vp_maps,
+    caller=st.integers(0, 3),
 )
 def test_random_hypercalls_always_end_defined(
-    profile: str, control: int, p1: int, p2: int, xmm: list[int], mode: CpuMode, cpl: int, junk: bytes
+    profile: str,
+    control: int,
+    p1: int,
+    p2: int,
+    xmm: list[int],
+    mode: CpuMode,
+    cpl: int,
+    junk: bytes,
+    vp_map: tuple[int, ...],
+    caller: int,
 ) -> None:
-    p = partition(profile)
+    p = partition(profile, vp_map)
     if mode is not CpuMode.LONG:
         control &= (1 << 64) - 1
         p1 &= (1 << 64) - 1
@@ -80,7 +101,7 @@ def test_random_hypercalls_always_end_defined(
     r = regs_for(control, p1, p2, mode=mode, cpl=cpl, xmm=xmm)
     before = dict(r.gprs)
     try:
-        p.hypercall(0, r)
+        p.hypercall(vp_map[caller % len(vp_map)], r)
     except GuestException as e:
         assert e.vector == UD_VECTOR
         return
@@ -112,15 +133,29 @@ def test_random_hypercalls_always_end_defined(
 @settings(max_examples=400, deadline=None)
 @given(
     profile=st.sampled_from(PROFILES),
-    msr=st.one_of(st.integers(0x40000000, 0x400001FF), st.integers(0x40001000, 0x400010FF)),
+    msr=st.one_of(
+        st.integers(0x40000000, 0x400001FF),
+        st.integers(0x40001000, 0x400010FF),
+        st.just(0x40000106),  # REENLIGHTENMENT_CONTROL: its TargetVp is a VP index
+    ),
     value=U64,
     write=st.booleans(),
-    vp=st.integers(0, 1),
+    vp_map=vp_maps,
+    slot=st.integers(0, 3),
+    target=st.integers(0, 9),
 )
 def test_random_msr_accesses_give_a_value_or_gp(
-    profile: str, msr: int, value: int, write: bool, vp: int
+    profile: str, msr: int, value: int, write: bool, vp_map: tuple[int, ...], slot: int, target: int
 ) -> None:
-    p = partition(profile)
+    if msr == 0x40000106:
+        profile, write = "default,+reenlightenment", True  # the MSR exists, and is written
+    p = partition(profile, vp_map)
+    vp = vp_map[slot % len(vp_map)]
+    if msr == 0x40000106 and target < 2 * len(vp_map):
+        # REENLIGHTENMENT_CONTROL, enabled with a valid vector, for a TargetVp that is a VP index or a
+        # list position (which, with a sparse map, names no VP).
+        candidates = [*vp_map, *range(len(vp_map))]
+        value = value & 0xEF | 0x10 | 1 << 16 | candidates[target] << 32
     assert p.owns_msr(msr)
     try:
         if write:
@@ -129,3 +164,7 @@ def test_random_msr_accesses_give_a_value_or_gp(
             assert 0 <= p.rdmsr(vp, msr) < 1 << 64
     except GuestException as e:
         assert e.vector == GP_VECTOR
+    if msr == 0x40000106:
+        # A TSC change after any accepted REENLIGHTENMENT_CONTROL interrupts a VP that exists (the
+        # strict FakeIrq raises KeyError for any other, as the machine's interrupt sink would).
+        p.time.simulate_migration(2_000_000_000 + value % 1_000_000)

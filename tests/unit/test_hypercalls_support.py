@@ -25,6 +25,7 @@ def make(
     mem: int = RAM,
     tracer: Tracer | None = None,
     apic_ids: list[int] | None = None,
+    vp_indexes: list[int] | None = None,
 ) -> tuple[Partition, FakeHooks]:
     hooks = FakeHooks()
     caps = parse_profile(profile) if isinstance(profile, str) else profile
@@ -38,7 +39,10 @@ def make(
         hooks,
         tracer=tracer if tracer is not None else Tracer(),
         apic_ids=apic_ids,
+        vp_indexes=vp_indexes,  # --vp-index-map: slot i has VP index vp_indexes[i]
     )
+    assert isinstance(p.irq, FakeIrq)
+    p.irq.vp_indexes = {vp.index for vp in p.vps}  # strict, like the machine
     # Deterministic tests: no continuation because the host was slow (the tests of the time budget
     # set it themselves).
     p.rep_budget_ns = 10**15

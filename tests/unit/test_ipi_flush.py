@@ -52,11 +52,11 @@ from tests.unit.test_hypercalls_support import IN, call, make, reps, status, to_
 def rig(
     vps: int = 4, caps: Caps | None = None, tracer: Tracer | None = None, vp_indexes: list[int] | None = None
 ) -> tuple[Partition, FakeHooks, FakeIrq]:
-    p, hooks = make(caps if caps is not None else caps_with("start-vp"), vps=vps, tracer=tracer)
-    if vp_indexes is not None:
-        # The VP index map (--vp-index-map): slot i has VP index vp_indexes[i].
-        for vp, index in zip(p.vps, vp_indexes, strict=True):
-            vp.index = index
+    # The VP index map (--vp-index-map) is the partition's own, so that every subsystem (SynIC,
+    # timers, VP assist) names the VPs by it, as in a real run.
+    p, hooks = make(
+        caps if caps is not None else caps_with("start-vp"), vps=vps, tracer=tracer, vp_indexes=vp_indexes
+    )
     enlightenments.attach(p)
     assert isinstance(p.irq, FakeIrq)
     return p, hooks, p.irq

@@ -17,10 +17,24 @@ Statuses, checked in this order:
 - VpIndex names no VP (HV_VP_INDEX_SELF is the caller; HV_ANY_VP is not valid here) -> INVALID_VP_INDEX;
 - TargetVtl: ReservedZ bits 7:5 -> INVALID_PARAMETER; a VTL other than 0 (as HV_VTL, or as
   HV_INPUT_VTL with UseTargetVtl, which Linux and OpenVMM send) -> INVALID_VTL_STATE (hv1 has VTL 0);
-- a context the VP cannot start with -> INVALID_REGISTER_VALUE (`context_error` below);
-- the VP has already started (it runs, halts, ...: only a VP that never started or waits for SIPI
-  after an INIT can be started) -> INVALID_VP_STATE. The caller itself is always running.
+- a context the VP cannot start with -> INVALID_REGISTER_VALUE (`context_error` below): checked
+  against the guest's own CPUID and MAXPHYADDR (`Partition.guest_cpu`, hv/guest_cpu.py), so that
+  nothing accepted here is refused later by the backend (KVM_SET_SREGS) or by VM entry;
+- the VP has run (it runs, halts, or ran once since the partition was created or reset) ->
+  INVALID_VP_STATE. The caller itself is always running.
 The partition is always active (no INVALID_PARTITION_STATE).
+
+A VP that has run. The call "is functionally equivalent to traditional INIT-based methods" of
+starting a VP: it replaces the INIT-SIPI-SIPI that brings a never-started AP up. hv1 decides that
+it starts only a VP that has not run since the partition was created or reset; after an INIT (which
+a guest sends to take a VP offline and back) the VP is restarted the architectural way, with a
+SIPI, and StartVirtualProcessor answers INVALID_VP_STATE. That is one answer in both APIC modes:
+with KVM's in-kernel APIC the INIT never reaches hv1 (KVM holds the VP inside KVM_RUN), so "has it
+been INITed since?" cannot be told apart from "is it running?" without blocking the caller.
+
+If the backend still refuses an accepted context when the VP loads it (on the VP's own thread,
+after this call returned SUCCESS), nothing is loaded and the VP stays stopped, waiting for INIT/SIPI
+or another start (hv1/machine/machine.py `Vp._load_start_context`): never a VMM failure.
 
 The start itself is the machine's: `EnlightenmentHooks.start_vp(vp_index, ctx) -> bool` (see
 hv/enlightenments.py), called under the partition lock so that "already started" is decided
@@ -34,7 +48,9 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, cast
 
 from hv1.hv.caps import privilege_gate
+from hv1.hv.guest_cpu import ARCHITECTURAL, GuestCpu
 from hv1.hv.hypercalls.table import HypercallContext, HypercallDef, Kind
+from hv1.hv.interfaces import GpaError, GuestMemory
 from hv1.tlfs.hypercalls import HypercallCode
 from hv1.tlfs.partition import HV_PARTITION_ID_SELF, PartitionPrivilege
 from hv1.tlfs.status import HvStatus
@@ -75,15 +91,22 @@ TYPE_TSS_BUSY = 0xB
 
 # Architectural bits (Intel SDM vol. 3 §2.5, AMD APM vol. 2)
 CR0_PE, CR0_NW, CR0_CD, CR0_PG = 1 << 0, 1 << 29, 1 << 30, 1 << 31
-CR4_PAE, CR4_LA57, CR4_PCIDE = 1 << 5, 1 << 12, 1 << 17
-CR4_RESERVED = (1 << 15) | (1 << 26) | (1 << 27) | ~((1 << 29) - 1) & ((1 << 64) - 1)
+CR0_WP = 1 << 16
+# PE MP EM TS ET NE, WP, AM, NW CD PG: every other bit is reserved. MOV to CR0 ignores reserved bits of
+# 31:0, but VM entry checks them against IA32_VMX_CR0_FIXED1 and KVM_SET_SREGS stores them as given,
+# so a context with them could never run: INVALID_REGISTER_VALUE, as the TLFS answers for
+# HvCallSetVpRegisters ("reserved bits must be zero", inventory §6.2).
+CR0_DEFINED = 0x3F | CR0_WP | 1 << 18 | CR0_NW | CR0_CD | CR0_PG
+CR4_PAE, CR4_LA57, CR4_PCIDE, CR4_CET, CR4_FRED = 1 << 5, 1 << 12, 1 << 17, 1 << 23, 1 << 32
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
-EFER_ALLOWED = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
 RFLAGS_FIXED1 = 1 << 1
 RFLAGS_VM = 1 << 17
 RFLAGS_RESERVED = (1 << 3) | (1 << 5) | (1 << 15) | (((1 << 64) - 1) & ~((1 << 22) - 1))
 PAT_VALID_TYPES = frozenset({0, 1, 4, 5, 6, 7})  # UC, WC, WT, WP, WB, UC-
-MAXPHYADDR_LIMIT = 52
+TYPE_CONFORMING = 0x4  # code segments
+# PAE paging (CR0.PG, CR4.PAE, not IA-32e): the four PDPTEs are loaded with CR3 (SDM §4.4.1); a present
+# one with reserved bits 2:1 or 8:5 set makes MOV CR3 #GP and VM entry fail.
+PDPTE_RESERVED_LOW = 0x1E6
 
 
 @dataclass(frozen=True)
@@ -209,13 +232,16 @@ class InitialVpContext:
     def normalized(self) -> InitialVpContext:
         """The context as a VP loads it: RFLAGS bit 1 set; the byte-granular limit of a present segment
         above 1 MiB - 1 whose low 12 bits are all 1s expressed with G=1 (the same effective limit);
-        a non-present TR or LDTR replaced by its reset state. Call on a context `context_error`
-        accepted."""
+        the Accessed bit of present code/data segments set (a descriptor load sets it, SDM §3.4.5.1,
+        and VM entry requires it); a non-present TR or LDTR replaced by its reset state. Call on a
+        context `context_error` accepted."""
         segs: dict[str, SegmentRegister] = {}
         for name in SEGMENT_NAMES:
             s: SegmentRegister = getattr(self, name)
             if s.present and not s.granularity and s.limit > 0xFFFFF:
                 s = replace(s, attributes=s.attributes | SEG_G)
+            if s.present and s.s:
+                s = replace(s, attributes=s.attributes | TYPE_ACCESSED)
             segs[name] = s
         if not segs["tr"].present:
             segs["tr"] = RESET_TR
@@ -240,7 +266,11 @@ def _canonical(addr: int, bits: int) -> bool:
     return top == 0 or top == (1 << (64 - bits + 1)) - 1
 
 
-def _segment_error(name: str, s: SegmentRegister) -> str | None:
+def _bits(value: int) -> str:
+    return ",".join(str(i) for i in range(64) if value >> i & 1)
+
+
+def _segment_error(name: str, s: SegmentRegister, long_mode: bool, va_bits: int) -> str | None:
     if not s.present:
         return None
     if s.granularity and s.limit & 0xFFF != 0xFFF:
@@ -249,6 +279,13 @@ def _segment_error(name: str, s: SegmentRegister) -> str | None:
         return f"{name}: G=1 with limit {s.limit:#x}"
     if not s.granularity and s.limit > 0xFFFFF and s.limit & 0xFFF != 0xFFF:
         return f"{name}: byte-granular limit {s.limit:#x} cannot be encoded"
+    # Bases (SDM §26.3.1.2, the VM-entry checks of what a descriptor load can produce): CS/SS/DS/ES
+    # bases are 32-bit; FS, GS, TR and LDTR bases are canonical (MSR-written or 16-byte descriptors).
+    if name in ("cs", "ss", "ds", "es"):
+        if s.base >> 32:
+            return f"{name}: base {s.base:#x} beyond 4 GiB"
+    elif not _canonical(s.base, va_bits):
+        return f"{name}: base {s.base:#x} not canonical"
     t = s.type
     if name == "cs":
         if not s.s or not t & TYPE_CODE:
@@ -256,39 +293,71 @@ def _segment_error(name: str, s: SegmentRegister) -> str | None:
     elif name == "ss":
         if not s.s or t & TYPE_CODE or not t & TYPE_WRITABLE_OR_READABLE:
             return "ss: not a writable data segment"
+        if s.dpl != s.selector & 3:
+            return f"ss: DPL {s.dpl} != selector RPL {s.selector & 3}"
     elif name in ("ds", "es", "fs", "gs"):
         if not s.s or (t & TYPE_CODE and not t & TYPE_WRITABLE_OR_READABLE):
             return f"{name}: not a data or readable code segment"
     elif name == "tr":
-        if s.s or t not in (TYPE_TSS_BUSY, TYPE_TSS16_BUSY):
-            return "tr: not a busy TSS"
+        # "If the guest will be IA-32e mode, the Type must be 11" (64-bit busy TSS); else 3 or 11.
+        if s.s or t not in ((TYPE_TSS_BUSY,) if long_mode else (TYPE_TSS_BUSY, TYPE_TSS16_BUSY)):
+            return "tr: not a busy TSS" + (" (64-bit)" if long_mode else "")
     elif name == "ldtr" and (s.s or t != TYPE_LDT):
         return "ldtr: not an LDT"
     return None
 
 
-def context_error(ctx: InitialVpContext, max_phys_bits: int = MAXPHYADDR_LIMIT) -> str | None:
-    """Why `ctx` is not a state a VP can start in (-> HV_STATUS_INVALID_REGISTER_VALUE), or None.
+def _pdpte_error(cr3: int, cpu: GuestCpu, memory: GuestMemory | None) -> str | None:
+    """PAE paging outside IA-32e mode loads the PDPTEs at CR3[31:5] with CR3 (SDM §4.4.1)."""
+    if memory is None:
+        return None
+    table = cr3 & 0xFFFF_FFE0
+    try:
+        raw = memory.read(table, 32)
+    except GpaError:
+        return f"CR3 {cr3:#x}: PAE PDPT outside guest RAM"
+    for i in range(4):
+        pdpte = int.from_bytes(raw[8 * i : 8 * i + 8], "little")
+        if pdpte & 1 and (pdpte & PDPTE_RESERVED_LOW or pdpte >> cpu.max_phys_bits):
+            return f"PDPTE{i} {pdpte:#x}: reserved bits set"
+    return None
+
+
+def context_error(
+    ctx: InitialVpContext, cpu: GuestCpu = ARCHITECTURAL, memory: GuestMemory | None = None
+) -> str | None:
+    """Why `ctx` is not a state a VP of this guest can start in (-> HV_STATUS_INVALID_REGISTER_VALUE),
+    or None. `cpu`: the guest's CPUID (hv/guest_cpu.py); `memory`: guest RAM, for the PAE PDPTEs.
 
     The checks are the architectural rules a MOV to CR0/CR4, WRMSR EFER/PAT, a segment load or VM
-    entry enforce, restricted to protected or long mode (PDF: "skipping real mode entirely"):
-    CR0.PE=1, PG needs PE, NW needs CD, no CR0/CR4 bits 63:32 or reserved CR4 bits; EFER only
-    SCE/LME/LMA/NXE; LME with PG needs PAE and LMA, and LMA needs LME with PG; CS.L only with LMA and
-    not with CS.D; CR3 within MAXPHYADDR (32 bits outside long mode), CR4.PCIDE only in long mode
-    with CR3[11:0] = 0; RFLAGS reserved bits clear and no virtual-8086 mode; RIP and the descriptor
-    table bases canonical in long mode (RIP < 4 GiB outside 64-bit code); each PAT entry a valid
-    memory type; present segments of the right kind and with an encodable limit."""
+    entry enforce (what KVM_SET_SREGS and VM entry would refuse), restricted to protected or long mode
+    (PDF: "skipping real mode entirely"):
+    - CR0: PE=1, no reserved bit (63:32 or an undefined bit of 31:0), NW needs CD;
+    - CR4: only bits the guest's CPUID allows (SMXE without SMX, VMXE without VMX, PKE without PKU,
+      ... are reserved for this guest); CET needs CR0.WP; PCIDE only in long mode with CR3[11:0] = 0;
+      FRED only in long mode;
+    - EFER: only SCE/LME/LMA/NXE, each as the guest's CPUID allows; LME with PG needs PAE and LMA,
+      and LMA needs LME with PG;
+    - CR3 within the guest's MAXPHYADDR in long mode (32 bits otherwise); with PAE paging outside
+      long mode, the four PDPTEs readable and without reserved bits;
+    - CS.L only in long mode and not with CS.D; RFLAGS reserved bits clear and no virtual-8086 mode;
+      RIP canonical in 64-bit code (below 4 GiB otherwise); GDTR/IDTR bases canonical;
+    - each PAT entry a valid memory type;
+    - present segments of the right kind, with an encodable limit and a base the descriptor could
+      hold; SS.DPL = SS.RPL, and a non-conforming CS has the DPL of SS (the CPL)."""
     cr0, cr4, efer = ctx.cr0, ctx.cr4, ctx.efer
-    if cr0 >> 32:
-        return f"CR0 {cr0:#x}: bits 63:32 set"
+    if cr0 & ~CR0_DEFINED:
+        return f"CR0 {cr0:#x}: reserved bits {_bits(cr0 & ~CR0_DEFINED)} set"
     if not cr0 & CR0_PE:
         return "CR0.PE clear: the VP must start in protected or long mode"
     if cr0 & CR0_NW and not cr0 & CR0_CD:
         return "CR0.NW without CR0.CD"
-    if cr4 & CR4_RESERVED:
-        return f"CR4 {cr4:#x}: reserved bits set"
-    if efer & ~EFER_ALLOWED:
-        return f"EFER {efer:#x}: unsupported bits set"
+    if cr4 & ~cpu.cr4_allowed:
+        return f"CR4 {cr4:#x}: bits {_bits(cr4 & ~cpu.cr4_allowed)} reserved for this guest's CPUID"
+    if cr4 & CR4_CET and not cr0 & CR0_WP:
+        return "CR4.CET without CR0.WP"
+    if efer & ~cpu.efer_allowed:
+        return f"EFER {efer:#x}: bits {_bits(efer & ~cpu.efer_allowed)} reserved for this guest's CPUID"
     paging_long = bool(efer & EFER_LME and cr0 & CR0_PG)
     if paging_long:
         if not cr4 & CR4_PAE:
@@ -301,10 +370,16 @@ def context_error(ctx: InitialVpContext, max_phys_bits: int = MAXPHYADDR_LIMIT) 
         return "CS.L outside long mode"
     if ctx.cs.long and ctx.cs.db:
         return "CS.L and CS.D both set"
-    if ctx.cr3 >> (max_phys_bits if ctx.long_mode else 32):
+    if ctx.cr3 >> (cpu.max_phys_bits if ctx.long_mode else 32):
         return f"CR3 {ctx.cr3:#x} beyond the physical address width"
     if cr4 & CR4_PCIDE and (not ctx.long_mode or ctx.cr3 & 0xFFF):
         return "CR4.PCIDE outside long mode or with CR3[11:0] != 0"
+    if cr4 & CR4_FRED and not ctx.long_mode:
+        return "CR4.FRED outside long mode"  # SDM: MOV to CR4 #GPs setting FRED outside IA-32e mode
+    if cr0 & CR0_PG and cr4 & CR4_PAE and not ctx.long_mode:
+        err = _pdpte_error(ctx.cr3, cpu, memory)
+        if err is not None:
+            return err
     if ctx.rflags & RFLAGS_RESERVED:
         return f"RFLAGS {ctx.rflags:#x}: reserved bits set"
     if ctx.rflags & RFLAGS_VM:
@@ -315,18 +390,19 @@ def context_error(ctx: InitialVpContext, max_phys_bits: int = MAXPHYADDR_LIMIT) 
             return f"RIP {ctx.rip:#x} not canonical"
     elif ctx.rip >> 32:
         return f"RIP {ctx.rip:#x} beyond 4 GiB outside 64-bit mode"
-    if ctx.long_mode:
-        for name, t in (("IDTR", ctx.idtr), ("GDTR", ctx.gdtr)):
-            if not _canonical(t.base, va_bits):
-                return f"{name} base {t.base:#x} not canonical"
+    for name, t in (("IDTR", ctx.idtr), ("GDTR", ctx.gdtr)):
+        if not _canonical(t.base, va_bits):
+            return f"{name} base {t.base:#x} not canonical"
     if any((ctx.pat >> (8 * i)) & 0xFF not in PAT_VALID_TYPES for i in range(8)):
         return f"PAT {ctx.pat:#x}: invalid memory type"
     if not ctx.cs.present:
         return "CS not present"
     for name in SEGMENT_NAMES:
-        err = _segment_error(name, getattr(ctx, name))
+        err = _segment_error(name, getattr(ctx, name), ctx.long_mode, va_bits)
         if err is not None:
             return err
+    if ctx.ss.present and not ctx.cs.type & TYPE_CONFORMING and ctx.cs.dpl != ctx.ss.dpl:
+        return f"CS.DPL {ctx.cs.dpl} != SS.DPL {ctx.ss.dpl} (non-conforming CS)"
     return None
 
 
@@ -349,7 +425,7 @@ def start_virtual_processor(ctx: HypercallContext) -> int:
     if target_vtl & VTL_MASK:
         return HvStatus.INVALID_VTL_STATE  # VTL 1..15 are not enabled (no VSM)
     context = InitialVpContext.unpack(ctx.input[START_VP_HEADER.size :])
-    error = context_error(context)
+    error = context_error(context, p.guest_cpu, p.memory)
     tracer = p.tracer
     if error is not None:
         tracer.emit("vp", ctx.vp.index, "start-vp-rejected", target=vp_index, reason=error)

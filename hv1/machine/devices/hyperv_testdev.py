@@ -109,7 +109,7 @@ class HypervTestDev:
         return ok
 
     def _target_ok(self, vp: int, sint: int) -> bool:
-        return 0 <= vp < len(self.ports.synics) and 0 <= sint < SINT_COUNT
+        return self.ports.synic_of_vp(vp) is not None and 0 <= sint < SINT_COUNT  # vp: a VP index
 
     def _command(self, cmd: int, vp: int, sint: int, conn_id: int) -> bool:
         if cmd == CMD_SINT_ROUTE_CREATE:
@@ -125,7 +125,10 @@ class HypervTestDev:
         if cmd == CMD_SINT_ROUTE_SET_SINT:
             if (vp, sint) not in self.routes:
                 return False
-            self.ports.synics[vp].raise_sint(sint)
+            synic = self.ports.synic_of_vp(vp)
+            if synic is None:
+                return False
+            synic.raise_sint(sint)
             return True
         if cmd in (CMD_MSG_CONN_CREATE, CMD_EVT_CONN_CREATE):
             if not self._target_ok(vp, sint) or conn_id in self.msg_conns or conn_id in self.evt_conns:
