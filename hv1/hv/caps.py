@@ -104,6 +104,17 @@ DEVIATIONS: tuple[tuple[str, str], ...] = (
         "#GPs only beyond the GPA space): a copy-swap overlay can only be shown over RAM.",
     ),
     (
+        "virtualization host (--hv root)",
+        "The partition engine answers the virtualization-host hypercalls with TLFS statuses, but child "
+        "partitions do not run yet: clearing a child VP's ExplicitSuspend makes the partition Active and "
+        "nothing more (docs/partitions.md). Deposited pages stay reachable by the root guest's own "
+        "instructions (the KVM memory slots are not yet changed). HvCallCreatePartition's input at offset 48 "
+        "is ReservedZ0 as the TLFS md page says (Linux's mshv puts isolation properties there): hv1 accepts "
+        "0, the value of a partition without isolation, and answers anything else INVALID_PARAMETER. "
+        "CpuManagement (0x40000003.EBX[12]) stays clear: Linux reads it as 'this is the root of the "
+        "machine' and then expects the hypervisor's own hypercall page and root-only interfaces.",
+    ),
+    (
         "HvCallGetPartitionProperty",
         "The TLFS allows it to the parent or root partition. hv1 runs one partition with no parent "
         "visible to it; the partition may query its own properties when granted `partition-properties` "
@@ -353,6 +364,28 @@ FEATURES: tuple[Feature, ...] = (
         implemented_in=_BOTH,
     ),
     Feature("vp-registers", "HvCallGet/SetVpRegisters on self", privileges=P.AccessVpRegisters),
+    # --- virtualization host (the `root` profile): the partition engine, hv1/hv/hypervisor.py -------
+    Feature(
+        "create-partitions",
+        "HvCallCreatePartition and the calls on children (virtualization-host.md)",
+        privileges=P.CreatePartitions,
+        implemented_in=_BOTH,
+        default=False,
+    ),
+    Feature(
+        "memory-pool",
+        "HvCallDepositMemory / WithdrawMemory / GetMemoryBalance",
+        privileges=P.AccessMemoryPool,
+        implemented_in=_BOTH,
+        default=False,
+    ),
+    Feature(
+        "create-port",
+        "HvCallCreatePort / DeletePort",
+        privileges=P.CreatePort,
+        implemented_in=_BOTH,
+        default=False,
+    ),
     Feature(
         "address-space-switch",
         "recommend HvCallSwitchVirtualAddressSpace",
@@ -384,7 +417,10 @@ FEATURES: tuple[Feature, ...] = (
 )
 
 FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
-PROFILES = ("minimal", "default")
+PROFILES = ("minimal", "default", "root")
+# `root`: a virtualization host (virtualization-host.md): `default` plus the privileges that let a
+# guest kernel create and manage child partitions, and its own ID and properties.
+ROOT_FEATURES = ("create-partitions", "memory-pool", "create-port", "partition-id", "partition-properties")
 
 
 @dataclass(frozen=True)
@@ -531,8 +567,9 @@ def profile_features(profile: str, apic_mode: str) -> set[str]:
     _check_mode(apic_mode)
     if profile == "minimal":
         return {f.name for f in FEATURES if f.mandatory}
-    if profile == "default":
-        return {f.name for f in FEATURES if apic_mode in f.implemented_in and (f.default or f.mandatory)}
+    if profile in ("default", "root"):
+        names = {f.name for f in FEATURES if apic_mode in f.implemented_in and (f.default or f.mandatory)}
+        return names | set(ROOT_FEATURES) if profile == "root" else names
     raise ValueError(f"unknown profile {profile!r} (choose from: {', '.join(PROFILES)})")
 
 

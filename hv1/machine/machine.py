@@ -38,6 +38,7 @@ from hv1.hv.caps import parse_profile, without_auto_eoi
 from hv1.hv.guest_cpu import GuestCpu
 from hv1.hv.hypercall_page import HYPERCALL_PORT
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
+from hv1.hv.hypervisor import Hypervisor
 from hv1.hv.inject import InjectError, Injector
 from hv1.hv.interfaces import GP_VECTOR, GuestException
 from hv1.hv.partition import Partition
@@ -62,6 +63,7 @@ from hv1.machine.devices.time_testdev import TIME_TESTDEV_PORT, TimeTestPort
 from hv1.machine.devices.uart import COM1, Uart16550
 from hv1.machine.paging import read_virtual
 from hv1.machine.scheduler import Scheduler
+from hv1.tlfs.partition import PartitionPrivilege
 from hv1.trace import Tracer
 
 APIC_MODES = ("kernel", "user")
@@ -615,6 +617,12 @@ class Machine:
             apic_ids=self.apic_ids, boot_zeroed=self._boot_zeroed_ranges(), vp_indexes=self.vp_indexes,
         )  # fmt: skip
         self.partition.time.on_change(self._time_changed)
+        # A partition that may manage others (`--hv root`, or +create-partitions / +memory-pool) is the
+        # root of a partition engine whose RAM is this machine's (docs/partitions.md).
+        self.hypervisor: Hypervisor | None = None
+        if caps.privileges & (PartitionPrivilege.CreatePartitions | PartitionPrivilege.AccessMemoryPool):
+            self.hypervisor = Hypervisor(cfg.memory >> 12, root_privileges=caps.privileges, ram=self.ram)
+            self.partition.attach_hypervisor(self.hypervisor, self.hypervisor.root_id)
         if injector is not None:
             self.partition.set_injection(injector)
         self._reset_requested = False

@@ -338,3 +338,16 @@ def test_fd_implementation_limits_cover_every_vp_index_and_vp(profile: str, mode
     eax, ebx, ecx, edx = parse_profile(profile, apic_mode=mode).cpuid_leaves()[0x40000005]
     assert MAX_VP_INDEX < eax != 0xFFFF_FFFF and eax >= MAX_CPUS
     assert ebx == 64 and ecx == 0 and edx == 0
+
+
+@pytest.mark.parametrize("mode", APIC_MODES)
+def test_root_profile_grants_the_virtualization_host_privileges(mode: str) -> None:
+    """virtualization-host.md: a virtualization host has CreatePartitions (and the pool and port
+    privileges it needs); a plain guest keeps them clear (the Requirements doc)."""
+    root = parse_profile("root", apic_mode=mode)
+    want = P.CreatePartitions | P.AccessMemoryPool | P.CreatePort | P.AccessPartitionId
+    assert root.privileges & want == want
+    assert not root.privileges & P.CpuManagement  # not the root of the machine (caps.DEVIATIONS)
+    assert parse_profile("default", apic_mode=mode).features < root.features
+    assert "create-partitions" not in parse_profile("root,-create-partitions", apic_mode=mode).features
+    assert parse_profile("default,+memory-pool", apic_mode=mode).privileges & P.AccessMemoryPool
