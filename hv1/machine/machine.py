@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO, TextIO
 
+from hv1.backends.kvm import host_workarounds
 from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.memory import GuestRam
 from hv1.backends.kvm.tsc import guest_tsc_offset, rdtsc
@@ -33,7 +34,7 @@ from hv1.backends.kvm.vm import (
 )
 from hv1.errors import EXIT_GUEST_CRASH, EXIT_GUEST_FATAL, EXIT_INTERNAL, EXIT_TIMEOUT, UsageError
 from hv1.hv import enlightenments
-from hv1.hv.apic import ApicHooks, ApicRouter, LocalApic
+from hv1.hv.apic import ApicHooks, ApicRouter, DeliveryMode, DestMode, LocalApic, Shorthand
 from hv1.hv.caps import parse_profile
 from hv1.hv.hypercall_page import HYPERCALL_PORT
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
@@ -42,16 +43,19 @@ from hv1.hv.partition import Partition
 from hv1.hv.reftime import ReferenceTime
 from hv1.hv.synic import synic_of
 from hv1.hv.vp_assist import vp_assist_of
-from hv1.machine import multiboot
-from hv1.machine.cpustate import set_initial_context, set_multiboot_entry, set_real_mode_start
+from hv1.machine import boot, multiboot
+from hv1.machine.cpustate import set_entry_state, set_initial_context, set_real_mode_start
 from hv1.machine.devices.base import IoBus
 from hv1.machine.devices.bench_dev import BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT, BenchDev
 from hv1.machine.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
 from hv1.machine.devices.fwcfg import FW_CFG_PORT_SEL, FwCfg
 from hv1.machine.devices.hyperv_testdev import HYPERV_TESTDEV_PORT, HypervTestDev
+from hv1.machine.devices.i8042 import I8042, I8042_COMMAND, I8042_DATA
+from hv1.machine.devices.ioapic import PIN_COM1, IoApic
 from hv1.machine.devices.legacy import Cmos, Pic8259Pair, Pit8254, PostPort
 from hv1.machine.devices.time_testdev import TIME_TESTDEV_PORT, TimeTestPort
 from hv1.machine.devices.uart import COM1, Uart16550
+from hv1.machine.linux.payload import default_cache_dir
 from hv1.machine.paging import read_virtual
 from hv1.machine.scheduler import Scheduler
 from hv1.trace import Tracer
@@ -80,6 +84,9 @@ class MachineConfig:
     on_crash: str = "stop"
     no_reboot: bool = False  # QEMU's -no-reboot: a partition reset ends the run instead
     vp_index_map: list[int] | None = None  # VP index of each vCPU in APIC-ID order (--vp-index-map)
+    initrd: str | None = None  # Linux: the initial ramdisk (--initrd)
+    linux_entry: str = "pvh"  # Linux bzImage: "pvh" (payload extracted on the host) or "64bit"
+    host_workarounds: str = "auto"  # hv1/backends/kvm/host_workarounds.py: auto | on | off
 
 
 @dataclass
@@ -93,14 +100,17 @@ class SynicEoiHook(ApicHooks):
     """User APIC mode: an EOI of a SINT vector lets the SynIC retry messages queued on that SINT
     (TLFS inter-partition-communication.md, "SynIC Message Flags": EOI and EOM both prompt redelivery)."""
 
-    def __init__(self, partition: Partition) -> None:
+    def __init__(self, partition: Partition, ioapic: IoApic | None = None) -> None:
         self.partition = partition
+        self.ioapic = ioapic
 
     def eoi(self, apic: LocalApic, vector: int, level: bool) -> None:
         vp = self.partition.vp(apic.vp_index)  # LocalApic.vp_index is the VP index (--vp-index-map)
         assert vp is not None
         vp_assist_of(vp).apic_eoi(vector, level)  # EOI assist bookkeeping (may retire one more vector)
         synic_of(vp).eoi(vector)
+        if self.ioapic is not None:
+            self.ioapic.eoi(vector)  # the EOI broadcast: clears Remote IRR of a level entry, if any
 
 
 class Vp:
@@ -122,6 +132,7 @@ class Vp:
         self.sipi_vector: int | None = None
         self.init_pending = False
         self.exit_counts = [0] * 64
+        self.workaround_count = 0  # emulation failures turned into #BP or skipped (host_workarounds)
         self.tlb_flushes = 0
         self._trace_exits = machine.tracer.wants("exits")
         self._timer_armed: int | None = None
@@ -165,6 +176,8 @@ class Vp:
             base = apic.mmio_base()  # None in x2APIC mode or when disabled: the page is not decoded
             if base is not None and base <= addr < base + 0x1000:
                 return apic.mmio_read(addr - base, size)
+        if self.m.ioapic.contains(addr):
+            return self.m.ioapic.mmio_read(addr, size)
         if self.m.tracer.wants("mmio"):
             self.m.tracer.emit("mmio", self.index, "read-unassigned", addr=addr, size=size)
         return (1 << (8 * size)) - 1
@@ -186,6 +199,9 @@ class Vp:
             if base is not None and base <= addr < base + 0x1000:
                 apic.mmio_write(addr - base, size, value)
                 return
+        if self.m.ioapic.contains(addr):
+            self.m.ioapic.mmio_write(addr, size, value)
+            return
         if self.m.tracer.wants("mmio"):
             self.m.tracer.emit("mmio", self.index, "write-unassigned", addr=addr, size=size, value=value)
 
@@ -475,6 +491,17 @@ class Machine:
                     mods.append((m, f.read()))
             except OSError as e:
                 raise UsageError(f"cannot read module {m.path}: {e.strerror}") from None
+        initrd: bytes | None = None
+        if cfg.initrd is not None:
+            try:
+                with open(cfg.initrd, "rb") as f:
+                    initrd = f.read()
+            except OSError as e:
+                raise UsageError(f"cannot read initrd {cfg.initrd}: {e.strerror}") from None
+        try:
+            self.workarounds = host_workarounds.detect(cfg.host_workarounds)
+        except ValueError as e:
+            raise UsageError(f"--host-workarounds: {e}") from None
         try:
             caps = parse_profile(cfg.hv, apic_mode=cfg.apic)
         except ValueError as e:
@@ -482,8 +509,9 @@ class Machine:
 
         # Load first: every mistake in the image is reported before /dev/kvm is even opened.
         self.ram = GuestRam(cfg.memory)
-        self._kernel_image, self._module_images = kernel, mods
-        self.boot = multiboot.load(cfg.kernel, kernel, self.ram, cfg.append, mods)
+        self._kernel_image, self._module_images, self._initrd_image = kernel, mods, initrd
+        self.apic_ids = list(range(cfg.cpus))
+        self.boot = self._load()
         self.system = KvmSystem()
         self.vm = KvmVm(self.system)
         self.vm.add_ram(self.ram)
@@ -495,7 +523,6 @@ class Machine:
         self.vm.route_msrs_to_userspace(msr_ranges)
 
         self.scheduler = Scheduler(on_error=self._scheduler_error)
-        self.apic_ids = list(range(cfg.cpus))
         self.vp_indexes = list(cfg.vp_index_map) if cfg.vp_index_map else list(range(cfg.cpus))
         self.apic_id_of = dict(zip(self.vp_indexes, self.apic_ids, strict=True))
         self.start_lock = threading.Lock()
@@ -538,8 +565,10 @@ class Machine:
             )
         enlightenments.attach(self.partition, self.router.apic_for_vp if self.router is not None else None)
         self.vps: list[Vp] = []
+        # The I/O APIC of the split irqchip (both APIC modes: KVM never models it here).
+        self.ioapic = IoApic(self._deliver_msi)
         if self.router is not None:
-            hooks = SynicEoiHook(self.partition)
+            hooks = SynicEoiHook(self.partition, self.ioapic)
             for a in apics:
                 if a is not None:
                     a.hooks = hooks
@@ -550,13 +579,16 @@ class Machine:
                 vcpu.enable_cap(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID, 1)
             vcpu.set_cpuid(cpuid2_buffer(self._cpuid_for(cpuid, self.apic_ids[i])))
             self.vps.append(Vp(self, i, vcpu, apics[i]))
+            if self.workarounds.enabled:
+                vcpu.on_emulation_failure = self._emulation_failure_handler(self.vps[-1])
         self.vp_by_index = {vp.vp_index: vp for vp in self.vps}
         # The in-kernel local APICs as KVM created them: a partition reset puts them back.
         self._pristine_lapics = [vp.vcpu.get_lapic() for vp in self.vps] if cfg.apic == "kernel" else []
-        set_multiboot_entry(self.vps[0].vcpu, self.boot.entry, self.boot.eax, self.boot.mbi)
+        set_entry_state(self.vps[0].vcpu, self.boot.entry)
 
         self.bus = IoBus(self.tracer)
-        self.uart = Uart16550(serial_out if serial_out is not None else sys.stdout.buffer)
+        self.uart = Uart16550(serial_out if serial_out is not None else sys.stdout.buffer,
+                              irq=lambda level: self.ioapic.set_irq(PIN_COM1, level))  # fmt: skip
         self.bus.register(self.uart, COM1, 8)
         self.bus.register(DebugExit(self._debug_exit), DEBUG_EXIT_PORT, 4)
         self.bus.register(FwCfg(cfg.cpus, cfg.memory, cfg.append), FW_CFG_PORT_SEL, 2)
@@ -569,12 +601,51 @@ class Machine:
         self.bus.register(PostPort(), 0x80)
         self.cmos = Cmos(cfg.memory)
         self.bus.register(self.cmos, 0x70, 2)
+        i8042 = I8042(self.request_reset)  # the keyboard controller's reset line (reboot=k, FADT RESET_REG)
+        self.bus.register(i8042, I8042_DATA)
+        self.bus.register(i8042, I8042_COMMAND)
         # Test devices, on by default and as harmless as QEMU's hyperv-testdev.
         self.testdev = HypervTestDev(self.partition.ports, self.tracer)
         self.bus.register(self.testdev, HYPERV_TESTDEV_PORT, 4)
         self.bus.register(TimeTestPort(self.partition.time), TIME_TESTDEV_PORT, 4)
         self.bench_dev = BenchDev(self.partition.ports, self.reftime.now, self.request_interrupt)
         self.bus.register(self.bench_dev, BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT)
+
+    def _load(self) -> boot.Boot:
+        cfg = self.cfg
+        return boot.load_kernel(
+            cfg.kernel, self._kernel_image, self.ram, append=cfg.append, modules=self._module_images,
+            initrd=self._initrd_image, apic_ids=self.apic_ids, linux_entry=cfg.linux_entry,
+            cache_dir=default_cache_dir(),
+        )  # fmt: skip
+
+    def _deliver_msi(self, address: int, data: int) -> None:
+        """An MSI from the I/O APIC (or any device): to KVM's local APICs, or routed to hv1's."""
+        if self.cfg.apic == "kernel":
+            self.vm.signal_msi_raw(address, data)
+            return
+        assert self.router is not None
+        dm = (data >> 8) & 7
+        if dm not in (0, 1, 4):  # fixed, lowest priority, NMI: what an I/O APIC entry sends here
+            return
+        dest_mode = DestMode.LOGICAL if address & 4 else DestMode.PHYSICAL
+        self.router.send_ipi(
+            -1, (address >> 12) & 0xFF, dest_mode, Shorthand.NONE, DeliveryMode(dm), data & 0xFF, level=True,
+            trigger_level=bool(data & (1 << 15)),
+        )  # fmt: skip
+
+    def _emulation_failure_handler(self, vp: Vp) -> Callable[[], bool]:
+        def read_insn(rip: int) -> bytes | None:
+            s = vp.vcpu.sregs  # the kvm_run sync area: valid at every exit
+            return read_virtual(self.ram, rip + (s.cs.base if not s.cr0 & 1 else 0), 1, s.cr0, s.cr3, s.cr4,
+                                s.efer)  # fmt: skip
+
+        def note(action: str, rip: int) -> None:
+            vp.workaround_count += 1
+            if self.tracer.wants("exits"):
+                self.tracer.emit("exits", vp.index, "host-workaround", action=action, rip=rip)
+
+        return lambda: host_workarounds.handle_emulation_failure(self.workarounds, vp.vcpu, read_insn, note)
 
     # ---- CPUID ----
     def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[k.kvm_cpuid_entry2]:
@@ -588,6 +659,7 @@ class Machine:
                 e.ecx |= CPUID1_ECX_HYPERVISOR
                 if self.cfg.apic == "user":
                     e.ecx &= ~CPUID1_ECX_TSC_DEADLINE  # hv1's APIC model has no TSC-deadline mode
+        host_workarounds.adjust_cpuid(self.workarounds, entries)
         for leaf, (a, b, c, d) in sorted(caps_leaves.items()):
             entries.append(k.kvm_cpuid_entry2(function=leaf, index=0, flags=0, eax=a, ebx=b, ecx=c, edx=d))
         return entries
@@ -820,8 +892,8 @@ class Machine:
         the Multiboot entry and the APs waiting for INIT/SIPI. CMOS NVRAM survives, as on a PC."""
         self.resets += 1
         self.ram.clear()
-        self.boot = multiboot.load(self.cfg.kernel, self._kernel_image, self.ram, self.cfg.append,
-                                   self._module_images)  # fmt: skip
+        self.boot = self._load()
+        self.ioapic.reset()
         self.partition.reset()
         self.vm.set_readonly_pages(())  # every VP thread has stopped: no parking needed
         self.hypercall_page_gpa = None
@@ -837,7 +909,7 @@ class Machine:
             if self._pristine_lapics:
                 vcpu.set_lapic(self._pristine_lapics[vp.index])
                 vcpu.set_mp_state(k.KVM_MP_STATE_RUNNABLE if vp.index == 0 else k.KVM_MP_STATE_UNINITIALIZED)
-        set_multiboot_entry(self.vps[0].vcpu, self.boot.entry, self.boot.eax, self.boot.mbi)
+        set_entry_state(self.vps[0].vcpu, self.boot.entry)
         self.tracer.emit("vp", -1, "reset", count=self.resets)
 
     def run(self) -> RunResult:
