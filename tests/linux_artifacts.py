@@ -20,9 +20,18 @@ BUSYBOX = Path("/bin/busybox")
 
 S_IFDIR, S_IFREG, S_IFCHR = 0o040000, 0o100000, 0o020000
 USERSPACE_MARKER = "HV1-INITRAMFS: user space reached"
+# /init: what user space can see of the enlightenments (the current clocksource and clockevent, and
+# the Hyper-V stimer interrupt count), then the marker, then a reboot, which hv1 --no-reboot turns
+# into exit status 0 (ACPI RESET_REG -> the 8042 reset pulse).
 INIT_SCRIPT = f"""#!/bin/busybox sh
-/bin/busybox echo "{USERSPACE_MARKER}"
-/bin/busybox reboot -f
+B=/bin/busybox
+$B mount -t proc proc /proc
+$B mount -t sysfs sysfs /sys
+$B echo "HV1-CLOCKSOURCE: $($B cat /sys/devices/system/clocksource/clocksource0/current_clocksource)"
+$B echo "HV1-CLOCKEVENT: $($B cat /sys/devices/system/clockevents/clockevent0/current_device)"
+$B echo "HV1-STIMER-IRQS: $($B grep HVS /proc/interrupts)"
+$B echo "{USERSPACE_MARKER}"
+$B reboot -f
 """
 
 
@@ -71,9 +80,12 @@ def cpio_newc(entries: list[tuple[str, int, bytes, tuple[int, int]]]) -> bytes:
 
 
 def busybox_initramfs(busybox: Path = BUSYBOX, init: str = INIT_SCRIPT) -> bytes:
-    """/init (a busybox sh script), /bin/busybox, and /dev/console (5,1) so init has a console."""
+    """/init (a busybox sh script), /bin/busybox, /dev/console (5,1) so init has a console, and the
+    mount points /proc and /sys."""
     return cpio_newc([
         ("dev", S_IFDIR | 0o755, b"", (0, 0)),
+        ("proc", S_IFDIR | 0o755, b"", (0, 0)),
+        ("sys", S_IFDIR | 0o755, b"", (0, 0)),
         ("dev/console", S_IFCHR | 0o600, b"", (5, 1)),
         ("bin", S_IFDIR | 0o755, b"", (0, 0)),
         ("bin/busybox", S_IFREG | 0o755, busybox.read_bytes(), (0, 0)),

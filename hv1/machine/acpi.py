@@ -1,4 +1,4 @@
-"""The ACPI tables hv1 writes for a Linux guest: RSDP, XSDT, FADT, MADT and a DSDT.
+r"""The ACPI tables hv1 writes for a Linux guest: RSDP, XSDT, FADT, MADT and a DSDT.
 
 What Linux needs from them, and no more (ACPI 6.0 section numbers):
 
@@ -18,8 +18,13 @@ What Linux needs from them, and no more (ACPI 6.0 section numbers):
   override ISA IRQ0 → GSI2 (the PIT's pin on a PC I/O APIC, as QEMU declares it; QEMU's other
   overrides are for its PCI INTx links at IRQs 5, 9, 10, 11, which hv1 does not have), and a Local APIC
   NMI on LINT1 for all processors. Flags: no PCAT_COMPAT (hv1's 8259 pair never raises interrupts).
-- **DSDT** (5.2.11.1): a definition block with no objects: valid AML, and nothing to evaluate (no
-  devices to enumerate; COM1 at 0x3F8/IRQ4 is found by the 8250 driver's legacy probe).
+- **DSDT** (5.2.11.1): `\_SB.COM1` (PNP0501: I/O 0x3F8-0x3FF, IRQ 4) and `\_SB.RTC` (PNP0B00: I/O
+  0x70-0x71, IRQ 8), in AML written here (ACPI 6.0 chapter 20; resource descriptors 6.4). They matter
+  because a hardware-reduced platform has no legacy PIC, so Linux maps no ISA IRQ numbers by itself
+  (acpi_parse_ioapic makes the I/O APIC's IRQ domain dynamic when nr_legacy_irqs() is 0): the 8250
+  driver gets a working IRQ for ttyS0 only through this PNP device (8250_pnp takes over the legacy
+  port at the same address), and user space's console output depends on that interrupt. As in
+  Firecracker's and Cloud Hypervisor's DSDTs.
 
 Each table's checksum makes its bytes sum to zero (5.2.6); the RSDP has two (first 20 bytes, all 36).
 """
@@ -89,8 +94,92 @@ def xsdt(entries: list[int]) -> bytes:
     return sdt(b"XSDT", 1, b"".join(struct.pack("<Q", a) for a in entries))
 
 
+# ---- AML (ACPI 6.0 chapter 20), just the constructs the DSDT needs ----
+AML_NAME_OP, AML_SCOPE_OP, AML_BUFFER_OP, AML_BYTE_PREFIX, AML_DWORD_PREFIX, AML_ZERO = (
+    0x08,
+    0x10,
+    0x11,
+    0x0A,
+    0x0C,
+    0,
+)
+AML_DEVICE_OP = b"\x5b\x82"
+
+
+def aml_pkglength(body_len: int) -> bytes:
+    """PkgLength (20.2.4) of a package whose contents after the PkgLength are `body_len` bytes; the
+    encoded value counts the PkgLength bytes themselves."""
+    for n in range(1, 5):
+        total = body_len + n
+        if n == 1 and total < 0x40:
+            return bytes([total])
+        if n > 1 and total < 1 << (4 + 8 * (n - 1)):
+            return bytes([((n - 1) << 6) | (total & 0xF)]) + (total >> 4).to_bytes(n - 1, "little")
+    raise ValueError("AML package too large")
+
+
+def aml_name_seg(name: str) -> bytes:
+    seg = name.encode().ljust(4, b"_")
+    assert len(seg) == 4, name
+    return seg
+
+
+def aml_name(name: str, value: bytes) -> bytes:
+    """Name(name, value) with an already-encoded value."""
+    return bytes([AML_NAME_OP]) + aml_name_seg(name) + value
+
+
+def aml_dword(v: int) -> bytes:
+    return bytes([AML_DWORD_PREFIX]) + struct.pack("<I", v)
+
+
+def aml_buffer(data: bytes) -> bytes:
+    size = bytes([AML_BYTE_PREFIX, len(data)]) if len(data) < 256 else b"\x0b" + struct.pack("<H", len(data))
+    body = size + data
+    return bytes([AML_BUFFER_OP]) + aml_pkglength(len(body)) + body
+
+
+def aml_device(name: str, *contents: bytes) -> bytes:
+    body = aml_name_seg(name) + b"".join(contents)
+    return AML_DEVICE_OP + aml_pkglength(len(body)) + body
+
+
+def aml_scope(path: bytes, *contents: bytes) -> bytes:
+    body = path + b"".join(contents)
+    return bytes([AML_SCOPE_OP]) + aml_pkglength(len(body)) + body
+
+
+def eisa_id(text: str) -> int:
+    """EisaId("PNP0501") (19.6.35): three 5-bit letters big-endian, then four hex digits."""
+    v = ((ord(text[0]) - 0x40) << 10) | ((ord(text[1]) - 0x40) << 5) | (ord(text[2]) - 0x40)
+    product = int(text[3:], 16)
+    return int.from_bytes(bytes([v >> 8, v & 0xFF, product >> 8, product & 0xFF]), "little")
+
+
+def resources(io_base: int, io_len: int, io_align: int, irq: int) -> bytes:
+    """ResourceTemplate { IO (Decode16, base, base, align, len), IRQNoFlags () {irq} } (6.4.2.5, 6.4.2.1;
+    IRQNoFlags means edge-triggered, active-high: an ISA line), then the end tag (6.4.2.9)."""
+    io = struct.pack("<BBHHBB", 0x47, 0x01, io_base, io_base, io_align, io_len)
+    irqd = struct.pack("<BH", 0x22, 1 << irq)
+    return io + irqd + b"\x79\x00"
+
+
+def legacy_device(name: str, hid: str, io_base: int, io_len: int, io_align: int, irq: int) -> bytes:
+    return aml_device(
+        name,
+        aml_name("_HID", aml_dword(eisa_id(hid))),
+        aml_name("_UID", bytes([AML_ZERO])),
+        aml_name("_CRS", aml_buffer(resources(io_base, io_len, io_align, irq))),
+    )
+
+
 def dsdt() -> bytes:
-    return sdt(b"DSDT", 2, b"")  # revision 2: 64-bit AML integers
+    body = aml_scope(
+        b"\\_SB_",
+        legacy_device("COM1", "PNP0501", 0x3F8, 8, 0, 4),  # the same descriptors QEMU's DSDT has
+        legacy_device("RTC", "PNP0B00", 0x70, 2, 1, 8),
+    )
+    return sdt(b"DSDT", 2, body)  # revision 2: 64-bit AML integers
 
 
 def fadt(dsdt_addr: int) -> bytes:

@@ -85,9 +85,31 @@ def test_madt_refuses_apic_ids_beyond_xapic() -> None:
         acpi.madt([0, 255])
 
 
-def test_dsdt_is_an_empty_definition_block() -> None:
+def test_dsdt_declares_com1_and_the_rtc_in_aml() -> None:
     d = acpi.dsdt()
-    assert len(d) == 36 and d[8] == 2
+    assert d[8] == 2 and sum(d) % 256 == 0
+    body = d[36:]
+    pkglen = acpi.aml_pkglength(len(body) - 3)  # the scope is the whole body, with a 2-byte PkgLength
+    assert body[0] == acpi.AML_SCOPE_OP and body[1:3] == pkglen and body[3:8] == b"\\_SB_"
+    com1 = body.index(b"\x5b\x82") + 2  # DeviceOp, PkgLength, "COM1"
+    assert body[com1 + 1 : com1 + 5] == b"COM1"
+    assert struct.pack("<I", 0x0105D041) in body  # EisaId("PNP0501")
+    assert acpi.resources(0x3F8, 8, 0, 4) in body and acpi.resources(0x70, 2, 1, 8) in body
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("PNP0501", 0x0105D041), ("PNP0B00", 0x000BD041), ("PNP0A03", 0x030AD041)]
+)
+def test_eisa_id(text: str, value: int) -> None:
+    assert acpi.eisa_id(text) == value
+
+
+@pytest.mark.parametrize("n", [0, 1, 61, 62, 63, 200, 4094, 4095, 70000])
+def test_aml_pkglength_counts_itself(n: int) -> None:
+    enc = acpi.aml_pkglength(n)
+    nbytes = (enc[0] >> 6) + 1
+    value = enc[0] & 0x3F if nbytes == 1 else (enc[0] & 0xF) | int.from_bytes(enc[1:], "little") << 4
+    assert len(enc) == nbytes and value == n + nbytes
 
 
 IASL = shutil.which("iasl")
@@ -102,7 +124,9 @@ IASL = shutil.which("iasl")
         ("APIC", ["Local Apic ID : 03", "Processor Enabled : 1", "[I/O APIC]", "Address : FEC00000",
                   "[Interrupt Source Override]", "Interrupt : 00000002", "[Local APIC NMI]"]),
         ("XSDT", ["ACPI Table Address   0", "ACPI Table Address   1"]),
-        ("DSDT", ['DefinitionBlock ("", "DSDT", 2, "HV1   ", "HV1ACPI ", 0x00000001)']),
+        ("DSDT", ['DefinitionBlock ("", "DSDT", 2, "HV1   ", "HV1ACPI ", 0x00000001)', "Scope (\\_SB)",
+                  "Device (COM1)", 'EisaId ("PNP0501")', "0x03F8, // Range Minimum", "IRQNoFlags () {4}",
+                  "Device (RTC)", 'EisaId ("PNP0B00")', "IRQNoFlags () {8}"]),
     ],
 )  # fmt: skip
 def test_iasl_decodes_each_table(tmp_path: Path, sig: str, expect: list[str]) -> None:
