@@ -25,11 +25,14 @@ class Lz4Error(ValueError):
     pass
 
 
-def decompress_block(src: bytes | memoryview, out: bytearray, limit: int) -> None:
+def decompress_block(src: bytes, out: bytearray, limit: int) -> None:
     """Append the decoded LZ4 block `src` to `out`; the block may refer back into `out` (the
-    legacy format's blocks are independent, but this costs nothing). At most `limit` bytes."""
+    legacy format's blocks are independent, but this costs nothing). At most `limit` bytes.
+
+    Written for CPython's speed (~1 us a sequence): locals only, slices for copies, and the output
+    limit checked only where a sequence can grow large (an extended match length) and at the end."""
     i, n = 0, len(src)
-    start = len(out)
+    end_limit = len(out) + limit
     while i < n:
         token = src[i]
         i += 1
@@ -43,10 +46,12 @@ def decompress_block(src: bytes | memoryview, out: bytearray, limit: int) -> Non
                 lit += b
                 if b != 255:
                     break
-        if i + lit > n:
+        j = i + lit
+        if j > n:
             raise Lz4Error("literals run past the end of the block")
-        out += src[i : i + lit]
-        i += lit
+        if lit:
+            out += src[i:j]
+        i = j
         if i == n:
             break  # the last sequence: literals only
         if i + 2 > n:
@@ -63,6 +68,8 @@ def decompress_block(src: bytes | memoryview, out: bytearray, limit: int) -> Non
                 mlen += b
                 if b != 255:
                     break
+            if len(out) + mlen > end_limit:
+                raise Lz4Error("block decodes to more than its limit")
         pos = len(out) - offset
         if offset == 0 or pos < 0:
             raise Lz4Error(f"match offset {offset} points before the start of the output")
@@ -71,8 +78,8 @@ def decompress_block(src: bytes | memoryview, out: bytearray, limit: int) -> Non
         else:  # an overlapping match repeats the last `offset` bytes
             chunk = out[pos:]
             out += (chunk * (mlen // offset + 1))[:mlen]
-        if len(out) - start > limit:
-            raise Lz4Error("block decodes to more than its limit")
+    if len(out) > end_limit:
+        raise Lz4Error("block decodes to more than its limit")
 
 
 def _fast_block(src: bytes) -> bytes | None:
@@ -114,7 +121,7 @@ def decompress_legacy(data: bytes, max_size: int = 1 << 30) -> bytes:
         if fast is not None:
             out += fast
         else:
-            decompress_block(memoryview(block), out, LEGACY_BLOCK_MAX)
+            decompress_block(block, out, LEGACY_BLOCK_MAX)
         if len(out) > max_size:
             raise Lz4Error(f"decodes to more than {max_size} bytes")
     return bytes(out)

@@ -31,6 +31,7 @@ from hv1.machine.linux import lz4
 from hv1.machine.linux import setup_header as sh
 
 MAX_VMLINUX = 1 << 30
+EXTRACT_VERSION = 1  # part of the cache key: bump when extraction changes what it produces
 
 # (magic, name) as scripts/Makefile.lib's compressors write them
 MAGICS: tuple[tuple[bytes, str], ...] = (
@@ -109,7 +110,8 @@ def extract_vmlinux(data: bytes, hdr: sh.SetupHeader, cache_dir: Path | None = N
     payload = payload_of(data, hdr)
     cached: Path | None = None
     if cache_dir is not None:
-        cached = cache_dir / f"vmlinux-{hashlib.sha256(payload).hexdigest()[:32]}"
+        key = hashlib.sha256(payload).hexdigest()[:32]
+        cached = cache_dir / f"vmlinux-v{EXTRACT_VERSION}-{key}"
         try:
             blob = cached.read_bytes()
             if blob[:4] == b"\x7fELF":
