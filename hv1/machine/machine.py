@@ -51,7 +51,7 @@ from hv1.machine.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
 from hv1.machine.devices.fwcfg import FW_CFG_PORT_SEL, FwCfg
 from hv1.machine.devices.hyperv_testdev import HYPERV_TESTDEV_PORT, HypervTestDev
 from hv1.machine.devices.i8042 import I8042, I8042_COMMAND, I8042_DATA
-from hv1.machine.devices.ioapic import PIN_COM1, IoApic
+from hv1.machine.devices.ioapic import PIN_COM1, IoApic, decode_msi
 from hv1.machine.devices.legacy import Cmos, Pic8259Pair, Pit8254, PostPort
 from hv1.machine.devices.time_testdev import TIME_TESTDEV_PORT, TimeTestPort
 from hv1.machine.devices.uart import COM1, Uart16550
@@ -622,16 +622,18 @@ class Machine:
     def _deliver_msi(self, address: int, data: int) -> None:
         """An MSI from the I/O APIC (or any device): to KVM's local APICs, or routed to hv1's."""
         if self.cfg.apic == "kernel":
-            self.vm.signal_msi_raw(address, data)
+            try:
+                self.vm.signal_msi_raw(address, data)
+            except OSError as e:  # a message KVM refuses (the guest programmed it): dropped, traced
+                self.tracer.emit("irq", -1, "msi-refused", address=address, data=data, error=e.strerror or "")
             return
         assert self.router is not None
-        dm = (data >> 8) & 7
-        if dm not in (0, 1, 4):  # fixed, lowest priority, NMI: what an I/O APIC entry sends here
+        msi = decode_msi(address, data)
+        if msi.delivery_mode not in (0, 1, 4):  # fixed, lowest priority, NMI: what hv1's APIC model takes
             return
-        dest_mode = DestMode.LOGICAL if address & 4 else DestMode.PHYSICAL
         self.router.send_ipi(
-            -1, (address >> 12) & 0xFF, dest_mode, Shorthand.NONE, DeliveryMode(dm), data & 0xFF, level=True,
-            trigger_level=bool(data & (1 << 15)),
+            -1, msi.dest, DestMode.LOGICAL if msi.logical else DestMode.PHYSICAL, Shorthand.NONE,
+            DeliveryMode(msi.delivery_mode), msi.vector, level=True, trigger_level=msi.level_triggered,
         )  # fmt: skip
 
     def _emulation_failure_handler(self, vp: Vp) -> Callable[[], bool]:

@@ -75,6 +75,12 @@ def test_ioapic_msi_carries_logical_mode_and_delivery_mode() -> None:
     assert msis.sent == [(0xFEE03004, 0x4130)]
 
 
+def test_msi_round_trip_from_a_redirection_entry() -> None:
+    rte = (0x21 << 56) | io_apic.RTE_DEST_LOGICAL | io_apic.RTE_LEVEL | (4 << 8) | 0x2F
+    msi = io_apic.decode_msi(*io_apic.rte_to_msi(rte))
+    assert msi == io_apic.Msi(dest=0x21, logical=True, delivery_mode=4, vector=0x2F, level_triggered=True)
+
+
 def test_ioapic_masked_edge_is_lost() -> None:
     msis = Msis()
     a = IoApic(msis)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 IOAPIC_BASE = 0xFEC00000
 IOAPIC_SIZE = 0x1000
@@ -59,6 +60,23 @@ def rte_to_msi(rte: int) -> tuple[int, int]:
     if rte & RTE_LEVEL:
         data |= 1 << 15
     return address, data
+
+
+@dataclass(frozen=True)
+class Msi:
+    """An MSI decoded (SDM "Message Address Register Format" / "Message Data Register Format")."""
+
+    dest: int  # address 19:12, the APIC ID (physical) or logical destination
+    logical: bool  # address bit 2
+    delivery_mode: int  # data 10:8
+    vector: int  # data 7:0
+    level_triggered: bool  # data bit 15
+
+
+def decode_msi(address: int, data: int) -> Msi:
+    return Msi(
+        (address >> 12) & 0xFF, bool(address & 4), (data >> 8) & 7, data & 0xFF, bool(data & (1 << 15))
+    )
 
 
 class IoApic:
