@@ -23,7 +23,8 @@ What Linux needs from them, and no more (ACPI 6.0 section numbers):
   because a hardware-reduced platform has no legacy PIC, so Linux maps no ISA IRQ numbers by itself
   (acpi_parse_ioapic makes the I/O APIC's IRQ domain dynamic when nr_legacy_irqs() is 0): the 8250
   driver gets a working IRQ for ttyS0 only through this PNP device (8250_pnp takes over the legacy
-  port at the same address), and user space's console output depends on that interrupt. As in
+  port at the same address; Debian's 6.1 prints "ttyS0 at I/O 0x3f8 (irq = 25 ...)" for it: a
+  dynamic number for GSI 4), and user space's console output depends on that interrupt. As in
   Firecracker's and Cloud Hypervisor's DSDTs.
 
 Each table's checksum makes its bytes sum to zero (5.2.6); the RSDP has two (first 20 bytes, all 36).
