@@ -17,6 +17,11 @@ polarity). An edge-triggered entry sends on each inactive→active transition wh
 level-triggered one sends while the line is active and Remote IRR is clear, and sets Remote IRR until
 the EOI (a local-APIC EOI broadcast, or the EOI register). A guest value never raises: every register
 write is masked to its defined bits, and reads of undefined registers return 0.
+
+EOI broadcasts reach this model from hv1's APIC (`--apic user`). With KVM's in-kernel APIC, KVM exits
+for the EOI of a level-triggered vector only for MSI routes it was given (KVM_SET_GSI_ROUTING), and hv1
+signals MSIs without routes; every line hv1 wires (COM1, as the DSDT declares it) is an edge-triggered
+ISA line, so no level-triggered entry is in use there, and the EOI register still works.
 """
 
 from __future__ import annotations
