@@ -881,6 +881,9 @@ class Machine:
                 if n:
                     name = k.EXIT_NAMES.get(reason, str(reason))
                     totals[name] = totals.get(name, 0) + n
+        handled = sum(vp.workaround_count for vp in self.vps)
+        if handled:  # emulation failures the host workaround layer turned into #BP or skipped
+            totals["host-workaround"] = handled
         return totals
 
     def _start_threads(self) -> None:
