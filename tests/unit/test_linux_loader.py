@@ -5,8 +5,10 @@ cloud kernel (fetched by .ci/run; skipped with the reason when it is not there).
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import lzma
+import random
 import struct
 from pathlib import Path
 
@@ -442,3 +444,20 @@ def test_debian_kernel_lays_out_boot_data(
         zp = mem.read(loader.ZERO_PAGE_ADDR, 4096)
         assert struct.unpack_from("<II", zp, 0x218) == (addr, size)
         assert bp.read_e820(zp) == bp.e820_map(256 * MiB)
+
+
+def test_corrupted_images_are_loader_errors_never_crashes() -> None:
+    rng = random.Random(1212)
+    good_bz = tiny_bzimage(gzip.compress(tiny_vmlinux()))
+    good_elf = tiny_vmlinux()
+    mem = FakeMemory(24 * MiB)  # reused: what a failed load leaves behind does not matter here
+    for i in range(240):
+        img = bytearray(good_bz if i % 2 else good_elf)
+        lo, hi = (0x1F1, 0x270) if i % 2 else (0, 64 + 112 + 80)  # the header fields, or the ELF headers
+        for _ in range(rng.randrange(1, 6)):
+            img[rng.randrange(lo, hi)] = rng.randrange(256)
+        if i % 7 == 0:
+            img = img[: rng.randrange(len(img))]
+        for entry in ("pvh", "64bit"):
+            with contextlib.suppress(LoaderError):
+                loader.load(bytes(img), mem, cmdline="x", initrd=b"i" * 100, entry=entry)

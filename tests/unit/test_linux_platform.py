@@ -253,3 +253,20 @@ def test_rtc_sunday_is_day_one(monkeypatch: pytest.MonkeyPatch) -> None:
     t = time.struct_time((2026, 11, 29, 0, 0, 0, 6, 333, 0))  # a Sunday (tm_wday 6)
     monkeypatch.setattr(time, "gmtime", lambda *a: t)
     assert cmos_read(Cmos(128 << 20), 6) == 1
+
+
+def test_com1_interrupts_reach_the_local_apics_through_ioapic_pin_4() -> None:
+    """The machine's wiring (Uart16550 irq -> IoApic.set_irq(PIN_COM1)), driven as Linux's 8250 driver
+    and I/O APIC code drive it: RTE 4 edge/high to vector 0x22 on APIC 1, then THRE and RX enabled."""
+    msis = Msis()
+    a = IoApic(msis)
+    u = Uart16550(io.BytesIO(), irq=lambda level: a.set_irq(io_apic.PIN_COM1, level))
+    u.io_write(COM1 + 1, 1, 0x02)  # THRE enabled before the entry is unmasked: that edge is lost
+    assert msis.sent == []
+    write_rte(a, io_apic.PIN_COM1, (1 << 56) | 0x22)
+    u.io_read(COM1 + 2, 1)  # the ISR reads IIR (THRE cleared)...
+    u.io_write(COM1, 1, ord("A"))  # ...and transmits: THR empty again, a new edge
+    u.io_write(COM1 + 1, 1, 0x03)  # RX enabled too
+    u.io_read(COM1 + 2, 1)
+    u.receive(b"x")
+    assert msis.sent == [(0xFEE01000, 0x4022)] * 2

@@ -125,7 +125,10 @@ def parse(data: bytes) -> SetupHeader:
     for name, off, code in FIELDS:
         size = struct.calcsize(code)
         values[name] = struct.unpack_from("<" + code, data, off)[0] if off + size <= end else 0
-    return SetupHeader(values=values, raw=data[SETUP_HEADER_START:end], end=end)
+    hdr = SetupHeader(values=values, raw=data[SETUP_HEADER_START:end], end=end)
+    if hdr.setup_size >= len(data):
+        raise LoaderError("the bzImage ends inside its setup code (setup_sects is larger than the image)")
+    return hdr
 
 
 def kernel_version_string(data: bytes, hdr: SetupHeader) -> str | None:
