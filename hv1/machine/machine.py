@@ -899,6 +899,7 @@ class Machine:
         self.ram.clear()
         self.boot = self._load()
         self.ioapic.reset()
+        self.uart.reset()
         self.partition.reset()
         self.vm.set_readonly_pages(())  # every VP thread has stopped: no parking needed
         self.hypercall_page_gpa = None

@@ -270,3 +270,17 @@ def test_com1_interrupts_reach_the_local_apics_through_ioapic_pin_4() -> None:
     u.io_read(COM1 + 2, 1)
     u.receive(b"x")
     assert msis.sent == [(0xFEE01000, 0x4022)] * 2
+
+
+def test_uart_reset_after_a_partition_reset_gives_the_first_edge_again() -> None:
+    msis = Msis()
+    a = IoApic(msis)
+    u = Uart16550(io.BytesIO(), irq=lambda level: a.set_irq(io_apic.PIN_COM1, level))
+    write_rte(a, io_apic.PIN_COM1, 0x22)
+    u.io_write(COM1 + 1, 1, 0x02)  # THRE pending, line high: one MSI
+    a.reset()  # the partition resets with the line still high...
+    u.reset()
+    assert u.ier == 0 and u.io_read(COM1 + 2, 1) & 0x0F == 0x01
+    write_rte(a, io_apic.PIN_COM1, 0x22)
+    u.io_write(COM1 + 1, 1, 0x02)  # ...and the next boot's first THRE is an edge again
+    assert len(msis.sent) == 2

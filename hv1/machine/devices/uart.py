@@ -142,6 +142,17 @@ class Uart16550:
         elif reg == 7:
             self.scr = value
 
+    def reset(self) -> None:
+        """Power-on register state (a partition reset). The interrupt line is low again, as the I/O
+        APIC, reset with it, already takes it to be."""
+        with self._reg_lock:
+            self.ier = self.mcr = self.scr = self.fcr = 0
+            self.lcr = 0x03
+            self.dll, self.dlm = 0x01, 0
+            self._rx.clear()
+            self._thre_pending = False
+            self._line = False
+
     def receive(self, data: bytes) -> None:
         """Bytes arriving on the line (console input): queued for RBR, with the RX interrupt."""
         with self._reg_lock:
