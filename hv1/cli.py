@@ -146,6 +146,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
     )  # fmt: skip
     try:
         machine = Machine(cfg, tracer=tracer, serial_out=serial)
+        if machine.boot.linux is not None and machine.boot.linux.note:
+            sys.stderr.write(f"hv1: note: {machine.boot.linux.note}\n")
         try:
             result = machine.run()
         finally:

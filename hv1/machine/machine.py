@@ -512,6 +512,9 @@ class Machine:
         self._kernel_image, self._module_images, self._initrd_image = kernel, mods, initrd
         self.apic_ids = list(range(cfg.cpus))
         self.boot = self._load()
+        if self.boot.linux is not None:
+            lb = self.boot.linux
+            self.tracer.emit("vp", -1, "linux-loaded", kind=lb.kind, entry=lb.entry.rip, note=lb.note)
         self.system = KvmSystem()
         self.vm = KvmVm(self.system)
         self.vm.add_ram(self.ram)

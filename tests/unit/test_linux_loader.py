@@ -178,10 +178,17 @@ def test_payload_extracted_in_every_stdlib_format(compress: object, fmt: str) ->
     assert payload.extract_vmlinux(img, hdr) == elf
 
 
-def test_zstd_payload_says_to_use_the_decompressor() -> None:
+def test_zstd_payload_falls_back_to_the_decompressor() -> None:
     img = tiny_bzimage(b"\x28\xb5\x2f\xfd" + bytes(32))
-    with pytest.raises(LoaderError, match="--linux-entry 64bit"):
+    with pytest.raises(payload.PayloadUnsupported, match="--linux-entry 64bit"):
         payload.extract_vmlinux(img, sh.parse(img))
+    b = loader.load(img, FakeMemory(64 * MiB), cmdline="")
+    assert b.kind == "bzimage-64bit" and "zstd" in b.note and b.entry.rip == 0x1000200
+
+
+def test_payload_without_pvh_note_falls_back_to_the_decompressor() -> None:
+    b = loader.load(tiny_bzimage(gzip.compress(tiny_vmlinux(entry32=None))), FakeMemory(64 * MiB), cmdline="")
+    assert b.kind == "bzimage-64bit" and "PVH" in b.note
 
 
 def test_payload_outside_the_image() -> None:

@@ -7,7 +7,8 @@ Three paths (all set up the same platform: e820 map, command line, initrd and hv
   flat protected mode with EBX pointing at it (pvh.py).
 - **bzImage, payload extracted** (default): the compressed vmlinux inside the bzImage is decompressed
   on the host (payload.py) and booted through PVH; the in-guest decompressor (and KASLR, which only it
-  does) is skipped. The setup header's limits (cmdline_size, initrd_addr_max) still apply.
+  does) is skipped. The setup header's limits (cmdline_size, initrd_addr_max) still apply. A payload
+  Python cannot decode (zstd, LZO) or a kernel without CONFIG_PVH falls back to the next path.
 - **bzImage, 64-bit boot protocol** (`entry="64bit"`, boot.rst "64-bit Boot Protocol"): the
   protected-mode kernel at its preferred address, boot_params (the zero page), and entry at
   load address + 0x200 (startup_64) in 64-bit mode with RSI = boot_params, paging on with an identity
@@ -66,6 +67,7 @@ class LinuxBoot:
     kernel_range: tuple[int, int] = (0, 0)  # [start, end) the kernel occupies (incl. init_size)
     rsdp: int = 0
     header: sh.SetupHeader | None = None
+    note: str = ""  # why the loader chose this path, when it was not the one asked for
 
 
 def is_linux(data: bytes) -> bool:
@@ -252,7 +254,17 @@ def load(
     hdr = sh.parse(data)
     if entry == "64bit":
         return load_bzimage_64(data, hdr, mem, cmdline=cmdline, initrd=initrd, apic_ids=ids)
-    vmlinux = payload.extract_vmlinux(data, hdr, cache_dir)
+    try:
+        vmlinux = payload.extract_vmlinux(data, hdr, cache_dir)
+        if pvh.parse_vmlinux(vmlinux).entry32 is None:
+            raise payload.PayloadUnsupported(
+                "the kernel inside the bzImage has no PVH entry note (CONFIG_PVH)"
+            )
+    except payload.PayloadUnsupported as e:
+        # Still bootable, through its own decompressor: the 64-bit boot protocol.
+        boot64 = load_bzimage_64(data, hdr, mem, cmdline=cmdline, initrd=initrd, apic_ids=ids)
+        boot64.note = f"{e}; booted through the 64-bit boot protocol instead"
+        return boot64
     limit = min(hdr["cmdline_size"] if hdr.version >= 0x0206 else 255, CMDLINE_REGION - 1)
     boot = load_pvh(
         vmlinux, mem, cmdline=cmdline, initrd=initrd, apic_ids=ids, cmdline_max=limit,

@@ -46,10 +46,15 @@ MAGICS: tuple[tuple[bytes, str], ...] = (
 SUPPORTED = ("gzip", "xz", "lzma", "bzip2", "lz4")
 
 
+class PayloadUnsupported(LoaderError):
+    """The payload cannot be extracted here (no decoder, or no payload fields): the kernel can still
+    boot through its own decompressor (loader.py falls back to the 64-bit boot protocol)."""
+
+
 def payload_of(data: bytes, hdr: sh.SetupHeader) -> bytes:
     if hdr.version < 0x0208:
         v = hdr.version
-        raise LoaderError(f"boot protocol {v >> 8}.{v & 0xFF} has no payload fields (2.08+)")
+        raise PayloadUnsupported(f"boot protocol {v >> 8}.{v & 0xFF} has no payload fields (2.08+)")
     start = hdr.setup_size + hdr["payload_offset"]
     length = hdr["payload_length"]
     if not length or start + length > len(data):
@@ -94,7 +99,7 @@ def decompress(payload: bytes) -> bytes:
             return lz4.decompress_legacy(payload, MAX_VMLINUX)
     except (zlib.error, lzma.LZMAError, OSError, ValueError) as e:
         raise LoaderError(f"the {fmt} payload does not decompress: {e}") from None
-    raise LoaderError(
+    raise PayloadUnsupported(
         f"the bzImage payload is {fmt}-compressed and Python has no {fmt} decoder: "
         "boot it through its decompressor (--linux-entry 64bit)"
     )
