@@ -47,8 +47,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hv1", description="The Microsoft Hypervisor Interface (Hv#1) on Linux KVM.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    r = sub.add_parser("run", help="boot a Multiboot kernel (like qemu-system-x86_64 -kernel)")
-    r.add_argument("kernel", help="Multiboot kernel image (ELF32/ELF64 or a.out-kludge)")
+    r = sub.add_parser("run", help="boot a Multiboot or Linux kernel (like qemu-system-x86_64 -kernel)")
+    r.add_argument(
+        "kernel", help="Multiboot kernel (ELF32/ELF64 or a.out-kludge), Linux bzImage or PVH vmlinux"
+    )
     r.add_argument("--cpus", "-smp", default="1", help="number of virtual processors, 1-64 (default 1)")
     r.add_argument(
         "--vp-index-map",
@@ -60,6 +62,13 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--append", default="", help="kernel command line")
     r.add_argument("--module", action="append", default=[], metavar="FILE[,ARGS]",
                    help="Multiboot module (repeatable); ARGS become its string")  # fmt: skip
+    r.add_argument("--initrd", metavar="FILE", help="Linux: initial ramdisk (e.g. a cpio initramfs)")
+    r.add_argument("--linux-entry", default="pvh", choices=("pvh", "64bit"),
+                   help="Linux bzImage: pvh = decompress the payload on the host, enter through PVH "
+                        "(default: no in-guest decompressor); 64bit = the 64-bit boot protocol")  # fmt: skip
+    r.add_argument("--host-workarounds", default="auto", choices=("auto", "on", "off"),
+                   help="emulated-ring-0 host workarounds (int3 -> #BP, fwait skipped, CX16 hidden); "
+                        "auto: when kvm_pvm is loaded")  # fmt: skip
     r.add_argument("--apic", default="kernel", choices=("kernel", "user"),
                    help="kernel: KVM's local APIC; user: hv1's APIC model (full TLFS fidelity)")  # fmt: skip
     r.add_argument("--hv", default="default", metavar="PROFILE",
@@ -142,6 +151,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
         modules.append(Module(path, args))
     if not os.path.exists(a.kernel):
         raise UsageError(f"kernel image not found: {a.kernel}")
+    if a.initrd is not None and not os.path.isfile(a.initrd):
+        raise UsageError(f"initrd not found: {a.initrd}")
     try:
         cats = parse_categories(a.trace)
     except TraceError as e:
@@ -158,10 +169,13 @@ def _cmd_run(a: argparse.Namespace) -> int:
     cfg = MachineConfig(
         kernel=a.kernel, cpus=cpus, memory=memory, append=a.append, modules=modules, apic=a.apic,
         hv=a.hv, timeout=a.timeout, on_crash=a.on_crash, no_reboot=a.no_reboot,
-        vp_index_map=_vp_index_map(a.vp_index_map, cpus), inject=injector,
+        vp_index_map=_vp_index_map(a.vp_index_map, cpus), inject=injector, initrd=a.initrd,
+        linux_entry=a.linux_entry, host_workarounds=a.host_workarounds,
     )  # fmt: skip
     try:
         machine = Machine(cfg, tracer=tracer, serial_out=serial)
+        if machine.boot.linux is not None and machine.boot.linux.note:
+            sys.stderr.write(f"hv1: note: {machine.boot.linux.note}\n")
         try:
             result = machine.run()
         finally:
@@ -214,8 +228,16 @@ def _cmd_info(a: argparse.Namespace) -> int:
             raise UsageError(f"--hv: {e}") from None
         print(capsmod.describe(c))
         return EXIT_OK
+    from hv1.backends.kvm import host_workarounds
     from hv1.backends.kvm.vm import KvmSystem, host_info
 
+    w = host_workarounds.detect()
+    print("host workarounds (hv1/backends/kvm/host_workarounds.py):")
+    print(f"  needed                 {'yes' if w.enabled else 'no'} ({w.reason})")
+    if w.enabled:
+        print("  applied                int3 at CPL0 -> #BP (RIP+1), fwait skipped, CPUID.1:ECX.CX16 hidden")
+        print(f"  Linux command line     {w.recommended_cmdline}")
+        print("                         (add to --append: this host cannot emulate what these turn off)")
     system = KvmSystem()
     h = host_info(system)
     system.close()
@@ -235,7 +257,9 @@ def _cmd_info(a: argparse.Namespace) -> int:
     print("hv1 will use:")
     print("  hypercall trap         `out` to port 0x90 from the hypercall page (VMCALL is not used)")
     print("  APIC modes             kernel (split irqchip + KVM_SIGNAL_MSI), user (hv1's APIC model)")
-    print("  devices                COM1 16550, isa-debug-exit 0xf4, fw_cfg 0x510, PIC/PIT/CMOS stubs")
+    print("  devices                COM1 16550 (IRQ 4), isa-debug-exit 0xf4, fw_cfg 0x510, PIC/PIT stubs,")
+    print("                         CMOS/RTC, i8042 reset line, I/O APIC at 0xfec00000")
+    print("  Linux                  bzImage or PVH vmlinux, --initrd, ACPI tables (RSDP/XSDT/FADT/MADT/DSDT)")
     print("  test devices (on)      hyperv-testdev at 0x3000 (QEMU-compatible SynIC test device),")
     print("                         hv1-time-test at 0x3004 (pause reference time, simulate TSC migration),")
     print("                         hv1-bench at 0x3008 (timed host posts/interrupts for bench/run.py)")

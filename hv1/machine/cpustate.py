@@ -1,11 +1,13 @@
-"""The architectural states a vCPU is started in: the Multiboot entry, an AP after INIT-SIPI, and
-an HV_INITIAL_VP_CONTEXT (HvCallStartVirtualProcessor). Setup paths only (vCPU ioctls)."""
+"""The architectural states a vCPU is started in: the Multiboot entry, a loader's EntryState (Linux),
+an AP after INIT-SIPI, and an HV_INITIAL_VP_CONTEXT (HvCallStartVirtualProcessor). Setup paths only
+(vCPU ioctls)."""
 
 from __future__ import annotations
 
 from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.vcpu import KvmVcpu
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
+from hv1.machine.entry_state import EntryMode, EntryState
 
 MSR_IA32_PAT = 0x277
 CODE, DATA = 0xB, 0x3  # execute/read accessed code; read/write accessed data
@@ -96,4 +98,47 @@ def set_initial_context(vcpu: KvmVcpu, ctx: InitialVpContext) -> None:
         raise ContextRejected(f"PAT {ctx.pat:#x}: {e}") from None
     r = k.kvm_regs()
     r.rip, r.rsp, r.rflags = ctx.rip, ctx.rsp, ctx.rflags
+    vcpu.set_regs(r)
+
+
+EFER_LME, EFER_LMA = 1 << 8, 1 << 10
+CR0_PE, CR0_ET, CR0_PG = 1 << 0, 1 << 4, 1 << 31
+CR4_PAE = 1 << 5
+TSS32_BUSY = 0xB
+
+
+def set_entry_state(vcpu: KvmVcpu, st: EntryState) -> None:
+    """Start the vCPU in a loader's EntryState (hv1/machine/entry_state.py).
+
+    PROTECTED32: flat 4 GiB code and data segments, CR0 = PE|ET, paging off (Multiboot 0.6.96 §3.2;
+    the PVH entry state of Xen's docs/misc/pvh.pandoc, which also wants TR on a 32-bit TSS).
+    LONG64: boot.rst "64-bit Boot Protocol": EFER.LME|LMA, CR0 = PE|PG, CR4.PAE, CR3 = the loader's
+    identity-mapping page tables, CS = __BOOT_CS as a 64-bit code segment, DS/ES/SS = __BOOT_DS, the
+    loader's GDT in GDTR, interrupts off."""
+    if st.mode is EntryMode.PROTECTED32 and not st.tss and set(st.gprs) <= {"rax", "rbx"}:
+        set_multiboot_entry(vcpu, st.rip, st.gprs.get("rax", 0), st.gprs.get("rbx", 0))  # unchanged path
+        return
+    s = vcpu.get_sregs()
+    long = st.mode is EntryMode.LONG64
+    set_segment(s.cs, st.code_selector, 0, 0xFFFFFFFF, CODE, db=not long, g=True, long=long)
+    for seg in (s.ds, s.es, s.fs, s.gs, s.ss):
+        set_segment(seg, st.data_selector, 0, 0xFFFFFFFF, DATA, db=True, g=True)
+    if st.tss:
+        set_segment(s.tr, 0, 0, 0x67, TSS32_BUSY, db=False, g=False, s=False)
+    if st.gdt is not None:
+        s.gdt.base, s.gdt.limit = st.gdt
+    if long:
+        s.cr0 = CR0_PE | CR0_ET | CR0_PG
+        s.cr3 = st.cr3
+        s.cr4 = CR4_PAE
+        s.efer = EFER_LME | EFER_LMA
+    else:
+        s.cr0 = CR0_PE | CR0_ET
+        s.cr3 = s.cr4 = s.efer = 0
+    vcpu.set_sregs(s)
+    r = k.kvm_regs()
+    for name, value in st.gprs.items():
+        setattr(r, name, value)
+    r.rip = st.rip
+    r.rflags = 2  # IF = 0
     vcpu.set_regs(r)

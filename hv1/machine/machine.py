@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO, TextIO
 
+from hv1.backends.kvm import host_workarounds
 from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.memory import GuestRam
 from hv1.backends.kvm.tsc import guest_tsc_offset, rdtsc
@@ -33,7 +34,7 @@ from hv1.backends.kvm.vm import (
 )
 from hv1.errors import EXIT_GUEST_CRASH, EXIT_GUEST_FATAL, EXIT_INTERNAL, EXIT_TIMEOUT, UsageError
 from hv1.hv import enlightenments
-from hv1.hv.apic import ApicHooks, ApicRouter, LocalApic, inject_pending
+from hv1.hv.apic import ApicHooks, ApicRouter, DeliveryMode, DestMode, LocalApic, Shorthand, inject_pending
 from hv1.hv.caps import parse_profile, without_auto_eoi
 from hv1.hv.guest_cpu import GuestCpu
 from hv1.hv.hypercall_page import HYPERCALL_PORT
@@ -45,12 +46,12 @@ from hv1.hv.partition import Partition
 from hv1.hv.reftime import ReferenceTime
 from hv1.hv.synic import synic_of
 from hv1.hv.vp_assist import vp_assist_of
-from hv1.machine import multiboot
+from hv1.machine import boot, multiboot
 from hv1.machine.auto_eoi import KernelAutoEoi
 from hv1.machine.cpustate import (
     ContextRejected,
+    set_entry_state,
     set_initial_context,
-    set_multiboot_entry,
     set_real_mode_start,
 )
 from hv1.machine.devices.base import IoBus
@@ -58,9 +59,12 @@ from hv1.machine.devices.bench_dev import BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT, 
 from hv1.machine.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
 from hv1.machine.devices.fwcfg import FW_CFG_PORT_SEL, FwCfg
 from hv1.machine.devices.hyperv_testdev import HYPERV_TESTDEV_PORT, HypervTestDev
+from hv1.machine.devices.i8042 import I8042, I8042_COMMAND, I8042_DATA
+from hv1.machine.devices.ioapic import PIN_COM1, IoApic, decode_msi
 from hv1.machine.devices.legacy import Cmos, Pic8259Pair, Pit8254, PostPort
 from hv1.machine.devices.time_testdev import TIME_TESTDEV_PORT, TimeTestPort
 from hv1.machine.devices.uart import COM1, Uart16550
+from hv1.machine.linux.payload import default_cache_dir
 from hv1.machine.paging import read_virtual
 from hv1.machine.scheduler import Scheduler
 from hv1.tlfs.partition import PartitionPrivilege
@@ -92,6 +96,9 @@ class MachineConfig:
     vp_index_map: list[int] | None = None  # VP index of each vCPU in APIC-ID order (--vp-index-map)
     # Fault injection (--inject, hv/inject.py): specs, or an Injector built from Python.
     inject: list[str] | Injector = field(default_factory=list)
+    initrd: str | None = None  # Linux: the initial ramdisk (--initrd)
+    linux_entry: str = "pvh"  # Linux bzImage: "pvh" (payload extracted on the host) or "64bit"
+    host_workarounds: str = "auto"  # hv1/backends/kvm/host_workarounds.py: auto | on | off
 
 
 @dataclass
@@ -105,14 +112,17 @@ class SynicEoiHook(ApicHooks):
     """User APIC mode: an EOI of a SINT vector lets the SynIC retry messages queued on that SINT
     (TLFS inter-partition-communication.md, "SynIC Message Flags": EOI and EOM both prompt redelivery)."""
 
-    def __init__(self, partition: Partition) -> None:
+    def __init__(self, partition: Partition, ioapic: IoApic | None = None) -> None:
         self.partition = partition
+        self.ioapic = ioapic
 
     def eoi(self, apic: LocalApic, vector: int, level: bool) -> None:
         vp = self.partition.vp(apic.vp_index)  # LocalApic.vp_index is the VP index (--vp-index-map)
         assert vp is not None
         vp_assist_of(vp).apic_eoi(vector, level)  # EOI assist bookkeeping (may retire one more vector)
         synic_of(vp).eoi(vector)
+        if self.ioapic is not None:
+            self.ioapic.eoi(vector)  # the EOI broadcast: clears Remote IRR of a level entry, if any
 
 
 class Vp:
@@ -145,6 +155,7 @@ class Vp:
         self.sipi_vector: int | None = None
         self.init_pending = False
         self.exit_counts = [0] * 64
+        self.workaround_count = 0  # emulation failures turned into #BP or skipped (host_workarounds)
         self.tlb_flushes = 0
         self._trace_exits = machine.tracer.wants("exits")
         self._timer_armed: int | None = None
@@ -207,6 +218,8 @@ class Vp:
             base = apic.mmio_base()  # None in x2APIC mode or when disabled: the page is not decoded
             if base is not None and base <= addr < base + 0x1000:
                 return apic.mmio_read(addr - base, size)
+        if self.m.ioapic.contains(addr):
+            return self.m.ioapic.mmio_read(addr, size)
         if self.m.tracer.wants("mmio"):
             self.m.tracer.emit("mmio", self.index, "read-unassigned", addr=addr, size=size)
         return (1 << (8 * size)) - 1
@@ -228,6 +241,9 @@ class Vp:
             if base is not None and base <= addr < base + 0x1000:
                 apic.mmio_write(addr - base, size, value)
                 return
+        if self.m.ioapic.contains(addr):
+            self.m.ioapic.mmio_write(addr, size, value)
+            return
         if self.m.tracer.wants("mmio"):
             self.m.tracer.emit("mmio", self.index, "write-unassigned", addr=addr, size=size, value=value)
 
@@ -570,6 +586,17 @@ class Machine:
                     mods.append((m, f.read()))
             except OSError as e:
                 raise UsageError(f"cannot read module {m.path}: {e.strerror}") from None
+        initrd: bytes | None = None
+        if cfg.initrd is not None:
+            try:
+                with open(cfg.initrd, "rb") as f:
+                    initrd = f.read()
+            except OSError as e:
+                raise UsageError(f"cannot read initrd {cfg.initrd}: {e.strerror}") from None
+        try:
+            self.workarounds = host_workarounds.detect(cfg.host_workarounds)
+        except ValueError as e:
+            raise UsageError(f"--host-workarounds: {e}") from None
         try:
             caps = parse_profile(cfg.hv, apic_mode=cfg.apic)
         except ValueError as e:
@@ -584,8 +611,12 @@ class Machine:
 
         # Load first: every mistake in the image is reported before /dev/kvm is even opened.
         self.ram = GuestRam(cfg.memory)
-        self._kernel_image, self._module_images = kernel, mods
-        self.boot = multiboot.load(cfg.kernel, kernel, self.ram, cfg.append, mods)
+        self._kernel_image, self._module_images, self._initrd_image = kernel, mods, initrd
+        self.apic_ids = list(range(cfg.cpus))
+        self.boot = self._load()
+        if self.boot.linux is not None:
+            lb = self.boot.linux
+            self.tracer.emit("vp", -1, "linux-loaded", kind=lb.kind, entry=lb.entry.rip, note=lb.note)
         self.system = KvmSystem()
         self.vm = KvmVm(self.system)
         self.vm.add_ram(self.ram)
@@ -597,7 +628,6 @@ class Machine:
         self.vm.route_msrs_to_userspace(msr_ranges)
 
         self.scheduler = Scheduler(on_error=self._scheduler_error)
-        self.apic_ids = list(range(cfg.cpus))
         self.vp_indexes = list(cfg.vp_index_map) if cfg.vp_index_map else list(range(cfg.cpus))
         self.apic_id_of = dict(zip(self.vp_indexes, self.apic_ids, strict=True))
         self.start_lock = threading.Lock()
@@ -660,8 +690,10 @@ class Machine:
             )
         enlightenments.attach(self.partition, self.router.apic_for_vp if self.router is not None else None)
         self.vps: list[Vp] = []
+        # The I/O APIC of the split irqchip (both APIC modes: KVM never models it here).
+        self.ioapic = IoApic(self._deliver_msi)
         if self.router is not None:
-            hooks = SynicEoiHook(self.partition)
+            hooks = SynicEoiHook(self.partition, self.ioapic)
             for a in apics:
                 if a is not None:
                     a.hooks = hooks
@@ -677,13 +709,16 @@ class Machine:
                 vcpu.enable_cap(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID, 1)
             vcpu.set_cpuid(cpuid2_buffer(self._cpuid_for(cpuid, self.apic_ids[i])))
             self.vps.append(Vp(self, i, vcpu, apics[i]))
+            if self.workarounds.enabled:
+                vcpu.on_emulation_failure = self._emulation_failure_handler(self.vps[-1])
         self.vp_by_index = {vp.vp_index: vp for vp in self.vps}
         # The in-kernel local APICs as KVM created them: a partition reset puts them back.
         self._pristine_lapics = [vp.vcpu.get_lapic() for vp in self.vps] if cfg.apic == "kernel" else []
-        set_multiboot_entry(self.vps[0].vcpu, self.boot.entry, self.boot.eax, self.boot.mbi)
+        set_entry_state(self.vps[0].vcpu, self.boot.entry)
 
         self.bus = IoBus(self.tracer)
-        self.uart = Uart16550(serial_out if serial_out is not None else sys.stdout.buffer)
+        self.uart = Uart16550(serial_out if serial_out is not None else sys.stdout.buffer,
+                              irq=lambda level: self.ioapic.set_irq(PIN_COM1, level))  # fmt: skip
         self.bus.register(self.uart, COM1, 8)
         self.bus.register(DebugExit(self._debug_exit), DEBUG_EXIT_PORT, 4)
         self.bus.register(FwCfg(cfg.cpus, cfg.memory, cfg.append), FW_CFG_PORT_SEL, 2)
@@ -696,6 +731,9 @@ class Machine:
         self.bus.register(PostPort(), 0x80)
         self.cmos = Cmos(cfg.memory)
         self.bus.register(self.cmos, 0x70, 2)
+        i8042 = I8042(self.request_reset)  # the keyboard controller's reset line (reboot=k, FADT RESET_REG)
+        self.bus.register(i8042, I8042_DATA)
+        self.bus.register(i8042, I8042_COMMAND)
         # Test devices, on by default and as harmless as QEMU's hyperv-testdev.
         self.testdev = HypervTestDev(self.partition.ports, self.tracer)
         self.bus.register(self.testdev, HYPERV_TESTDEV_PORT, 4)
@@ -715,6 +753,44 @@ class Machine:
             return False
         return True
 
+    def _load(self) -> boot.Boot:
+        cfg = self.cfg
+        return boot.load_kernel(
+            cfg.kernel, self._kernel_image, self.ram, append=cfg.append, modules=self._module_images,
+            initrd=self._initrd_image, apic_ids=self.apic_ids, linux_entry=cfg.linux_entry,
+            cache_dir=default_cache_dir(),
+        )  # fmt: skip
+
+    def _deliver_msi(self, address: int, data: int) -> None:
+        """An MSI from the I/O APIC (or any device): to KVM's local APICs, or routed to hv1's."""
+        if self.cfg.apic == "kernel":
+            try:
+                self.vm.signal_msi_raw(address, data)
+            except OSError as e:  # a message KVM refuses (the guest programmed it): dropped, traced
+                self.tracer.emit("irq", -1, "msi-refused", address=address, data=data, error=e.strerror or "")
+            return
+        assert self.router is not None
+        msi = decode_msi(address, data)
+        if msi.delivery_mode not in (0, 1, 4):  # fixed, lowest priority, NMI: what hv1's APIC model takes
+            return
+        self.router.send_ipi(
+            -1, msi.dest, DestMode.LOGICAL if msi.logical else DestMode.PHYSICAL, Shorthand.NONE,
+            DeliveryMode(msi.delivery_mode), msi.vector, level=True, trigger_level=msi.level_triggered,
+        )  # fmt: skip
+
+    def _emulation_failure_handler(self, vp: Vp) -> Callable[[], bool]:
+        def read_insn(rip: int) -> bytes | None:
+            s = vp.vcpu.sregs  # the kvm_run sync area: valid at every exit
+            return read_virtual(self.ram, rip + (s.cs.base if not s.cr0 & 1 else 0), 1, s.cr0, s.cr3, s.cr4,
+                                s.efer)  # fmt: skip
+
+        def note(action: str, rip: int) -> None:
+            vp.workaround_count += 1
+            if self.tracer.wants("exits"):
+                self.tracer.emit("exits", vp.index, "host-workaround", action=action, rip=rip)
+
+        return lambda: host_workarounds.handle_emulation_failure(self.workarounds, vp.vcpu, read_insn, note)
+
     # ---- CPUID ----
     def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[k.kvm_cpuid_entry2]:
         entries = [
@@ -727,6 +803,7 @@ class Machine:
                 e.ecx |= CPUID1_ECX_HYPERVISOR
                 if self.cfg.apic == "user":
                     e.ecx &= ~CPUID1_ECX_TSC_DEADLINE  # hv1's APIC model has no TSC-deadline mode
+        host_workarounds.adjust_cpuid(self.workarounds, entries)
         for leaf, (a, b, c, d) in sorted(caps_leaves.items()):
             entries.append(k.kvm_cpuid_entry2(function=leaf, index=0, flags=0, eax=a, ebx=b, ecx=c, edx=d))
         return entries
@@ -953,6 +1030,9 @@ class Machine:
                 if n:
                     name = k.EXIT_NAMES.get(reason, str(reason))
                     totals[name] = totals.get(name, 0) + n
+        handled = sum(vp.workaround_count for vp in self.vps)
+        if handled:  # emulation failures the host workaround layer turned into #BP or skipped
+            totals["host-workaround"] = handled
         return totals
 
     def _start_threads(self) -> None:
@@ -969,8 +1049,9 @@ class Machine:
         # reloading afterwards makes RAM exactly the fresh image whatever any reset step wrote.
         self.partition.reset()
         self.ram.clear()
-        self.boot = multiboot.load(self.cfg.kernel, self._kernel_image, self.ram, self.cfg.append,
-                                   self._module_images)  # fmt: skip
+        self.boot = self._load()
+        self.ioapic.reset()
+        self.uart.reset()
         self.vm.set_readonly_pages(())  # every VP thread has stopped: no parking needed
         self.hypercall_page_gpa = None
         self.testdev.reset()
@@ -985,7 +1066,7 @@ class Machine:
             if self._pristine_lapics:
                 vcpu.set_lapic(self._pristine_lapics[vp.index])
                 vcpu.set_mp_state(k.KVM_MP_STATE_RUNNABLE if vp.index == 0 else k.KVM_MP_STATE_UNINITIALIZED)
-        set_multiboot_entry(self.vps[0].vcpu, self.boot.entry, self.boot.eax, self.boot.mbi)
+        set_entry_state(self.vps[0].vcpu, self.boot.entry)
         self.tracer.emit("vp", -1, "reset", count=self.resets)
 
     def run(self) -> RunResult:

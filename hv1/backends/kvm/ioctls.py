@@ -260,6 +260,7 @@ RUN_SYNC_REGS = 304
 RUN_SYNC_SREGS = RUN_SYNC_REGS + ctypes.sizeof(kvm_regs)
 RUN_SYNC_EVENTS = RUN_SYNC_SREGS + ctypes.sizeof(kvm_sregs)
 
+KVM_INTERNAL_ERROR_EMULATION = 1
 INTERNAL_SUBERRORS = {
     1: "emulation failure",
     2: "simultaneous exceptions",

@@ -16,6 +16,7 @@ import fcntl
 import mmap
 import os
 import struct
+from collections.abc import Callable
 from typing import Protocol
 
 from hv1.backends.kvm import ioctls as k
@@ -82,6 +83,9 @@ class KvmVcpu:
         self.stop_requested = False
         self._fpu: k.kvm_fpu | None = None
         self._fpu_dirty = False
+        # Called on an emulation failure (KVM_EXIT_INTERNAL_ERROR, suberror 1); True means it was
+        # handled and the vCPU may run on (host_workarounds.py). None: every such failure is fatal.
+        self.on_emulation_failure: Callable[[], bool] | None = None
 
     # ---- setup-time register access (ioctls; fine outside the hot path) ----
     def get_sregs(self) -> k.kvm_sregs:
@@ -317,6 +321,9 @@ class KvmVcpu:
                 return
             elif reason == k.KVM_EXIT_INTERNAL_ERROR:
                 sub, ndata = _INTERNAL.unpack_from(mm, 32)
+                handler = self.on_emulation_failure
+                if sub == k.KVM_INTERNAL_ERROR_EMULATION and handler is not None and handler():
+                    continue
                 data = struct.unpack_from(f"<{min(ndata, 16)}Q", mm, 40)
                 what = k.INTERNAL_SUBERRORS.get(sub, f"suberror {sub}")
                 h.fatal("internal-error", f"KVM internal error: {what}; data {[hex(d) for d in data]}")

@@ -213,6 +213,11 @@ class KvmVm:
         msi = k.kvm_msi(address_lo=0xFEE00000 | (apic_id << 12), address_hi=0, data=vector & 0xFF)
         fcntl.ioctl(self.fd, k.KVM_SIGNAL_MSI, bytes(msi))
 
+    def signal_msi_raw(self, address: int, data: int) -> None:
+        """Any MSI (address/data as an I/O APIC redirection entry or a device builds them)."""
+        msi = k.kvm_msi(address_lo=address & 0xFFFFFFFF, address_hi=address >> 32, data=data & 0xFFFFFFFF)
+        fcntl.ioctl(self.fd, k.KVM_SIGNAL_MSI, bytes(msi))
+
     def create_vcpu_fd(self, vcpu_id: int) -> int:
         return int(fcntl.ioctl(self.fd, k.KVM_CREATE_VCPU, vcpu_id))
 

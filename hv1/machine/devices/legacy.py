@@ -1,8 +1,10 @@
 """The PC's legacy chips as a test kernel meets them: the PICs (masked, accepting ICWs), the PIT
 (writes accepted, a counter that reads back), port 0x61, the POST port and a CMOS RTC/NVRAM.
 
-None of them raises interrupts: test kernels use the local APIC. CMOS RAM survives a partition reset
-(as NVRAM does), which lets a conformance guest tell its second boot after HV_X64_MSR_RESET.
+None of them raises interrupts: test kernels use the local APIC, and Linux, told by hv1's
+hardware-reduced FADT, uses neither the PIC nor the PIT. The RTC answers what Linux reads (status A
+with UIP clear, B = 24-hour BCD, C no flags, D valid, the time and the century). CMOS RAM survives a
+partition reset (as NVRAM does), which lets a conformance guest tell its second boot after HV_X64_MSR_RESET.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class PostPort:
         self.last = value & 0xFF
 
 
+CMOS_CENTURY = 0x32  # IBM PC/AT century byte; hv1's FADT CENTURY field points here
+
+
 def _bcd(v: int) -> int:
     return ((v // 10) << 4) | (v % 10)
 
@@ -85,11 +90,14 @@ class Cmos:
         if port == 0x70:
             return self.index
         reg = self.index & 0x7F
-        if reg <= 9:
+        if reg <= 9 or reg == CMOS_CENTURY:
+            # The MC146818 time registers in BCD, 24-hour mode (status B = 0x02). Day of week counts
+            # 1 = Sunday; Python's tm_wday counts 0 = Monday. The century (0x32, named by the FADT's
+            # CENTURY field) is what Linux's mc146818_get_time adds to the two-digit year.
             t = time.gmtime()
             return _bcd(
-                {0: t.tm_sec, 2: t.tm_min, 4: t.tm_hour, 6: t.tm_wday + 1, 7: t.tm_mday, 8: t.tm_mon,
-                 9: t.tm_year % 100}.get(reg, 0)
+                {0: t.tm_sec, 2: t.tm_min, 4: t.tm_hour, 6: (t.tm_wday + 1) % 7 + 1, 7: t.tm_mday,
+                 8: t.tm_mon, 9: t.tm_year % 100, CMOS_CENTURY: t.tm_year // 100}.get(reg, 0)
             )  # fmt: skip
         return self.nvram[reg]
 

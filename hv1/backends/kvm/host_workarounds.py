@@ -1,0 +1,124 @@
+"""Workarounds for a host whose KVM emulates guest ring-0 code (kvm_pvm in "native-guest emulation"
+mode; ../shared/notes/host-kvm.md), named and kept in one place so they are visible and do nothing on a
+host that does not need them.
+
+On such a host, instructions KVM's emulator does not handle end KVM_RUN with an emulation failure
+(KVM_EXIT_INTERNAL_ERROR, suberror 1). Measured with Debian 12's 6.1 kernel (issue 12, guests-and-
+hosts.md §2), and what this layer does about each:
+
+- `int3` (0xCC) at CPL0 (the alternatives self-test, every jump-label/static-call patch site): the
+  guest meant a breakpoint trap, so hv1 delivers it: RIP past the instruction (int3 is a trap: the
+  #BP frame holds the next RIP, SDM Vol. 3 6.5 "Exception Classifications") and vector 3 injected
+  with KVM_SET_VCPU_EVENTS. Verified on that host to work.
+- `fwait` (0x9B) in fpu__drop: skipped (RIP + 1). It only checks for pending x87 exceptions, which a
+  freshly dropped FPU state has none of.
+- `lock cmpxchg16b` (SLUB): avoided by hiding CPUID.1:ECX.CX16 (bit 13), which that host honours.
+- `xrstor`/`xgetbv`, `clac`, `popcnt`, `ldmxcsr` and the crypto self-tests: the guest must be told on
+  its command line (those CPUID bits cannot be hidden there): RECOMMENDED_CMDLINE, printed by
+  `hv1 info`.
+
+Detection: the kvm_pvm module is loaded (/sys/module/kvm_pvm). `hv1 run --host-workarounds on|off`
+overrides it. Anything other than int3/fwait stays a fatal emulation failure with the usual dump.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from hv1.backends.kvm import ioctls as k
+
+RECOMMENDED_CMDLINE = "noxsave clearcpuid=smap,popcnt,ssse3 mitigations=off cryptomgr.notests"
+CPUID1_ECX_CX16 = 1 << 13
+INT3, FWAIT = 0xCC, 0x9B
+BP_VECTOR = 3
+MODES = ("auto", "on", "off")
+SYSFS_MODULES = Path("/sys/module")
+
+
+@dataclass(frozen=True)
+class HostWorkarounds:
+    enabled: bool
+    reason: str
+
+    @property
+    def recommended_cmdline(self) -> str:
+        return RECOMMENDED_CMDLINE if self.enabled else ""
+
+
+OFF = HostWorkarounds(False, "not needed")
+
+
+def detect(mode: str = "auto", sysfs_modules: Path = SYSFS_MODULES) -> HostWorkarounds:
+    """Decide whether this host needs the workarounds ("auto": when kvm_pvm is loaded)."""
+    if mode == "on":
+        return HostWorkarounds(True, "forced on (--host-workarounds on)")
+    if mode == "off":
+        return HostWorkarounds(False, "forced off (--host-workarounds off)")
+    if mode != "auto":
+        raise ValueError(f"host workarounds mode must be one of {', '.join(MODES)}, not {mode!r}")
+    pvm = sysfs_modules / "kvm_pvm"
+    if pvm.is_dir():
+        native = pvm / "parameters" / "pvm_native"
+        try:
+            detail = f", pvm_native={native.read_text().strip()}"
+        except OSError:
+            detail = ""
+        return HostWorkarounds(True, f"kvm_pvm is loaded{detail}: guest ring-0 code is emulated")
+    return OFF
+
+
+class Action(enum.Enum):
+    INJECT_BREAKPOINT = "int3->#BP"  # RIP past the int3, inject #BP
+    SKIP = "skip"  # RIP past the instruction, nothing else
+
+
+def decide(w: HostWorkarounds, insn: bytes | None) -> tuple[Action, int] | None:
+    """What to do about an emulation failure on the instruction starting with `insn` (at least
+    its first byte; None when it cannot be read): (action, instruction length), or None for fatal."""
+    if not w.enabled or not insn:
+        return None
+    if insn[0] == INT3:
+        return Action.INJECT_BREAKPOINT, 1
+    if insn[0] == FWAIT:
+        return Action.SKIP, 1
+    return None
+
+
+def adjust_cpuid(w: HostWorkarounds, entries: Iterable[k.kvm_cpuid_entry2]) -> None:
+    """Hide what the host cannot emulate but lets the VMM hide (CPUID.1:ECX.CX16)."""
+    if not w.enabled:
+        return
+    for e in entries:
+        if e.function == 1:
+            e.ecx &= ~CPUID1_ECX_CX16
+
+
+class WorkaroundVcpu(Protocol):
+    def get(self, name: str) -> int: ...
+    def set(self, name: str, value: int) -> None: ...
+    def inject_exception(self, vector: int, error_code: int | None) -> None: ...
+
+
+def handle_emulation_failure(
+    w: HostWorkarounds,
+    vcpu: WorkaroundVcpu,
+    read_insn: Callable[[int], bytes | None],
+    note: Callable[[str, int], None] | None = None,
+) -> bool:
+    """Apply the workaround for an emulation failure at the vCPU's RIP; False if there is none (the
+    failure stays fatal). `read_insn(rip)` returns the bytes at RIP (through the guest's page tables)."""
+    rip = vcpu.get("rip")
+    decision = decide(w, read_insn(rip))
+    if decision is None:
+        return False
+    action, length = decision
+    vcpu.set("rip", rip + length)
+    if action is Action.INJECT_BREAKPOINT:
+        vcpu.inject_exception(BP_VECTOR, None)
+    if note is not None:
+        note(action.value, rip)
+    return True
