@@ -70,6 +70,7 @@ class Session:
         self.c_thread = -1  # Hc: thread for legacy c/s (-1 = all)
         self.gdb_features: set[str] = set()
         self.closing = False
+        self.exit_sent = threading.Event()
         self._handlers: dict[str, Callable[[bytes], bytes | None]] = {
             "?": self._stop_status, "g": self._read_all, "G": self._write_all, "p": self._read_one,
             "P": self._write_one, "m": self._read_mem, "M": self._write_mem, "X": self._write_bin,
@@ -178,6 +179,8 @@ class Session:
         if stop.kind is StopKind.EXITED:
             self.exited = stop
         self.send(self.stop_reply(stop))
+        if stop.kind is StopKind.EXITED:
+            self.exit_sent.set()
 
     def stop_reply(self, stop: StopEvent) -> bytes:
         if stop.kind is StopKind.EXITED:
@@ -498,6 +501,12 @@ class GdbServer:
                 conn.close()
             finally:
                 self.session = None
+
+    def finish(self, timeout: float) -> None:
+        """Give a gdb that is waiting for the running guest the exit report (W) before closing."""
+        s = self.session
+        if s is not None and s.running:
+            s.exit_sent.wait(timeout)
 
     def close(self) -> None:
         self._closed = True

@@ -62,6 +62,18 @@ class SoftwareBreakpoints:
             while addr in self._by_addr and self.remove(addr):
                 pass
 
+    def any_planted(self) -> bool:
+        return bool(self._by_addr)
+
+    def replant(self) -> None:
+        """RAM was reloaded under the breakpoints (a partition reset): save the new bytes and plant
+        the int3s again."""
+        for p in self._by_gpa.values():
+            old = self._read(p.gpa, 1)
+            if len(old) == 1 and old[0] != INT3:
+                p.original = old[0]
+            self._write(p.gpa, bytes((INT3,)))
+
     def planted_at(self, addr: int) -> bool:
         """A breakpoint gdb inserted at virtual `addr` (the stop at an int3 there is ours)."""
         return addr in self._by_addr

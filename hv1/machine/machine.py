@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.memory import GuestRam
@@ -56,6 +56,9 @@ from hv1.machine.paging import read_virtual
 from hv1.machine.scheduler import Scheduler
 from hv1.trace import Tracer
 
+if TYPE_CHECKING:
+    from hv1.machine.debug import MachineDebugTarget
+
 APIC_MODES = ("kernel", "user")
 MAX_CPUS = 64
 MIN_MEMORY = 2 << 20
@@ -80,6 +83,8 @@ class MachineConfig:
     on_crash: str = "stop"
     no_reboot: bool = False  # QEMU's -no-reboot: a partition reset ends the run instead
     vp_index_map: list[int] | None = None  # VP index of each vCPU in APIC-ID order (--vp-index-map)
+    gdb: str | None = None  # HOST:PORT of the gdb stub (--gdb; hv1/machine/debug.py)
+    gdb_wait: bool = False  # QEMU's -S: every VP waits for gdb before the first instruction
 
 
 @dataclass
@@ -293,6 +298,10 @@ class Vp:
 
     def fatal(self, kind: str, detail: str) -> None:
         self.m.fatal(self, kind, detail, EXIT_GUEST_FATAL)
+
+    def debug_stop(self, vector: int, pc: int, dr6: int, failed_int3: bool) -> bool:
+        d = self.m.debugger
+        return d is not None and d.debug_stop(self, vector, pc, dr6, failed_int3)
 
     def reset_state(self) -> None:
         """Power-on state of the VP's VMM-side bookkeeping (the partition reset does the vCPU)."""
@@ -554,6 +563,9 @@ class Machine:
         # The in-kernel local APICs as KVM created them: a partition reset puts them back.
         self._pristine_lapics = [vp.vcpu.get_lapic() for vp in self.vps] if cfg.apic == "kernel" else []
         set_multiboot_entry(self.vps[0].vcpu, self.boot.entry, self.boot.eax, self.boot.mbi)
+        self.debugger: MachineDebugTarget | None = None
+        if cfg.gdb is not None:
+            self.debugger = self._attach_debugger(cfg.gdb, cfg.gdb_wait)
 
         self.bus = IoBus(self.tracer)
         self.uart = Uart16550(serial_out if serial_out is not None else sys.stdout.buffer)
@@ -575,6 +587,23 @@ class Machine:
         self.bus.register(TimeTestPort(self.partition.time), TIME_TESTDEV_PORT, 4)
         self.bench_dev = BenchDev(self.partition.ports, self.reftime.now, self.request_interrupt)
         self.bus.register(self.bench_dev, BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT)
+
+    def _attach_debugger(self, spec: str, wait: bool) -> MachineDebugTarget:
+        """The gdb stub's hook point: the target adapter and its server (hv1/machine/debug.py)."""
+        from hv1.gdbstub.server import parse_address
+        from hv1.machine.debug import MachineDebugTarget
+
+        try:
+            host, port = parse_address(spec)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        block_irq = bool(self.system.check(k.KVM_CAP_SET_GUEST_DEBUG2) & k.KVM_GUESTDBG_BLOCKIRQ)
+        d = MachineDebugTarget(self, block_irq=block_irq)
+        try:
+            d.listen(host, port, wait)
+        except OSError as e:
+            raise UsageError(f"--gdb {spec}: {e.strerror or e}") from None
+        return d
 
     # ---- CPUID ----
     def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[k.kvm_cpuid_entry2]:
@@ -838,6 +867,8 @@ class Machine:
                 vcpu.set_lapic(self._pristine_lapics[vp.index])
                 vcpu.set_mp_state(k.KVM_MP_STATE_RUNNABLE if vp.index == 0 else k.KVM_MP_STATE_UNINITIALIZED)
         set_multiboot_entry(self.vps[0].vcpu, self.boot.entry, self.boot.eax, self.boot.mbi)
+        if self.debugger is not None:
+            self.debugger.after_reset()
         self.tracer.emit("vp", -1, "reset", count=self.resets)
 
     def run(self) -> RunResult:
@@ -859,6 +890,8 @@ class Machine:
             self._halt_all()
             self._reboot()
             self._start_threads()
+        if self.debugger is not None and self.result is not None:
+            self.debugger.machine_stopped(self.result.status)
         self._halt_all()
         self.uart.flush()
         assert self.result is not None
@@ -875,6 +908,8 @@ class Machine:
                 vp.thread.join(timeout=0.05)
 
     def close(self) -> None:
+        if self.debugger is not None:
+            self.debugger.close()
         self.scheduler.stop()
         for vp in self.vps:
             if vp.thread is None or not vp.thread.is_alive():

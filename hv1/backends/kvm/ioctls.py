@@ -103,6 +103,19 @@ class kvm_fpu(ctypes.Structure):  # noqa: N801
     ]  # fmt: skip
 
 
+class kvm_guest_debug(ctypes.Structure):  # noqa: N801
+    """KVM_SET_GUEST_DEBUG: `control` is KVM_GUESTDBG_* flags, debugreg[0..3] the breakpoint
+    addresses and debugreg[7] their DR7 (Documentation/virt/kvm/api.rst 4.38)."""
+
+    _fields_ = [("control", u32), ("pad", u32), ("debugreg", u64 * 8)]
+
+
+class kvm_debug_exit_arch(ctypes.Structure):  # noqa: N801
+    """kvm_run.debug.arch at a KVM_EXIT_DEBUG: the vector (1 #DB, 3 #BP), the linear PC, DR6, DR7."""
+
+    _fields_ = [("exception", u32), ("pad", u32), ("pc", u64), ("dr6", u64), ("dr7", u64)]
+
+
 class kvm_userspace_memory_region(ctypes.Structure):  # noqa: N801
     _fields_ = [("slot", u32), ("flags", u32), ("guest_phys_addr", u64), ("memory_size", u64),
                 ("userspace_addr", u64)]  # fmt: skip
@@ -173,6 +186,7 @@ KVM_SET_CPUID2 = _iow(0x90, 8)
 KVM_GET_MP_STATE = _ior(0x98, 4)
 KVM_SET_MP_STATE = _iow(0x99, 4)
 KVM_NMI = _io(0x9A)
+KVM_SET_GUEST_DEBUG = _iow(0x9B, ctypes.sizeof(kvm_guest_debug))
 KVM_GET_VCPU_EVENTS = _ior(0x9F, ctypes.sizeof(kvm_vcpu_events))
 KVM_SET_VCPU_EVENTS = _iow(0xA0, ctypes.sizeof(kvm_vcpu_events))
 KVM_GET_TSC_KHZ = _io(0xA3)
@@ -180,6 +194,7 @@ KVM_GET_TSC_KHZ = _io(0xA3)
 # capabilities
 KVM_CAP_IRQCHIP = 0
 KVM_CAP_NR_VCPUS = 9
+KVM_CAP_SET_GUEST_DEBUG = 23
 KVM_CAP_HYPERV = 44
 KVM_CAP_TSC_CONTROL = 60
 KVM_CAP_GET_TSC_KHZ = 61
@@ -193,6 +208,16 @@ KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_X86_USER_SPACE_MSR = 188
 KVM_CAP_X86_MSR_FILTER = 189
 KVM_CAP_ENFORCE_PV_FEATURE_CPUID = 190
+KVM_CAP_SET_GUEST_DEBUG2 = 195  # returns the KVM_GUESTDBG_* flags this KVM accepts
+
+# KVM_SET_GUEST_DEBUG control flags (<linux/kvm.h>, <asm/kvm.h>)
+KVM_GUESTDBG_ENABLE = 0x00000001
+KVM_GUESTDBG_SINGLESTEP = 0x00000002
+KVM_GUESTDBG_USE_SW_BP = 0x00010000
+KVM_GUESTDBG_USE_HW_BP = 0x00020000
+KVM_GUESTDBG_INJECT_DB = 0x00040000
+KVM_GUESTDBG_INJECT_BP = 0x00080000
+KVM_GUESTDBG_BLOCKIRQ = 0x00100000  # no interrupt is taken while single-stepping
 
 # exit reasons
 KVM_EXIT_UNKNOWN = 0
@@ -254,6 +279,7 @@ RUN_SYNC_REGS = 304
 RUN_SYNC_SREGS = RUN_SYNC_REGS + ctypes.sizeof(kvm_regs)
 RUN_SYNC_EVENTS = RUN_SYNC_SREGS + ctypes.sizeof(kvm_sregs)
 
+KVM_INTERNAL_ERROR_EMULATION = 1
 INTERNAL_SUBERRORS = {
     1: "emulation failure",
     2: "simultaneous exceptions",
