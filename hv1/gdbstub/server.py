@@ -210,6 +210,10 @@ class Session:
             return h(data[1:])
         except (ValueError, IndexError, KeyError, UnicodeDecodeError):
             return E_INVAL
+        except Exception as e:  # a target failure must not end the session (or the VMM)
+            if self.log:
+                self.log.write(f"gdb stub: {data[:40]!r} failed: {type(e).__name__}: {e}\n")
+            return b"E01"
 
     def _vp_of(self, tid: int) -> int:
         vps = self.t.vp_indexes()

@@ -12,6 +12,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from hv1.gdbstub import registers as regs
 from hv1.gdbstub.packets import Decoder, Packet, checksum, escape, frame, unescape
@@ -383,3 +385,26 @@ def test_parse_address(spec: str, want: tuple[str, int]) -> None:
 def test_parse_address_rejects(spec: str) -> None:
     with pytest.raises(ValueError):
         parse_address(spec)
+
+
+_PACKET = st.one_of(
+    st.binary(min_size=1, max_size=40),
+    st.builds(lambda c, rest: c + rest, st.sampled_from([b"m", b"M", b"X", b"p", b"P", b"Z", b"z", b"H",
+              b"T", b"G", b"qXfer:features:read:", b"qRcmd,", b"vCont;", b"qThreadExtraInfo,"]),
+              st.binary(max_size=30)),
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=_PACKET)
+def test_malformed_packets_never_end_the_session(data: bytes) -> None:
+    """Whatever gdb (or anything else on the port) sends, the stub answers and keeps serving."""
+    if data.startswith((b"c", b"s", b"vCont;", b"k", b"D")):
+        return  # these resume, kill or detach: their effects are tested above
+    a, b = socket.socketpair()
+    with a, b:
+        s = Session(a, make_target())
+        s.attach()
+        reply = s.handle(data)
+        assert reply is None or isinstance(reply, bytes)
+        assert s.handle(b"qC") == b"QC1"
