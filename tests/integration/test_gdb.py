@@ -174,6 +174,29 @@ def test_real_gdb_monitor_and_memory_write(tmp_path: Path) -> None:
     assert target.detached
 
 
+@needs_tools
+def test_real_gdb_hbreak_awatch_and_scheduler_locking(tmp_path: Path) -> None:
+    elf = build_elf(tmp_path)
+    target = fake_for(elf)
+    server = GdbServer(target, "127.0.0.1", 0)
+    server.start()
+    try:
+        out = run_gdb(elf, server.address[1], [
+            "hbreak bump", "continue", "x/2i $pc", "delete", "awatch counter", "set scheduler-locking step",
+            "thread 2", "stepi", "stepi", "print ticks[1]", "thread 1", "print/x $pc",
+            "info registers cr0 efer fs_base", "continue",
+        ])  # fmt: skip
+    finally:
+        server.close()
+    m = re.search(r"Hardware assisted breakpoint 1 at (0x[0-9a-f]+)", out)
+    assert m and "Breakpoint 1, bump ()" in out, out
+    assert f"=> {m.group(1)} <bump+" in out and "<counter>" in out, out  # x/i reads the real code
+    assert "Hardware access (read/write) watchpoint 2: counter" in out, out
+    assert "$1 = 7" in out and f"$2 = {m.group(1)}" in out, out  # VP 0 stayed put while VP 1 stepped
+    assert re.search(r"cr0\s+0x0", out) and re.search(r"fs_base\s+0x0", out), out
+    assert "Old value = 5" in out and "New value = 6" in out, out  # the access watchpoint fired
+
+
 @requires_kvm
 @needs_tools
 @pytest.mark.parametrize("apic", ["kernel", "user"])
