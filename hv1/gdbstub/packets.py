@@ -79,9 +79,8 @@ Event = Packet | Ack | Interrupt
 
 
 class Decoder:
-    """Turns the byte stream from gdb into packets, acks and interrupts. A packet with a bad
-    checksum comes out as `Packet` with `bad=True`-style handling left to the caller through
-    `bad_packets`: the server answers it with `-` so gdb retransmits."""
+    """Turns the byte stream from gdb into packets, acks and interrupts. A packet whose checksum
+    does not match comes out as None: the server answers it with `-` so gdb sends it again."""
 
     MAX_PACKET = 1 << 20  # far above our PacketSize; anything longer is garbage and is dropped
 
