@@ -155,8 +155,14 @@ class MachineDebugTarget:
             self.cond.notify_all()
 
     def after_reset(self) -> None:
-        """The partition rebooted (RAM reloaded): put the planted int3s back over the new image."""
+        """The partition rebooted (RAM reloaded, VP work queues emptied, VP threads about to start
+        again): put the planted int3s back over the new image, and if a stop was under way, post
+        the parks again so the new threads honour it."""
         self.sw.replant()
+        with self.cond:
+            stopping = self.stopping
+        if stopping:
+            self._request_stop(None)
 
     def close(self) -> None:
         if self.server is not None:

@@ -384,3 +384,26 @@ def test_monitor_hv_commands(machine: tuple[FakeMachine, MachineDebugTarget]) ->
     assert tim is not None and "reference time 1234" in tim and "no synthetic timer configured" in tim
     assert d.monitor("hv nothing") is None and "hv synic" in (d.monitor("help") or "")
     assert d.describe_vp(1) == "VP 1 (APIC 1) running"
+
+
+def test_a_reset_during_a_stop_parks_the_new_threads_again() -> None:
+    m = FakeMachine()
+    d = MachineDebugTarget(m)  # type: ignore[arg-type]
+    m.debugger = d
+    m.ram.write(0x2000, b"\x90")
+    d.stop_all()  # no VP thread yet: nothing to wait for
+    assert d.insert_breakpoint(0, BreakpointType.SOFTWARE, 0x2000, 1)
+    d.resume(None, frozenset({0, 1}))
+    d.interrupt()  # a stop under way when the partition resets
+    for vp in m.vps:
+        vp.work.clear()  # Vp.reset_state() empties the work queues
+    m.ram.write(0x2000, b"\x91")  # the kernel is loaded again
+    d.after_reset()
+    assert m.ram.read(0x2000, 1) == b"\xcc"
+    m.start()
+    try:
+        ev = _wait(d)
+        assert ev.kind is StopKind.INTERRUPT and d.parked == {0, 1}
+        assert d.read_virtual(0, 0x2000, 1) == b"\x91"
+    finally:
+        m.halt()
