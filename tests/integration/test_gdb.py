@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -195,6 +197,34 @@ def test_real_gdb_hbreak_awatch_and_scheduler_locking(tmp_path: Path) -> None:
     assert "$1 = 7" in out and f"$2 = {m.group(1)}" in out, out  # VP 0 stayed put while VP 1 stepped
     assert re.search(r"cr0\s+0x0", out) and re.search(r"fs_base\s+0x0", out), out
     assert "Old value = 5" in out and "New value = 6" in out, out  # the access watchpoint fired
+
+
+@needs_tools
+def test_real_gdb_ctrl_c_interrupts_a_spinning_guest(tmp_path: Path) -> None:
+    """gdb's SIGINT while the guest runs: gdb sends 0x03, every VP stops, gdb sees SIGINT."""
+    elf = build_elf(tmp_path)
+    target = fake_for(elf)
+    target.vps[0].regs["rip"] = target.entries[1]  # both VPs spin in vp1_main
+    server = GdbServer(target, "127.0.0.1", 0)
+    server.start()
+    port = server.address[1]
+    args = ["gdb", "-batch", "-nx", "-ex", "set confirm off", "-ex", f"target remote 127.0.0.1:{port}",
+            "-ex", "continue", "-ex", "info threads", "-ex", "detach", str(elf)]  # fmt: skip
+    gdb = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        while not (target.running and target._worker is not None):  # gdb has resumed the guest
+            if gdb.poll() is not None:
+                break
+            time.sleep(0.02)
+        gdb.send_signal(signal.SIGINT)
+        out, _ = gdb.communicate(timeout=60)
+    finally:
+        if gdb.poll() is None:
+            gdb.kill()
+        server.close()
+    assert "received signal SIGINT" in out, out
+    assert "vp1_main ()" in out and "Thread 2" in out, out
+    assert target.detached, out
 
 
 @requires_kvm
