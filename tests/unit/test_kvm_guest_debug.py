@@ -14,7 +14,7 @@ import pytest
 import hv1.backends.kvm.vcpu as vcpu_mod
 from hv1.backends.guest_debug import Condition, GuestDebug, HwBreakpoint
 from hv1.backends.kvm import ioctls as k
-from hv1.backends.kvm.vcpu import KvmVcpu
+from hv1.backends.kvm.vcpu import KvmVcpu, x87_registers
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -43,6 +43,8 @@ class FakeKvm:
             self.regs = k.kvm_regs.from_buffer_copy(arg)
         elif req == k.KVM_SET_SREGS:
             self.sregs = k.kvm_sregs.from_buffer_copy(arg)
+        elif req == k.KVM_SET_FPU:
+            self.fpu = k.kvm_fpu.from_buffer_copy(arg)
         elif req == k.KVM_SET_GUEST_DEBUG:
             self.guest_debug.append(k.kvm_guest_debug.from_buffer_copy(arg))
         else:
@@ -93,6 +95,8 @@ def test_register_writes_reach_kvm_and_the_sync_area_and_clear_pending(
     assert v.get("rip") == 0x2000 and v.sregs.cr3 == 0x9000
     assert v._u64[k.RUN_DIRTY_REGS // 8] & (k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS) == 0
     assert not v.debug_write_registers({"st0": 1})  # x87 state is not writable here
+    assert v.debug_write_registers({"xmm3": 1 << 100, "mxcsr": 0x1FA0})  # what a G packet carries too
+    assert int.from_bytes(bytes(kernel.fpu.xmm[3]), "little") == 1 << 100 and kernel.fpu.mxcsr == 0x1FA0
     assert v.debug_paging() == (0, 0x9000, 0, 0x500)
 
 
@@ -175,3 +179,16 @@ def test_run_loop_turns_a_failed_int3_into_a_breakpoint_only_if_claimed(
     h2 = Handler(v, claim=False)
     v.run(h2)  # type: ignore[arg-type]
     assert h2.fatals == ["internal-error"]  # not a planted breakpoint: the fatal stop it always was
+
+
+def test_x87_registers_from_fxsave() -> None:
+    fpu = k.kvm_fpu()
+    one = (0x3FFF << 64) | (1 << 63)  # 1.0 as an 80-bit extended real
+    ctypes.memmove(ctypes.addressof(fpu) + k.kvm_fpu.fpr.offset, one.to_bytes(10, "little"), 10)  # ST(0)
+    fpu.fsw = 7 << 11  # TOP = 7: ST(0) is physical register 7, ST(1) is physical 0
+    fpu.ftwx = 0b1000_0001  # physical 7 (= 1.0) and physical 0 (= ST(1) = +0.0) in use
+    fpu.fcw, fpu.last_ip, fpu.last_opcode = 0x37F, 0x1_0000_2000, 0x7FF | 0x800
+    r = x87_registers(fpu)
+    assert r["st0"] == one and r["st1"] == 0 and r["fctrl"] == 0x37F
+    assert r["ftag"] == (0b00 << 14) | (0b01 << 0) | 0x3FFC  # 7 valid, 0 zero, 1-6 empty
+    assert (r["fioff"], r["fiseg"], r["fop"]) == (0x2000, 1, 0x7FF)

@@ -45,6 +45,7 @@ CR0_PE = 1
 _DEBUG_REGS = {name: name for name in GPR_NAMES if name != "rflags"} | {"eflags": "rflags"}
 _DEBUG_SELECTORS = ("cs", "ss", "ds", "es", "fs", "gs")
 _DEBUG_SREGS = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer")
+_DEBUG_FPU = frozenset({f"xmm{i}" for i in range(16)} | {"mxcsr"})  # through KVM_GET/SET_FPU
 
 
 class ExitHandler(Protocol):
@@ -73,6 +74,35 @@ def install_kick_handler() -> None:
     if not _kick_handler_installed:
         signal.signal(KICK_SIGNAL, lambda signum, frame: None)
         _kick_handler_installed = True
+
+
+def x87_registers(fpu: k.kvm_fpu) -> dict[str, int]:
+    """gdb's x87 registers from the FXSAVE-format kvm_fpu (Intel SDM Vol. 1, 10.5.1): ST(i) in
+    stack order, the 64-bit FIP/FDP split into offset and (gdb's amd64 convention) upper half in
+    fiseg/foseg, and the full tag word rebuilt from the abridged one (8.1.7: 00 valid, 01 zero,
+    10 special, 11 empty, per physical register; physical = (TOP + i) mod 8)."""
+    fpr = bytes(fpu.fpr)
+    st = [int.from_bytes(fpr[16 * i : 16 * i + 10], "little") for i in range(8)]
+    top = (int(fpu.fsw) >> 11) & 7
+    tag = 0
+    for phys in range(8):
+        if not int(fpu.ftwx) >> phys & 1:
+            t = 3
+        else:
+            v = st[(phys - top) % 8]
+            exp, mant = v >> 64 & 0x7FFF, v & ((1 << 64) - 1)
+            if exp == 0x7FFF:
+                t = 2
+            elif exp == 0:
+                t = 1 if mant == 0 else 2
+            else:
+                t = 0 if mant >> 63 else 2
+        tag |= t << (2 * phys)
+    regs = {f"st{i}": st[i] for i in range(8)}
+    regs.update(fctrl=int(fpu.fcw), fstat=int(fpu.fsw), ftag=tag, fop=int(fpu.last_opcode) & 0x7FF,
+                fioff=int(fpu.last_ip) & 0xFFFF_FFFF, fiseg=int(fpu.last_ip) >> 32,
+                fooff=int(fpu.last_dp) & 0xFFFF_FFFF, foseg=int(fpu.last_dp) >> 32)  # fmt: skip
+    return regs
 
 
 class KvmVcpu:
@@ -215,16 +245,31 @@ class KvmVcpu:
         for i in range(16):
             out[f"xmm{i}"] = int.from_bytes(bytes(fpu.xmm[i]), "little")
         out["mxcsr"] = int(fpu.mxcsr)
+        out.update(x87_registers(fpu))
         return out
 
     def debug_write_registers(self, values: dict[str, int]) -> bool:
         """Write what the debugger changed through KVM_SET_REGS/SREGS (and the sync area, so both
         copies agree and no stale pending write overrides it). False for a name it cannot write."""
         known = set(_DEBUG_REGS) | set(_DEBUG_SELECTORS) | set(_DEBUG_SREGS) | {"fs_base", "gs_base"}
-        if not set(values) <= known:
+        if not set(values) <= known | _DEBUG_FPU:
             return False
+        fpu_values = {n: v for n, v in values.items() if n in _DEBUG_FPU}
+        if fpu_values:
+            buf = bytearray(ctypes.sizeof(k.kvm_fpu))
+            fcntl.ioctl(self.fd, k.KVM_GET_FPU, buf)
+            fpu = k.kvm_fpu.from_buffer(buf)
+            for name, v in fpu_values.items():
+                if name == "mxcsr":
+                    fpu.mxcsr = v & 0xFFFF_FFFF
+                else:
+                    ctypes.memmove(fpu.xmm[int(name[3:])], (v & ((1 << 128) - 1)).to_bytes(16, "little"), 16)
+            fcntl.ioctl(self.fd, k.KVM_SET_FPU, bytes(buf))
+            self._fpu = None  # a cached copy from an XMM fast hypercall is stale now
         r, s = self._current_regs(), self._current_sregs()
         for name, v in values.items():
+            if name in _DEBUG_FPU:
+                continue
             if name in _DEBUG_REGS:
                 setattr(r, _DEBUG_REGS[name], v & 0xFFFF_FFFF_FFFF_FFFF)
             elif name in _DEBUG_SELECTORS:
