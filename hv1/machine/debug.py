@@ -248,6 +248,7 @@ class MachineDebugTarget:
                 return True
             kind, addr = what
             ev = StopEvent(kind, vp.vp_index, addr=addr)
+            self.m.tracer.emit("vp", vp.index, "gdb-stop", kind=kind.value, pc=pc, addr=addr or 0)
             if self.stopping:
                 # Another VP's stop is being reported. A breakpoint will be hit again when this VP
                 # resumes; a completed step or store will not, so it is reported next.
@@ -329,6 +330,7 @@ class MachineDebugTarget:
                 return
             self.stopping = False
             self.step_vp = step
+            self.m.tracer.emit("vp", -1, "gdb-resume", step=-1 if step is None else step, run=sorted(run))
             self.hold = (
                 {vp.vp_index for vp in self.m.vps} - set(run) - ({step} if step is not None else set())
             )

@@ -20,6 +20,7 @@ from hv1.gdbstub.target import BreakpointType, StopKind
 from hv1.hv.caps import parse_profile
 from hv1.hv.partition import Partition
 from hv1.machine.debug import MachineDebugTarget, classify, read_virtual, write_virtual
+from hv1.trace import Tracer
 from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeKicker, FakeMemory
 
 pytestmark = pytest.mark.timeout(30)
@@ -178,6 +179,7 @@ class FakeVp:
     def __init__(self, m: FakeMachine, vp_index: int) -> None:
         self.m = m
         self.vp_index = vp_index
+        self.index = vp_index
         self.vcpu = FakeDebugVcpu({"rip": 0x1000 + vp_index})
         self.started = True
         self.work: collections.deque[Callable[[], None]] = collections.deque()
@@ -219,6 +221,7 @@ class FakeMachine:
         self.hypercall_page_gpa: int | None = 0x5000
         self.resets = 0
         self.reftime = FakeClock(1234)
+        self.tracer = Tracer()
 
         class Cfg:
             hv, apic = "default", "user"
@@ -288,6 +291,7 @@ def test_software_breakpoint_hit_stops_everyone(machine: tuple[FakeMachine, Mach
     assert d.parked == {0, 1} and m.vps[1].results == []  # VP 1 is parked inside the exit
     armed, _ = m.vps[1].vcpu.armed[-1]
     assert armed.sw_breakpoints and not armed.single_step  # armed when it left the park to run
+    assert any("gdb-stop" in e and "swbreak" in e for e in m.tracer.last_events())
 
 
 def test_failed_int3_that_is_not_ours_stays_fatal(machine: tuple[FakeMachine, MachineDebugTarget]) -> None:
