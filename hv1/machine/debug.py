@@ -228,7 +228,16 @@ class MachineDebugTarget:
                 stepping = self.step_vp == i
                 self.cond.notify_all()
         if not vp.vcpu.stop_requested:
-            self._vcpu(vp).set_guest_debug(self._config(i, stepping), self.block_irq)
+            self._arm(vp, self._config(i, stepping))
+
+    def _arm(self, vp: Vp, dbg: GuestDebug, inject: int | None = None) -> None:
+        """KVM_SET_GUEST_DEBUG on `vp`'s thread. A refusal (a debug register KVM will not take) costs
+        that breakpoint or step, not the run: it is reported on stderr and in the trace."""
+        try:
+            self._vcpu(vp).set_guest_debug(dbg, self.block_irq, inject=inject)
+        except OSError as e:
+            self.m.tracer.emit("vp", vp.index, "gdb-arm-failed", error=str(e))
+            self.m.diag.write(f"hv1: gdb stub: KVM_SET_GUEST_DEBUG failed on VP {vp.vp_index}: {e}\n")
 
     def _config(self, vp_index: int, stepping: bool | None = None) -> GuestDebug:
         step = self.step_vp == vp_index if stepping is None else stepping
@@ -244,7 +253,7 @@ class MachineDebugTarget:
                     return False
                 # The guest's own #BP/#DB while guest debugging is armed: it goes to the guest, as
                 # QEMU does it (KVM_GUESTDBG_INJECT_BP/DB queue it with the right RIP on entry).
-                self._vcpu(vp).set_guest_debug(self._config(vp.vp_index), self.block_irq, inject=vector)
+                self._arm(vp, self._config(vp.vp_index), inject=vector)
                 return True
             kind, addr = what
             ev = StopEvent(kind, vp.vp_index, addr=addr)

@@ -597,6 +597,8 @@ class Machine:
             host, port = parse_address(spec)
         except ValueError as e:
             raise UsageError(str(e)) from None
+        if not self.system.check(k.KVM_CAP_SET_GUEST_DEBUG):
+            raise UsageError("--gdb: this KVM has no KVM_SET_GUEST_DEBUG (breakpoints and single step)")
         block_irq = bool(self.system.check(k.KVM_CAP_SET_GUEST_DEBUG2) & k.KVM_GUESTDBG_BLOCKIRQ)
         d = MachineDebugTarget(self, block_irq=block_irq)
         try:

@@ -168,7 +168,11 @@ class FakeDebugVcpu:
     def debug_paging(self) -> tuple[int, int, int, int]:
         return (0x11, 0, 0, 0)  # protected mode, paging off
 
+    refuse: bool = False
+
     def set_guest_debug(self, dbg: GuestDebug, block_irq: bool, inject: int | None = None) -> None:
+        if self.refuse:
+            raise OSError(22, "Invalid argument")
         self.armed.append((dbg, inject))
 
 
@@ -411,3 +415,19 @@ def test_a_reset_during_a_stop_parks_the_new_threads_again() -> None:
         assert d.read_virtual(0, 0x2000, 1) == b"\x91"
     finally:
         m.halt()
+
+
+def test_a_refused_kvm_set_guest_debug_costs_the_step_not_the_run(
+    machine: tuple[FakeMachine, MachineDebugTarget],
+) -> None:
+    m, d = machine
+    d.stop_all()
+    m.vps[0].vcpu.refuse = True
+    ticks = m.vps[0].ticks
+    d.resume(None, frozenset({0, 1}))
+    while m.vps[0].ticks == ticks:  # until VP 0 has left its park (and tried to arm)
+        time.sleep(0.001)
+    d.interrupt()
+    ev = _wait(d)
+    assert ev.kind is StopKind.INTERRUPT and m.vps[0].thread.is_alive()  # type: ignore[union-attr]
+    assert "KVM_SET_GUEST_DEBUG failed on VP 0" in m.diag.getvalue()
