@@ -90,6 +90,12 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-reboot", action="store_true",
                    help="exit (status 0) instead of rebooting when the guest resets")  # fmt: skip
     r.add_argument("--stats", action="store_true", help="print exit counts when the guest stops")
+    r.add_argument("--gdb", metavar="HOST:PORT",
+                   help="gdb remote stub on HOST:PORT (QEMU's -gdb; ':1234' or 'tcp::1234' is localhost): "
+                   "every VP is a thread, `target remote :1234` in gdb")  # fmt: skip
+    r.add_argument("--gdb-wait", action="store_true",
+                   help="with --gdb: every VP waits before its first instruction until gdb continues "
+                   "(QEMU's -S)")  # fmt: skip
 
     i = sub.add_parser("info", help="show host KVM capabilities and what hv1 will use")
     i.add_argument("--hv", metavar="PROFILE", help="decode the CPUID leaves of a capability profile")
@@ -153,6 +159,15 @@ def _cmd_run(a: argparse.Namespace) -> int:
         raise UsageError(f"kernel image not found: {a.kernel}")
     if a.initrd is not None and not os.path.isfile(a.initrd):
         raise UsageError(f"initrd not found: {a.initrd}")
+    if a.gdb_wait and a.gdb is None:
+        raise UsageError("--gdb-wait needs --gdb HOST:PORT")
+    if a.gdb is not None:
+        from hv1.gdbstub.server import parse_address
+
+        try:
+            parse_address(a.gdb)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     try:
         cats = parse_categories(a.trace)
     except TraceError as e:
@@ -170,7 +185,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
         kernel=a.kernel, cpus=cpus, memory=memory, append=a.append, modules=modules, apic=a.apic,
         hv=a.hv, timeout=a.timeout, on_crash=a.on_crash, no_reboot=a.no_reboot,
         vp_index_map=_vp_index_map(a.vp_index_map, cpus), inject=injector, initrd=a.initrd,
-        linux_entry=a.linux_entry, host_workarounds=a.host_workarounds,
+        linux_entry=a.linux_entry, host_workarounds=a.host_workarounds, gdb=a.gdb, gdb_wait=a.gdb_wait,
     )  # fmt: skip
     try:
         machine = Machine(cfg, tracer=tracer, serial_out=serial)

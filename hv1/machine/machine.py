@@ -16,7 +16,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import BinaryIO, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 from hv1.backends.kvm import host_workarounds
 from hv1.backends.kvm import ioctls as k
@@ -70,6 +70,9 @@ from hv1.machine.scheduler import Scheduler
 from hv1.tlfs.partition import PartitionPrivilege
 from hv1.trace import Tracer
 
+if TYPE_CHECKING:
+    from hv1.machine.debug import MachineDebugTarget
+
 APIC_MODES = ("kernel", "user")
 MAX_CPUS = 64
 MIN_MEMORY = 2 << 20
@@ -99,6 +102,8 @@ class MachineConfig:
     initrd: str | None = None  # Linux: the initial ramdisk (--initrd)
     linux_entry: str = "pvh"  # Linux bzImage: "pvh" (payload extracted on the host) or "64bit"
     host_workarounds: str = "auto"  # hv1/backends/kvm/host_workarounds.py: auto | on | off
+    gdb: str | None = None  # HOST:PORT of the gdb stub (--gdb; hv1/machine/debug.py)
+    gdb_wait: bool = False  # QEMU's -S: every VP waits for gdb before the first instruction
 
 
 @dataclass
@@ -368,6 +373,10 @@ class Vp:
 
     def fatal(self, kind: str, detail: str) -> None:
         self.m.fatal(self, kind, detail, EXIT_GUEST_FATAL)
+
+    def debug_stop(self, vector: int, pc: int, dr6: int, failed_int3: bool) -> bool:
+        d = self.m.debugger
+        return d is not None and d.debug_stop(self, vector, pc, dr6, failed_int3)
 
     def reset_state(self) -> None:
         """Power-on state of the VP's VMM-side bookkeeping (the partition reset does the vCPU)."""
@@ -715,6 +724,9 @@ class Machine:
         # The in-kernel local APICs as KVM created them: a partition reset puts them back.
         self._pristine_lapics = [vp.vcpu.get_lapic() for vp in self.vps] if cfg.apic == "kernel" else []
         set_entry_state(self.vps[0].vcpu, self.boot.entry)
+        self.debugger: MachineDebugTarget | None = None
+        if cfg.gdb is not None:
+            self.debugger = self._attach_debugger(cfg.gdb, cfg.gdb_wait)
 
         self.bus = IoBus(self.tracer)
         self.uart = Uart16550(serial_out if serial_out is not None else sys.stdout.buffer,
@@ -790,6 +802,25 @@ class Machine:
                 self.tracer.emit("exits", vp.index, "host-workaround", action=action, rip=rip)
 
         return lambda: host_workarounds.handle_emulation_failure(self.workarounds, vp.vcpu, read_insn, note)
+
+    def _attach_debugger(self, spec: str, wait: bool) -> MachineDebugTarget:
+        """The gdb stub's hook point: the target adapter and its server (hv1/machine/debug.py)."""
+        from hv1.gdbstub.server import parse_address
+        from hv1.machine.debug import MachineDebugTarget
+
+        try:
+            host, port = parse_address(spec)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if not self.system.check(k.KVM_CAP_SET_GUEST_DEBUG):
+            raise UsageError("--gdb: this KVM has no KVM_SET_GUEST_DEBUG (breakpoints and single step)")
+        block_irq = bool(self.system.check(k.KVM_CAP_SET_GUEST_DEBUG2) & k.KVM_GUESTDBG_BLOCKIRQ)
+        d = MachineDebugTarget(self, block_irq=block_irq)
+        try:
+            d.listen(host, port, wait)
+        except OSError as e:
+            raise UsageError(f"--gdb {spec}: {e.strerror or e}") from None
+        return d
 
     # ---- CPUID ----
     def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[k.kvm_cpuid_entry2]:
@@ -1067,6 +1098,8 @@ class Machine:
                 vcpu.set_lapic(self._pristine_lapics[vp.index])
                 vcpu.set_mp_state(k.KVM_MP_STATE_RUNNABLE if vp.index == 0 else k.KVM_MP_STATE_UNINITIALIZED)
         set_entry_state(self.vps[0].vcpu, self.boot.entry)
+        if self.debugger is not None:
+            self.debugger.after_reset()
         self.tracer.emit("vp", -1, "reset", count=self.resets)
 
     def run(self) -> RunResult:
@@ -1088,6 +1121,8 @@ class Machine:
             self._halt_all()
             self._reboot()
             self._start_threads()
+        if self.debugger is not None and self.result is not None:
+            self.debugger.machine_stopped(self.result.status)
         self._halt_all()
         self.uart.flush()
         assert self.result is not None
@@ -1104,6 +1139,8 @@ class Machine:
                 vp.thread.join(timeout=0.05)
 
     def close(self) -> None:
+        if self.debugger is not None:
+            self.debugger.close()
         self.scheduler.stop()
         for vp in self.vps:
             if vp.thread is None or not vp.thread.is_alive():

@@ -61,6 +61,9 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
         (["run", "KERNEL", "--apic", "weird"], "invalid choice"),
         (["run", "KERNEL", "--hv", "default,+no-such-feature"], "--hv"),
         (["frobnicate"], "invalid choice"),
+        (["run", "KERNEL", "--gdb-wait"], "--gdb-wait needs --gdb"),
+        (["run", "KERNEL", "--gdb", "1234"], "bad --gdb address"),
+        (["run", "KERNEL", "--gdb", ":99999"], "bad --gdb port"),
     ],
 )
 def test_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: os.PathLike[str], args: list[str],
@@ -120,3 +123,21 @@ def test_missing_or_forbidden_dev_kvm_says_how_to_fix(
     status, err = run_cli(capsys, "run", _kernel(tmp_path, _mb_aout(0x100000, 0x101000)))
     assert status == EXIT_USAGE
     assert err.count("\n") == 1 and "/dev/kvm" in err and hint in err, err
+
+
+def test_gdb_options_reach_the_machine_config(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]
+) -> None:
+    """`--gdb HOST:PORT --gdb-wait` (QEMU's -gdb/-S) end up in MachineConfig, which wires the stub."""
+    import hv1.machine.machine as machine
+
+    seen = []
+
+    def fake_machine(cfg: machine.MachineConfig, **_: object) -> None:
+        seen.append(cfg)
+        raise UsageError("stop here")  # main() reports it as one line with its status
+
+    monkeypatch.setattr(machine, "Machine", fake_machine)
+    kernel = _kernel(tmp_path, _mb_aout(0x100000, 0x101000))
+    assert main(["run", kernel, "--gdb", "tcp::1234", "--gdb-wait"]) == UsageError.status
+    assert seen[0].gdb == "tcp::1234" and seen[0].gdb_wait

@@ -23,6 +23,10 @@ NAMES = [
     "KVM_CAP_IMMEDIATE_EXIT", "KVM_CAP_ENFORCE_PV_FEATURE_CPUID", "KVM_CAP_HYPERV",
     "KVM_EXIT_IO", "KVM_EXIT_MMIO", "KVM_EXIT_HLT", "KVM_EXIT_SHUTDOWN", "KVM_EXIT_INTERNAL_ERROR",
     "KVM_EXIT_X86_RDMSR", "KVM_EXIT_X86_WRMSR", "KVM_MP_STATE_UNINITIALIZED",
+    "KVM_SET_GUEST_DEBUG", "KVM_CAP_SET_GUEST_DEBUG", "KVM_CAP_SET_GUEST_DEBUG2", "KVM_EXIT_DEBUG",
+    "KVM_GUESTDBG_ENABLE", "KVM_GUESTDBG_SINGLESTEP", "KVM_GUESTDBG_USE_SW_BP", "KVM_GUESTDBG_USE_HW_BP",
+    "KVM_GUESTDBG_BLOCKIRQ", "KVM_GUESTDBG_INJECT_DB", "KVM_GUESTDBG_INJECT_BP",
+    "KVM_INTERNAL_ERROR_EMULATION",
 ]  # fmt: skip
 LAYOUT = {
     "sizeof(struct kvm_regs)": ctypes.sizeof(k.kvm_regs),
@@ -46,6 +50,11 @@ LAYOUT = {
     "offsetof(struct kvm_run, msr.index)": 44,
     "offsetof(struct kvm_run, msr.data)": 48,
     "offsetof(struct kvm_run, mmio.data)": 40,
+    "sizeof(struct kvm_guest_debug)": ctypes.sizeof(k.kvm_guest_debug),
+    "offsetof(struct kvm_guest_debug, arch.debugreg)": k.kvm_guest_debug.debugreg.offset,
+    "sizeof(struct kvm_debug_exit_arch)": ctypes.sizeof(k.kvm_debug_exit_arch),
+    "offsetof(struct kvm_run, debug.arch.pc)": k.RUN_EXIT + k.kvm_debug_exit_arch.pc.offset,
+    "offsetof(struct kvm_run, debug.arch.dr6)": k.RUN_EXIT + k.kvm_debug_exit_arch.dr6.offset,
 }
 
 

@@ -103,6 +103,19 @@ class kvm_fpu(ctypes.Structure):  # noqa: N801
     ]  # fmt: skip
 
 
+class kvm_guest_debug(ctypes.Structure):  # noqa: N801
+    """KVM_SET_GUEST_DEBUG: `control` is KVM_GUESTDBG_* flags, debugreg[0..3] the breakpoint
+    addresses and debugreg[7] their DR7 (Documentation/virt/kvm/api.rst 4.38)."""
+
+    _fields_ = [("control", u32), ("pad", u32), ("debugreg", u64 * 8)]
+
+
+class kvm_debug_exit_arch(ctypes.Structure):  # noqa: N801
+    """kvm_run.debug.arch at a KVM_EXIT_DEBUG: the vector (1 #DB, 3 #BP), the linear PC, DR6, DR7."""
+
+    _fields_ = [("exception", u32), ("pad", u32), ("pc", u64), ("dr6", u64), ("dr7", u64)]
+
+
 class kvm_userspace_memory_region(ctypes.Structure):  # noqa: N801
     _fields_ = [("slot", u32), ("flags", u32), ("guest_phys_addr", u64), ("memory_size", u64),
                 ("userspace_addr", u64)]  # fmt: skip
@@ -174,6 +187,7 @@ KVM_SET_CPUID2 = _iow(0x90, 8)
 KVM_GET_MP_STATE = _ior(0x98, 4)
 KVM_SET_MP_STATE = _iow(0x99, 4)
 KVM_NMI = _io(0x9A)
+KVM_SET_GUEST_DEBUG = _iow(0x9B, ctypes.sizeof(kvm_guest_debug))
 KVM_GET_VCPU_EVENTS = _ior(0x9F, ctypes.sizeof(kvm_vcpu_events))
 KVM_SET_VCPU_EVENTS = _iow(0xA0, ctypes.sizeof(kvm_vcpu_events))
 KVM_GET_TSC_KHZ = _io(0xA3)
@@ -181,6 +195,7 @@ KVM_GET_TSC_KHZ = _io(0xA3)
 # capabilities
 KVM_CAP_IRQCHIP = 0
 KVM_CAP_NR_VCPUS = 9
+KVM_CAP_SET_GUEST_DEBUG = 23
 KVM_CAP_HYPERV = 44
 KVM_CAP_TSC_CONTROL = 60
 KVM_CAP_GET_TSC_KHZ = 61
@@ -196,6 +211,16 @@ KVM_CAP_HYPERV_SYNIC2 = 148  # SynIC without zeroing its pages: hv1 uses only it
 KVM_CAP_X86_USER_SPACE_MSR = 188
 KVM_CAP_X86_MSR_FILTER = 189
 KVM_CAP_ENFORCE_PV_FEATURE_CPUID = 190
+KVM_CAP_SET_GUEST_DEBUG2 = 195  # returns the KVM_GUESTDBG_* flags this KVM accepts
+
+# KVM_SET_GUEST_DEBUG control flags (<linux/kvm.h>, <asm/kvm.h>)
+KVM_GUESTDBG_ENABLE = 0x00000001
+KVM_GUESTDBG_SINGLESTEP = 0x00000002
+KVM_GUESTDBG_USE_SW_BP = 0x00010000
+KVM_GUESTDBG_USE_HW_BP = 0x00020000
+KVM_GUESTDBG_INJECT_DB = 0x00040000
+KVM_GUESTDBG_INJECT_BP = 0x00080000
+KVM_GUESTDBG_BLOCKIRQ = 0x00100000  # no interrupt is taken while single-stepping
 
 # exit reasons
 KVM_EXIT_UNKNOWN = 0

@@ -19,6 +19,7 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
+from hv1.backends.guest_debug import GuestDebug
 from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.kick import KICK_SIGNAL, KickTarget, install_kick_handler
 from hv1.hv.interfaces import GPR_NAMES, CpuMode
@@ -32,11 +33,19 @@ _IO = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
 _MMIO = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
 _MSR = struct.Struct("<B7xIIQ")  # error, reason, index, data
 _INTERNAL = struct.Struct("<II")
+_DEBUG = struct.Struct("<I4xQQ")  # kvm_debug_exit_arch: exception, pc, dr6
 _GPR_INDEX = {name: i for i, name in enumerate(GPR_NAMES)}
 
 EFER_LMA = 1 << 10
 CR0_PE = 1
 MSR_IA32_APIC_BASE = 0x1B
+# Registers the debugger reads and writes by the gdb target-description names (hv1/gdbstub/
+# registers.py): GPRs in kvm_regs, segment selectors and bases, control registers and EFER in
+# kvm_sregs. Writing a selector changes only the selector (not the cached base/limit/attributes).
+_DEBUG_REGS = {name: name for name in GPR_NAMES if name != "rflags"} | {"eflags": "rflags"}
+_DEBUG_SELECTORS = ("cs", "ss", "ds", "es", "fs", "gs")
+_DEBUG_SREGS = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer")
+_DEBUG_FPU = frozenset({f"xmm{i}" for i in range(16)} | {"mxcsr"})  # through KVM_GET/SET_FPU
 
 
 class ExitHandler(Protocol):
@@ -52,6 +61,37 @@ class ExitHandler(Protocol):
     def before_entry(self) -> None: ...  # interrupts, pending work; may call vcpu.inject_*
     def fatal(self, kind: str, detail: str) -> None: ...  # stops the machine
     def count_exit(self, reason: int) -> None: ...
+    # A debug exit, or an int3 KVM failed to emulate (`failed_int3`); False: not the debugger's.
+    def debug_stop(self, vector: int, pc: int, dr6: int, failed_int3: bool) -> bool: ...
+
+
+def x87_registers(fpu: k.kvm_fpu) -> dict[str, int]:
+    """gdb's x87 registers from the FXSAVE-format kvm_fpu (Intel SDM Vol. 1, 10.5.1): ST(i) in
+    stack order, the 64-bit FIP/FDP split into offset and (gdb's amd64 convention) upper half in
+    fiseg/foseg, and the full tag word rebuilt from the abridged one (8.1.7: 00 valid, 01 zero,
+    10 special, 11 empty, per physical register; physical = (TOP + i) mod 8)."""
+    fpr = bytes(fpu.fpr)
+    st = [int.from_bytes(fpr[16 * i : 16 * i + 10], "little") for i in range(8)]
+    top = (int(fpu.fsw) >> 11) & 7
+    tag = 0
+    for phys in range(8):
+        if not int(fpu.ftwx) >> phys & 1:
+            t = 3
+        else:
+            v = st[(phys - top) % 8]
+            exp, mant = v >> 64 & 0x7FFF, v & ((1 << 64) - 1)
+            if exp == 0x7FFF:
+                t = 2
+            elif exp == 0:
+                t = 1 if mant == 0 else 2
+            else:
+                t = 0 if mant >> 63 else 2
+        tag |= t << (2 * phys)
+    regs = {f"st{i}": st[i] for i in range(8)}
+    regs.update(fctrl=int(fpu.fcw), fstat=int(fpu.fsw), ftag=tag, fop=int(fpu.last_opcode) & 0x7FF,
+                fioff=int(fpu.last_ip) & 0xFFFF_FFFF, fiseg=int(fpu.last_ip) >> 32,
+                fooff=int(fpu.last_dp) & 0xFFFF_FFFF, foseg=int(fpu.last_dp) >> 32)  # fmt: skip
+    return regs
 
 
 class KvmVcpu:
@@ -207,6 +247,102 @@ class KvmVcpu:
             self._fpu = None
             self._fpu_dirty = False
 
+    # ---- the debugger (hv1/machine/debug.py): on this vCPU's thread, outside KVM_RUN ----
+    def _current_regs(self) -> k.kvm_regs:
+        """The registers KVM_RUN will enter with: the sync area when a write is pending there
+        (kvm_dirty_regs), else KVM_GET_REGS (the sync area is stale after a setup ioctl)."""
+        if self._u64[k.RUN_DIRTY_REGS // 8] & k.KVM_SYNC_X86_REGS:
+            return k.kvm_regs.from_buffer_copy(self.regs)
+        return self.get_regs()
+
+    def _current_sregs(self) -> k.kvm_sregs:
+        if self._u64[k.RUN_DIRTY_REGS // 8] & k.KVM_SYNC_X86_SREGS:
+            return k.kvm_sregs.from_buffer_copy(self.sregs)
+        return self.get_sregs()
+
+    def debug_read_registers(self) -> dict[str, int]:
+        r, s = self._current_regs(), self._current_sregs()
+        out = {name: int(getattr(r, field)) for name, field in _DEBUG_REGS.items()}
+        out.update({name: int(getattr(s, name).selector) for name in _DEBUG_SELECTORS})
+        out.update({name: int(getattr(s, name)) for name in _DEBUG_SREGS})
+        out["fs_base"], out["gs_base"] = int(s.fs.base), int(s.gs.base)
+        buf = bytearray(ctypes.sizeof(k.kvm_fpu))
+        fcntl.ioctl(self.fd, k.KVM_GET_FPU, buf)
+        fpu = k.kvm_fpu.from_buffer_copy(buf)
+        for i in range(16):
+            out[f"xmm{i}"] = int.from_bytes(bytes(fpu.xmm[i]), "little")
+        out["mxcsr"] = int(fpu.mxcsr)
+        out.update(x87_registers(fpu))
+        return out
+
+    def debug_write_registers(self, values: dict[str, int]) -> bool:
+        """Write what the debugger changed through KVM_SET_REGS/SREGS (and the sync area, so both
+        copies agree and no stale pending write overrides it). False for a name it cannot write."""
+        known = set(_DEBUG_REGS) | set(_DEBUG_SELECTORS) | set(_DEBUG_SREGS) | {"fs_base", "gs_base"}
+        if not set(values) <= known | _DEBUG_FPU:
+            return False
+        fpu_values = {n: v for n, v in values.items() if n in _DEBUG_FPU}
+        if fpu_values:
+            buf = bytearray(ctypes.sizeof(k.kvm_fpu))
+            fcntl.ioctl(self.fd, k.KVM_GET_FPU, buf)
+            fpu = k.kvm_fpu.from_buffer(buf)
+            for name, v in fpu_values.items():
+                if name == "mxcsr":
+                    fpu.mxcsr = v & 0xFFFF_FFFF
+                else:
+                    ctypes.memmove(fpu.xmm[int(name[3:])], (v & ((1 << 128) - 1)).to_bytes(16, "little"), 16)
+            fcntl.ioctl(self.fd, k.KVM_SET_FPU, bytes(buf))
+            self._fpu = None  # a cached copy from an XMM fast hypercall is stale now
+        r, s = self._current_regs(), self._current_sregs()
+        for name, v in values.items():
+            if name in _DEBUG_FPU:
+                continue
+            if name in _DEBUG_REGS:
+                setattr(r, _DEBUG_REGS[name], v & 0xFFFF_FFFF_FFFF_FFFF)
+            elif name in _DEBUG_SELECTORS:
+                getattr(s, name).selector = v & 0xFFFF
+            elif name in _DEBUG_SREGS:
+                setattr(s, name, v & 0xFFFF_FFFF_FFFF_FFFF)
+            else:
+                getattr(s, name[:2]).base = v & 0xFFFF_FFFF_FFFF_FFFF
+        self.set_regs(r)
+        self.set_sregs(s)
+        ctypes.memmove(ctypes.addressof(self.regs), ctypes.addressof(r), ctypes.sizeof(r))
+        ctypes.memmove(ctypes.addressof(self.sregs), ctypes.addressof(s), ctypes.sizeof(s))
+        self._u64[k.RUN_DIRTY_REGS // 8] &= ~(k.KVM_SYNC_X86_REGS | k.KVM_SYNC_X86_SREGS)
+        return True
+
+    def debug_paging(self) -> tuple[int, int, int, int]:
+        """(CR0, CR3, CR4, EFER) for walking this VP's page tables."""
+        s = self._current_sregs()
+        return int(s.cr0), int(s.cr3), int(s.cr4), int(s.efer)
+
+    def set_guest_debug(self, dbg: GuestDebug, block_irq: bool, inject: int | None = None) -> None:
+        """KVM_SET_GUEST_DEBUG (api.rst 4.38): hardware breakpoints in DR0-3/DR7, single step (with
+        interrupts held off when KVM can, so a step does not land in an interrupt handler) and int3
+        exits. All off when nothing is armed, so the guest's own debug registers work again.
+        `inject` (1 or 3) hands the guest the #DB/#BP that exited to us but was its own."""
+        g = k.kvm_guest_debug()
+        if dbg.enabled or inject is not None:
+            g.control = k.KVM_GUESTDBG_ENABLE
+            if dbg.single_step:
+                g.control |= k.KVM_GUESTDBG_SINGLESTEP | (k.KVM_GUESTDBG_BLOCKIRQ if block_irq else 0)
+            if dbg.sw_breakpoints:
+                g.control |= k.KVM_GUESTDBG_USE_SW_BP
+            if any(slot is not None for slot in dbg.slots):
+                g.control |= k.KVM_GUESTDBG_USE_HW_BP
+                dr0, dr1, dr2, dr3, dr7 = dbg.debugregs()
+                g.debugreg[0], g.debugreg[1], g.debugreg[2], g.debugreg[3] = dr0, dr1, dr2, dr3
+                g.debugreg[7] = dr7
+            if inject is not None:
+                g.control |= k.KVM_GUESTDBG_INJECT_BP if inject == 3 else k.KVM_GUESTDBG_INJECT_DB
+        fcntl.ioctl(self.fd, k.KVM_SET_GUEST_DEBUG, bytes(g))
+
+    def _linear_rip(self) -> int:
+        s = self.sregs  # valid: called right after an exit
+        base = 0 if s.efer & EFER_LMA and s.cs.l else int(s.cs.base)
+        return (base + int(self.regs.rip)) & 0xFFFF_FFFF_FFFF_FFFF
+
     # ---- injection ----
     def inject_exception(self, vector: int, error_code: int | None) -> None:
         """Queue a hardware exception for the next entry (used for #UD on a hypercall)."""
@@ -319,8 +455,18 @@ class KvmVcpu:
             elif reason == k.KVM_EXIT_SHUTDOWN:
                 h.fatal("triple-fault", "the guest triple-faulted (KVM_EXIT_SHUTDOWN)")
                 return
+            elif reason == k.KVM_EXIT_DEBUG:
+                vector, pc, dr6 = _DEBUG.unpack_from(mm, 32)
+                if not h.debug_stop(vector, pc, dr6, False):
+                    h.fatal("unexpected-exit", f"debug exit (vector {vector}) with no debugger armed")
+                    return
             elif reason == k.KVM_EXIT_INTERNAL_ERROR:
                 sub, ndata = _INTERNAL.unpack_from(mm, 32)
+                # This host's KVM fails to emulate a ring-0 int3 (host-kvm.md §2): at an int3 the
+                # debugger planted, that failure is the breakpoint hit, and the int3 never ran.
+                # Otherwise the host workaround layer may turn it into what the guest meant (#BP).
+                if sub == k.KVM_INTERNAL_ERROR_EMULATION and h.debug_stop(3, self._linear_rip(), 0, True):
+                    continue
                 handler = self.on_emulation_failure
                 if sub == k.KVM_INTERNAL_ERROR_EMULATION and handler is not None and handler():
                     continue
