@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from hv1.backends.base import BACKENDS
 from hv1.errors import EXIT_OK, EXIT_USAGE, Hv1Error, UsageError
 from hv1.trace import TraceError, Tracer, parse_categories
 
@@ -58,6 +59,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="kernel: KVM's local APIC; user: hv1's APIC model (full TLFS fidelity)")  # fmt: skip
     r.add_argument("--hv", default="default", metavar="PROFILE",
                    help="capability profile: minimal | default, with +feature/-feature edits")  # fmt: skip
+    r.add_argument("--backend", default="kvm", choices=BACKENDS,
+                   help="kvm (default): /dev/kvm; emu: the Unicorn CPU emulator (needs --apic user, "
+                        "pip install 'hv1[emu]'); auto: kvm when /dev/kvm works, else emu")  # fmt: skip
     r.add_argument("--trace", default="", metavar="CATS", help="comma-separated trace categories, or 'all'")
     r.add_argument("--trace-json", metavar="FILE", help="write every trace event as a JSON line to FILE")
     r.add_argument("--serial", metavar="FILE", help="write COM1 output to FILE instead of stdout")
@@ -130,7 +134,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     cfg = MachineConfig(
         kernel=a.kernel, cpus=cpus, memory=memory, append=a.append, modules=modules, apic=a.apic,
         hv=a.hv, timeout=a.timeout, on_crash=a.on_crash, no_reboot=a.no_reboot,
-        vp_index_map=_vp_index_map(a.vp_index_map, cpus),
+        vp_index_map=_vp_index_map(a.vp_index_map, cpus), backend=a.backend,
     )  # fmt: skip
     try:
         machine = Machine(cfg, tracer=tracer, serial_out=serial)

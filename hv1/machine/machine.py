@@ -1,4 +1,5 @@
-"""The Machine: a partition (hv1/hv), a KVM VM, a PC's worth of devices, and one thread per VP.
+"""The Machine: a partition (hv1/hv), a backend VM (KVM or the emulator, hv1/backends/base.py), a PC's
+worth of devices, and one thread per VP.
 
 Life of a run: load the kernel, build CPUID from the capability model, put the BSP at the Multiboot
 entry (32-bit flat protected mode, paging off), start a thread per VP (APs wait for INIT/SIPI), and
@@ -18,19 +19,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import BinaryIO, TextIO
 
-from hv1.backends.kvm import ioctls as k
-from hv1.backends.kvm.memory import GuestRam
-from hv1.backends.kvm.tsc import guest_tsc_offset, rdtsc
-from hv1.backends.kvm.vcpu import KvmVcpu, install_kick_handler
-from hv1.backends.kvm.vm import (
+from hv1.backends.base import (
     CPUID1_ECX_HYPERVISOR,
     CPUID1_ECX_TSC_DEADLINE,
+    EXIT_NAMES,
     HV_LEAF_FIRST,
     HV_LEAF_LAST,
-    KvmSystem,
-    KvmVm,
-    cpuid2_buffer,
+    CpuidEntry,
+    Vcpu,
+    open_vm,
+    resolve_backend,
 )
+from hv1.backends.memory import GuestRam
 from hv1.errors import EXIT_GUEST_CRASH, EXIT_GUEST_FATAL, EXIT_INTERNAL, EXIT_TIMEOUT, UsageError
 from hv1.hv import enlightenments
 from hv1.hv.apic import ApicHooks, ApicRouter, LocalApic
@@ -43,7 +43,6 @@ from hv1.hv.reftime import ReferenceTime
 from hv1.hv.synic import synic_of
 from hv1.hv.vp_assist import vp_assist_of
 from hv1.machine import multiboot
-from hv1.machine.cpustate import set_initial_context, set_multiboot_entry, set_real_mode_start
 from hv1.machine.devices.base import IoBus
 from hv1.machine.devices.bench_dev import BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT, BenchDev
 from hv1.machine.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
@@ -63,7 +62,6 @@ MAX_MEMORY = 3 << 30  # below the PCI/APIC hole at 3 GiB: one RAM slot, no remap
 APIC_MSR_BASE = 0x1B
 X2APIC_FIRST, X2APIC_LAST = 0x800, 0x8FF
 SYNTHETIC_MSRS = (0x40000000, 0x400001FF)
-CR4_PGE = 1 << 7
 NESTED_SYNTHETIC_MSRS = (0x40001000, 0x400010FF)
 
 
@@ -80,6 +78,7 @@ class MachineConfig:
     on_crash: str = "stop"
     no_reboot: bool = False  # QEMU's -no-reboot: a partition reset ends the run instead
     vp_index_map: list[int] | None = None  # VP index of each vCPU in APIC-ID order (--vp-index-map)
+    backend: str = "kvm"  # kvm | emu | auto (hv1/backends/base.py)
 
 
 @dataclass
@@ -107,7 +106,7 @@ class Vp:
     """One virtual processor: its KVM vCPU, its thread, and (user mode) its local APIC.
     Implements the backend's ExitHandler."""
 
-    def __init__(self, machine: Machine, index: int, vcpu: KvmVcpu, apic: LocalApic | None) -> None:
+    def __init__(self, machine: Machine, index: int, vcpu: Vcpu, apic: LocalApic | None) -> None:
         self.m = machine
         self.index = index
         self.vp_index = machine.vp_indexes[index]  # HV_VP_INDEX: what hv1/hv and the hooks use
@@ -140,7 +139,7 @@ class Vp:
             # Kernel APIC mode: KVM handled this AP's INIT/SIPI itself; an exit means it is running.
             self.started = True
         if self._trace_exits:
-            self.m.tracer.emit("exits", self.index, k.EXIT_NAMES.get(reason, str(reason)))
+            self.m.tracer.emit("exits", self.index, EXIT_NAMES.get(reason, str(reason)))
 
     def io_out(self, port: int, size: int, value: int) -> None:
         if port == HYPERCALL_PORT and size == 1 and self.m.partition.hypercall_page_enabled():
@@ -318,14 +317,8 @@ class Vp:
             self._work.popleft()()
 
     def flush_tlb(self) -> None:
-        """Flush this vCPU's guest TLB: KVM flushes on KVM_SET_SREGS when CR4 changes, so toggle
-        CR4.PGE and put it back (the architectural way to flush global entries too)."""
-        s = self.vcpu.get_sregs()
-        cr4 = s.cr4
-        s.cr4 = cr4 ^ CR4_PGE
-        self.vcpu.set_sregs(s)
-        s.cr4 = cr4
-        self.vcpu.set_sregs(s)
+        """Flush this vCPU's guest TLB, global entries too (on its own thread)."""
+        self.vcpu.flush_tlb()
         self.tlb_flushes += 1
 
     # ---- lifecycle ----
@@ -388,8 +381,8 @@ class Vp:
         if ctx is None or self.started:
             return
         self.m.tracer.emit("vp", self.index, "start-vp", rip=ctx.rip)
-        set_initial_context(self.vcpu, ctx)
-        self.vcpu.set_mp_state(k.KVM_MP_STATE_RUNNABLE)
+        self.vcpu.set_initial_context(ctx)
+        self.vcpu.make_runnable()
         self.started = True
 
     def _enter_wait_for_sipi(self) -> None:
@@ -411,14 +404,14 @@ class Vp:
             return
         if self.start_ctx is not None:
             self.m.tracer.emit("vp", self.index, "start-vp", rip=self.start_ctx.rip)
-            set_initial_context(self.vcpu, self.start_ctx)
+            self.vcpu.set_initial_context(self.start_ctx)
             self.started = True
             return
         if self.sipi_vector is None:
             return
         vector = self.sipi_vector
         self.m.tracer.emit("vp", self.index, "sipi", vector=vector)
-        set_real_mode_start(self.vcpu, vector)
+        self.vcpu.set_real_mode_start(vector)
         self.started = True
 
     def thread_main(self) -> None:
@@ -480,15 +473,15 @@ class Machine:
         except ValueError as e:
             raise UsageError(f"--hv: {e}") from None
 
+        backend = resolve_backend(cfg.backend)
         # Load first: every mistake in the image is reported before /dev/kvm is even opened.
         self.ram = GuestRam(cfg.memory)
         self._kernel_image, self._module_images = kernel, mods
         self.boot = multiboot.load(cfg.kernel, kernel, self.ram, cfg.append, mods)
-        self.system = KvmSystem()
-        self.vm = KvmVm(self.system)
+        self.vm = open_vm(backend, cfg.apic)
         self.vm.add_ram(self.ram)
         if cfg.apic == "kernel":
-            self.vm.use_split_irqchip()
+            self.vm.use_kernel_apic()
         msr_ranges = [SYNTHETIC_MSRS, NESTED_SYNTHETIC_MSRS]
         if cfg.apic == "user":
             msr_ranges.append((APIC_MSR_BASE, APIC_MSR_BASE))
@@ -500,11 +493,10 @@ class Machine:
         self.apic_id_of = dict(zip(self.vp_indexes, self.apic_ids, strict=True))
         self.start_lock = threading.Lock()
         # vCPUs before the partition: reference time is defined from the guest TSC (hv/reftime.py),
-        # which is the host TSC plus the offset KVM gives the guest.
-        vcpus = [KvmVcpu(self.vm.fd, i, self.system.vcpu_mmap_size) for i in range(cfg.cpus)]
-        self.tsc_khz = vcpus[0].tsc_khz()
-        tsc_offset = guest_tsc_offset(vcpus[0].fd)
-        self.reftime = ReferenceTime(lambda: rdtsc() + tsc_offset, self.tsc_khz * 1000)
+        # which each backend knows how to read from the host (kvm/tsc.py, emu/tsc.py).
+        vcpus = [self.vm.create_vcpu(i) for i in range(cfg.cpus)]
+        self.tsc_khz = self.vm.tsc_hz // 1000
+        self.reftime = ReferenceTime(self.vm.guest_tsc(), self.vm.tsc_hz)
         self.partition = Partition(
             caps, cfg.cpus, self.ram, self.reftime, irq=self, kicker=self, hooks=self, tracer=self.tracer,
             apic_ids=self.apic_ids, boot_zeroed=self._boot_zeroed_ranges(), vp_indexes=self.vp_indexes,
@@ -546,14 +538,10 @@ class Machine:
         cpuid = self._cpuid_template(caps_leaves=self.partition.cpuid_leaves())
         for i in range(cfg.cpus):
             vcpu = vcpus[i]
-            if self.system.check(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID):
-                vcpu.enable_cap(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID, 1)
-            vcpu.set_cpuid(cpuid2_buffer(self._cpuid_for(cpuid, self.apic_ids[i])))
+            vcpu.set_cpuid(self._cpuid_for(cpuid, self.apic_ids[i]))
             self.vps.append(Vp(self, i, vcpu, apics[i]))
         self.vp_by_index = {vp.vp_index: vp for vp in self.vps}
-        # The in-kernel local APICs as KVM created them: a partition reset puts them back.
-        self._pristine_lapics = [vp.vcpu.get_lapic() for vp in self.vps] if cfg.apic == "kernel" else []
-        set_multiboot_entry(self.vps[0].vcpu, self.boot.entry, self.boot.eax, self.boot.mbi)
+        self.vps[0].vcpu.set_multiboot_entry(self.boot.entry, self.boot.eax, self.boot.mbi)
 
         self.bus = IoBus(self.tracer)
         self.uart = Uart16550(serial_out if serial_out is not None else sys.stdout.buffer)
@@ -577,10 +565,8 @@ class Machine:
         self.bus.register(self.bench_dev, BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT)
 
     # ---- CPUID ----
-    def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[k.kvm_cpuid_entry2]:
-        entries = [
-            e for e in self.system.supported_cpuid() if not HV_LEAF_FIRST <= e.function <= HV_LEAF_LAST
-        ]
+    def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[CpuidEntry]:
+        entries = [e for e in self.vm.supported_cpuid() if not HV_LEAF_FIRST <= e.function <= HV_LEAF_LAST]
         for e in entries:
             if e.function == 0x80000007 and "ref-tsc" in self.partition.caps.features:
                 e.edx |= 1 << 8  # invariant TSC: advertised with the reference TSC page (TLFS timers.md)
@@ -589,14 +575,14 @@ class Machine:
                 if self.cfg.apic == "user":
                     e.ecx &= ~CPUID1_ECX_TSC_DEADLINE  # hv1's APIC model has no TSC-deadline mode
         for leaf, (a, b, c, d) in sorted(caps_leaves.items()):
-            entries.append(k.kvm_cpuid_entry2(function=leaf, index=0, flags=0, eax=a, ebx=b, ecx=c, edx=d))
+            entries.append(CpuidEntry(leaf, 0, a, b, c, d))
         return entries
 
     @staticmethod
-    def _cpuid_for(template: list[k.kvm_cpuid_entry2], apic_id: int) -> list[k.kvm_cpuid_entry2]:
+    def _cpuid_for(template: list[CpuidEntry], apic_id: int) -> list[CpuidEntry]:
         out = []
         for e in template:
-            c = k.kvm_cpuid_entry2.from_buffer_copy(e)
+            c = e.copy()
             if c.function == 1:
                 c.ebx = (c.ebx & 0x00FFFFFF) | (apic_id << 24)
             elif c.function in (0xB, 0x1F):
@@ -779,17 +765,15 @@ class Machine:
     def _dump(self, vp: Vp, kind: str, detail: str) -> str:
         lines = [f"hv1: partition stopped: {kind} on vp{vp.index}", f"hv1: {detail.rstrip()}"]
         try:
-            r = vp.vcpu.get_regs()
-            s = vp.vcpu.get_sregs()
-            names = [f[0] for f in k.kvm_regs._fields_]
-            vals = [f"{n:>6}={getattr(r, n):016x}" for n in names]
+            s = vp.vcpu.snapshot()
+            vals = [f"{n:>6}={v:016x}" for n, v in s.gprs.items()]
             for i in range(0, len(vals), 4):
                 lines.append("  " + "  ".join(vals[i : i + 4]))
             lines.append(
                 f"  cr0={s.cr0:#x} cr2={s.cr2:#x} cr3={s.cr3:#x} cr4={s.cr4:#x} efer={s.efer:#x} "
-                f"cs={s.cs.selector:#x}(l={s.cs.l} db={s.cs.db} dpl={s.cs.dpl}) ss={s.ss.selector:#x}"
+                f"cs={s.cs_selector:#x}(l={s.cs_l:d} db={s.cs_db:d} dpl={s.cs_dpl}) ss={s.ss_selector:#x}"
             )
-            rip = r.rip + (s.cs.base if not s.cr0 & 1 else 0)
+            rip = s.gprs["rip"] + (s.cs_base if not s.cr0 & 1 else 0)
             code = read_virtual(self.ram, rip, 16, s.cr0, s.cr3, s.cr4, s.efer)
             lines.append(f"  code at rip: {code.hex(' ') if code is not None else '(not mapped)'}")
         except OSError as e:
@@ -805,7 +789,7 @@ class Machine:
         for vp in self.vps:
             for reason, n in enumerate(vp.exit_counts):
                 if n:
-                    name = k.EXIT_NAMES.get(reason, str(reason))
+                    name = EXIT_NAMES.get(reason, str(reason))
                     totals[name] = totals.get(name, 0) + n
         return totals
 
@@ -829,19 +813,12 @@ class Machine:
         self.bench_dev.reset()
         for vp in self.vps:
             vp.reset_state()
-            vcpu = vp.vcpu
-            vcpu.set_vcpu_events(k.kvm_vcpu_events())  # nothing pending or in flight
-            s = vcpu.get_sregs()
-            s.apic_base = 0xFEE00800 | (0x100 if vp.index == 0 else 0)
-            vcpu.set_sregs(s)
-            if self._pristine_lapics:
-                vcpu.set_lapic(self._pristine_lapics[vp.index])
-                vcpu.set_mp_state(k.KVM_MP_STATE_RUNNABLE if vp.index == 0 else k.KVM_MP_STATE_UNINITIALIZED)
-        set_multiboot_entry(self.vps[0].vcpu, self.boot.entry, self.boot.eax, self.boot.mbi)
+            vp.vcpu.reset(bsp=vp.index == 0)  # nothing pending or in flight, power-on APIC state
+        self.vps[0].vcpu.set_multiboot_entry(self.boot.entry, self.boot.eax, self.boot.mbi)
         self.tracer.emit("vp", -1, "reset", count=self.resets)
 
     def run(self) -> RunResult:
-        install_kick_handler()
+        self.vm.prepare_thread()
         self._start_threads()
         deadline = None if self.cfg.timeout is None else time.monotonic() + self.cfg.timeout
         while True:
@@ -880,4 +857,3 @@ class Machine:
             if vp.thread is None or not vp.thread.is_alive():
                 vp.vcpu.close()
         self.vm.close()
-        self.system.close()

@@ -1,11 +1,17 @@
-"""The architectural states a vCPU is started in: the Multiboot entry, an AP after INIT-SIPI, and
-an HV_INITIAL_VP_CONTEXT (HvCallStartVirtualProcessor). Setup paths only (vCPU ioctls)."""
+"""The architectural states a KVM vCPU is started in, as kvm_sregs/kvm_regs: the Multiboot entry,
+an AP after INIT-SIPI, and an HV_INITIAL_VP_CONTEXT (HvCallStartVirtualProcessor). Setup paths
+only (vCPU ioctls). The machine reaches these through the KvmVcpu methods of the backend interface
+(hv1/backends/base.py: set_multiboot_entry, set_real_mode_start, set_initial_context)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hv1.backends.kvm import ioctls as k
-from hv1.backends.kvm.vcpu import KvmVcpu
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
+
+if TYPE_CHECKING:
+    from hv1.backends.kvm.vcpu import KvmVcpu
 
 MSR_IA32_PAT = 0x277
 CODE, DATA = 0xB, 0x3  # execute/read accessed code; read/write accessed data
