@@ -10,7 +10,8 @@ for an interrupt gate), and enter the handler.
 
 This module is pure: it reads and writes guest linear memory through `LinearMemory` and returns
 the registers to load (`Entry`), so it is unit-tested on a fake memory (tests/unit/test_emu_idt.py).
-A fault while delivering becomes #DF; a fault while delivering #DF is a triple fault.
+A fault while delivering is delivered in turn, or becomes #DF by the SDM's double-fault table; a
+fault while delivering #DF is a triple fault.
 """
 
 from __future__ import annotations
@@ -164,18 +165,41 @@ def deliver_long_mode(
     return Entry(rip=offset, rsp=rsp, rflags=rflags, cs=(selector & ~3) | new_cpl, ss=new_ss, cpl=new_cpl)
 
 
+CONTRIBUTORY = frozenset({DE, TS, NP, SS_FAULT, GP})
+
+
+def _double_fault(first: int, second: int) -> bool:
+    """SDM Table 6-5: contributory then contributory, or #PF then contributory or #PF, is #DF;
+    every other pair delivers the second exception normally."""
+    if first in CONTRIBUTORY:
+        return second in CONTRIBUTORY
+    if first == PF:
+        return second in CONTRIBUTORY or second == PF
+    return False
+
+
 def deliver(
     st: LongModeState, mem: LinearMemory, vector: int, error_code: int | None, software: bool = False
 ) -> Entry:
-    """Deliver an event; a fault on the way is delivered as #DF(0) instead (SDM Table 6-5 in its
-    simplest reading: every fault during delivery is contributory here), and a fault while
-    delivering #DF raises TripleFault."""
+    """Deliver an event. A fault raised while delivering it is delivered instead, or #DF(0) when
+    the pair is a double fault (SDM Table 6-5); a fault while delivering #DF raises TripleFault.
+    `vector` counts as an exception class only for a CPU exception (not INT n, not an interrupt:
+    the caller passes software=True or error_code=None and a vector >= 32 for those)."""
+    first: int | None = vector if vector < 32 and not software else None
     try:
         return deliver_long_mode(st, mem, vector, error_code, software)
-    except DeliveryFault:
+    except DeliveryFault as f:
         if vector == DF:
             raise TripleFault() from None
-    try:
-        return deliver_long_mode(st, mem, DF, 0, False)
-    except DeliveryFault:
-        raise TripleFault() from None
+        fault = f
+    for _ in range(2):
+        if first is not None and _double_fault(first, fault.vector):
+            try:
+                return deliver_long_mode(st, mem, DF, 0, False)
+            except DeliveryFault:
+                raise TripleFault() from None
+        try:
+            return deliver_long_mode(st, mem, fault.vector, fault.error_code, False)
+        except DeliveryFault as f2:
+            first, fault = fault.vector, f2
+    raise TripleFault()

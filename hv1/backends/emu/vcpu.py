@@ -7,7 +7,10 @@ Exits, as Unicorn lets us see them (measured with unicorn 2.1.4, README "Backend
   steps RIP over the two bytes. The same hook is where kicks, a requested interrupt window and a
   waiting vCPU's turn are noticed, at an instruction boundary outside an STI/MOV SS shadow.
 - IN is answered inside its hook; OUT too, except to the hypercall port, which stops emulation
-  so the hypercall sees the registers after the `out` (as KVM's I/O exit does).
+  so the hypercall sees the registers after the `out` (as KVM's I/O exit does). An MMIO write
+  also ends the run at the next instruction boundary, so the machine's before_entry runs after
+  it as after a KVM exit (an APIC write that arms the LVT timer gets it scheduled); everything
+  else that wants the VP back (interrupts, work, stop) kicks it anyway.
 - HLT makes `emu_start` return with RIP after it: the HLT exit.
 - A CPU exception arrives at UC_HOOK_INTR (faults with RIP on the instruction, traps and INT n
   with RIP after it) or as UC_ERR_INSN_INVALID (#UD); it is delivered through the guest IDT by
@@ -60,7 +63,6 @@ from unicorn.x86_const import (
     UC_X86_REG_CR4,
     UC_X86_REG_CS,
     UC_X86_REG_DS,
-    UC_X86_REG_EAX,
     UC_X86_REG_EFLAGS,
     UC_X86_REG_ES,
     UC_X86_REG_FS,
@@ -173,7 +175,7 @@ class EmuVcpu:
         self.thread_id: int | None = None
         self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_32)
         uc.mem_map_ptr(0, ram.size, UC_PROT_ALL, ram.host_address)
-        uc.mmio_map(ram.size, MMIO_END - ram.size, self._mmio_read, None, self._mmio_write, None)
+        self._map_mmio()
         self._ctx = uc.context_save()
         self._ctx_ptr = ctypes.cast(self._ctx.context, ctypes.c_void_p).value
         self._ctx_buf = (ctypes.c_char * self._ctx.size).from_address(self._ctx_ptr or 0)
@@ -202,6 +204,11 @@ class EmuVcpu:
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
+
+    def _map_mmio(self) -> None:
+        """[RAM end, 4 GiB) goes to the machine: the xAPIC page, and all-ones for the unassigned."""
+        size = MMIO_END - self.ram.size
+        self.uc.mmio_map(self.ram.size, size, self._mmio_read, None, self._mmio_write, None)
 
     # ---- the saved CPU context: 64-bit registers, segment caches, CPL ----
     def _load(self) -> None:
@@ -235,7 +242,7 @@ class EmuVcpu:
 
     def _reg_read(self, reg: int, *arg: int) -> Any:
         self._flush()
-        return self.uc.reg_read(reg, *arg)  # type: ignore[call-overload]
+        return self.uc.reg_read(reg, *arg)
 
     def _seg(self, seg: int) -> tuple[int, int, int, int]:
         off = CTX_SEGS + 24 * seg
@@ -313,7 +320,8 @@ class EmuVcpu:
 
     # ---- start states ----
     def set_cpuid(self, entries: Sequence[CpuidEntry]) -> None:
-        self._cpuid = {(e.function, e.index if e.indexed else 0): (e.eax, e.ebx, e.ecx, e.edx) for e in entries}
+        self._cpuid = {(e.function, e.index if e.indexed else 0): (e.eax, e.ebx, e.ecx, e.edx)
+                       for e in entries}  # fmt: skip
         self._cpuid_indexed = {e.function for e in entries if e.indexed}
         self._max_basic = max((e.function for e in entries if e.function < 0x40000000), default=0)
         self._max_ext = max((e.function for e in entries if e.function >= 0x80000000), default=0x80000000)
@@ -357,7 +365,7 @@ class EmuVcpu:
             self._load_segments(sels)
         finally:
             self.uc.mem_unmap(page, 0x1000)
-            self.uc.mmio_map(self.ram.size, MMIO_END - self.ram.size, self._mmio_read, None, self._mmio_write, None)
+            self._map_mmio()
         self._reg_write(UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
 
     def _leave_paging(self) -> None:
@@ -457,6 +465,11 @@ class EmuVcpu:
 
     # ---- hooks (inside emu_start, on this vCPU's thread) ----
     def _on_code(self, uc: Uc, addr: int, size: int, _: object) -> None:
+        if self._stop is not None:
+            # An exit is already taken (the hypercall `out`): the emulator only stops at the next
+            # instruction boundary, which is here. Keep that exit; stop in front of this one.
+            uc.emu_stop()
+            return
         if self._attention and self._want_stop(uc):
             self._stop = EXIT_INTR
             uc.emu_stop()
@@ -477,9 +490,8 @@ class EmuVcpu:
         if not (self._kicked or self._preempted or self._window):
             self._attention = False
             return False
-        if not (self._kicked or self._preempted):
-            if not int(uc.reg_read(UC_X86_REG_EFLAGS)) & RFLAGS_IF:  # type: ignore[call-overload]
-                return False
+        if not (self._kicked or self._preempted) and not int(uc.reg_read(UC_X86_REG_EFLAGS)) & RFLAGS_IF:
+            return False
         prev_addr, prev_size = self._prev
         if prev_size:
             try:
@@ -522,6 +534,7 @@ class EmuVcpu:
     def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, _: object) -> None:
         assert self._h is not None
         self._h.count_exit(EXIT_MMIO)
+        self.kick()  # an APIC write may have armed its timer: before_entry schedules it
         self._h.mmio_write(self.ram.size + offset, size, value)
 
     # ---- the loop ----
@@ -628,7 +641,8 @@ class EmuVcpu:
         self.set("rip", rip + 2)
 
     def _routed(self, index: int) -> bool:
-        return index == APIC_BASE_MSR or any(a <= index <= b for a, b in self.vm.msr_ranges) or not emulated(index)
+        """The machine answers this MSR (hv1's ranges, or one the emulator does not implement)."""
+        return any(a <= index <= b for a, b in self.vm.msr_ranges) or not emulated(index)
 
     def _rdmsr(self, h: ExitHandler, index: int) -> int | None:
         if self._routed(index):

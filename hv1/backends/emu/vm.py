@@ -65,7 +65,7 @@ def _native_cpuid(leaf: int, sub: int) -> tuple[int, int, int, int]:
     uc.reg_write(UC_X86_REG_ECX, sub)
     uc.emu_start(0x1000, 0x1002)
     regs = (UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX)
-    a, b, c, d = (int(uc.reg_read(r)) for r in regs)  # type: ignore[call-overload]
+    a, b, c, d = (int(uc.reg_read(r)) for r in regs)
     return a, b, c, d
 
 

@@ -100,8 +100,13 @@ class KvmVcpu:
 
         raw = [
             k.kvm_cpuid_entry2(
-                function=e.function, index=e.index, flags=KVM_CPUID_FLAG_SIGNIFCANT_INDEX if e.indexed else 0,
-                eax=e.eax, ebx=e.ebx, ecx=e.ecx, edx=e.edx,
+                function=e.function,
+                index=e.index,
+                flags=KVM_CPUID_FLAG_SIGNIFCANT_INDEX if e.indexed else 0,
+                eax=e.eax,
+                ebx=e.ebx,
+                ecx=e.ecx,
+                edx=e.edx,
             )  # fmt: skip
             for e in entries
         ]

@@ -157,8 +157,15 @@ class KvmVm:
 
     def supported_cpuid(self) -> list[CpuidEntry]:
         return [
-            CpuidEntry(e.function, e.index, e.eax, e.ebx, e.ecx, e.edx,
-                       indexed=bool(e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX))  # fmt: skip
+            CpuidEntry(
+                e.function,
+                e.index,
+                e.eax,
+                e.ebx,
+                e.ecx,
+                e.edx,
+                indexed=bool(e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
+            )  # fmt: skip
             for e in self.system.supported_cpuid()
         ]
 
