@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, NoReturn
 
+from hv1.backends.base import BACKENDS
 from hv1.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Hv1Error, UsageError
 from hv1.hv.inject import InjectError, Injector
 from hv1.timeline import Timeline
@@ -73,6 +74,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="kernel: KVM's local APIC; user: hv1's APIC model (full TLFS fidelity)")  # fmt: skip
     r.add_argument("--hv", default="default", metavar="PROFILE",
                    help="capability profile: minimal | default, with +feature/-feature edits")  # fmt: skip
+    r.add_argument("--backend", default="kvm", choices=BACKENDS,
+                   help="kvm (default): /dev/kvm; emu: the Unicorn CPU emulator (needs --apic user, "
+                        "pip install 'hv1[emu]'); auto: kvm when /dev/kvm works, else emu")  # fmt: skip
     r.add_argument("--trace", default="", metavar="CATS", help="comma-separated trace categories, or 'all'")
     r.add_argument("--trace-json", metavar="FILE", help="write every trace event as a JSON line to FILE")
     r.add_argument("--trace-perfetto", metavar="FILE",
@@ -186,6 +190,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
         hv=a.hv, timeout=a.timeout, on_crash=a.on_crash, no_reboot=a.no_reboot,
         vp_index_map=_vp_index_map(a.vp_index_map, cpus), inject=injector, initrd=a.initrd,
         linux_entry=a.linux_entry, host_workarounds=a.host_workarounds, gdb=a.gdb, gdb_wait=a.gdb_wait,
+        backend=a.backend,
     )  # fmt: skip
     try:
         machine = Machine(cfg, tracer=tracer, serial_out=serial)

@@ -1,5 +1,5 @@
 /* A 64 KiB "firmware" for QEMU that only puts the BSP in the entry state hv1's Linux loader asks for
-   (hv1/machine/entry_state.py, applied on KVM by hv1/machine/cpustate.py set_entry_state) and jumps
+   (hv1/machine/entry_state.py, applied on KVM by hv1/backends/kvm/cpustate.py set_entry_state) and jumps
    to the kernel. The memory image (kernel, boot data, ACPI tables, initrd) is hv1's, written into
    QEMU's RAM with -device loader: tests/integration/test_linux_qemu.py.
 

@@ -24,7 +24,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from hv1.backends.guest_debug import DR6_BS, Condition, DebugRegisters, GuestDebug, HwBreakpoint
 from hv1.errors import EXIT_OK
@@ -291,7 +291,7 @@ class MachineDebugTarget:
 
     @staticmethod
     def _vcpu(vp: Vp) -> DebugVcpu:
-        return vp.vcpu
+        return cast("DebugVcpu", vp.vcpu)  # --gdb is refused on a backend without these methods
 
     def _paging(self, vp_index: int) -> Paging:
         vcpu = self._vcpu(self._vp(vp_index))

@@ -1,5 +1,5 @@
 """The CPU state a loader asks the BSP to start in: plain data, applied to a vCPU by
-hv1/machine/cpustate.py (set_entry_state). Loaders stay free of the backend and are unit-tested on
+hv1/backends/kvm/cpustate.py (set_entry_state). Loaders stay free of the backend and are unit-tested on
 fake memory; the machine only applies what they return.
 """
 

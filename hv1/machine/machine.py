@@ -1,4 +1,5 @@
-"""The Machine: a partition (hv1/hv), a KVM VM, a PC's worth of devices, and one thread per VP.
+"""The Machine: a partition (hv1/hv), a backend VM (KVM or the emulator, hv1/backends/base.py), a PC's
+worth of devices, and one thread per VP.
 
 Life of a run: load the kernel, build CPUID from the capability model, put the BSP at the Multiboot
 entry (32-bit flat protected mode, paging off), start a thread per VP (APs wait for INIT/SIPI), and
@@ -18,20 +19,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
-from hv1.backends.kvm import host_workarounds
-from hv1.backends.kvm import ioctls as k
-from hv1.backends.kvm.memory import GuestRam
-from hv1.backends.kvm.tsc import guest_tsc_offset, rdtsc
-from hv1.backends.kvm.vcpu import KvmVcpu, install_kick_handler
-from hv1.backends.kvm.vm import (
+from hv1.backends.base import (
     CPUID1_ECX_HYPERVISOR,
     CPUID1_ECX_TSC_DEADLINE,
+    EXIT_NAMES,
     HV_LEAF_FIRST,
     HV_LEAF_LAST,
-    KvmSystem,
-    KvmVm,
-    cpuid2_buffer,
+    ContextRejected,
+    CpuidEntry,
+    Vcpu,
+    open_vm,
+    resolve_backend,
 )
+from hv1.backends.kvm import host_workarounds
+from hv1.backends.kvm import ioctls as k
+from hv1.backends.kvm.vcpu import KvmVcpu
+from hv1.backends.kvm.vm import KvmVm
+from hv1.backends.memory import GuestRam
 from hv1.errors import EXIT_GUEST_CRASH, EXIT_GUEST_FATAL, EXIT_INTERNAL, EXIT_TIMEOUT, UsageError
 from hv1.hv import enlightenments
 from hv1.hv.apic import ApicHooks, ApicRouter, DeliveryMode, DestMode, LocalApic, Shorthand, inject_pending
@@ -48,12 +52,6 @@ from hv1.hv.synic import synic_of
 from hv1.hv.vp_assist import vp_assist_of
 from hv1.machine import boot, multiboot
 from hv1.machine.auto_eoi import KernelAutoEoi
-from hv1.machine.cpustate import (
-    ContextRejected,
-    set_entry_state,
-    set_initial_context,
-    set_real_mode_start,
-)
 from hv1.machine.devices.base import IoBus
 from hv1.machine.devices.bench_dev import BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT, BenchDev
 from hv1.machine.devices.debug_exit import DEBUG_EXIT_PORT, DebugExit
@@ -80,7 +78,6 @@ MAX_MEMORY = 3 << 30  # below the PCI/APIC hole at 3 GiB: one RAM slot, no remap
 APIC_MSR_BASE = 0x1B
 X2APIC_FIRST, X2APIC_LAST = 0x800, 0x8FF
 SYNTHETIC_MSRS = (0x40000000, 0x400001FF)
-CR4_PGE = 1 << 7
 NESTED_SYNTHETIC_MSRS = (0x40001000, 0x400010FF)
 
 
@@ -104,6 +101,7 @@ class MachineConfig:
     host_workarounds: str = "auto"  # hv1/backends/kvm/host_workarounds.py: auto | on | off
     gdb: str | None = None  # HOST:PORT of the gdb stub (--gdb; hv1/machine/debug.py)
     gdb_wait: bool = False  # QEMU's -S: every VP waits for gdb before the first instruction
+    backend: str = "kvm"  # kvm | emu | auto (hv1/backends/base.py)
 
 
 @dataclass
@@ -134,7 +132,7 @@ class Vp:
     """One virtual processor: its KVM vCPU, its thread, and (user mode) its local APIC.
     Implements the backend's ExitHandler."""
 
-    def __init__(self, machine: Machine, index: int, vcpu: KvmVcpu, apic: LocalApic | None) -> None:
+    def __init__(self, machine: Machine, index: int, vcpu: Vcpu, apic: LocalApic | None) -> None:
         self.m = machine
         self.index = index
         self.vp_index = machine.vp_indexes[index]  # HV_VP_INDEX: what hv1/hv and the hooks use
@@ -147,7 +145,9 @@ class Vp:
         self.hv_vp = hv_vp
         self.synic = synic_of(self.hv_vp)
         # Kernel APIC mode: this VP's SINTs mirrored into KVM's AutoEOI bitmap (hv1/machine/auto_eoi.py).
-        self.kernel_auto_eoi = KernelAutoEoi(vcpu.set_msr) if machine.kernel_auto_eoi else None
+        self.kernel_auto_eoi = (
+            KernelAutoEoi(vcpu.set_msr) if machine.kernel_auto_eoi and isinstance(vcpu, KvmVcpu) else None
+        )
         self._sint_generation = -1  # the SynIC's sint_generation last mirrored
         self._cr8_entered = 0  # user APIC mode: the CR8 the guest last entered with (kvm_run.cr8)
         self.nmi_pending = False  # user APIC mode: an NMI IPI for this VP, injected before the next entry
@@ -181,7 +181,7 @@ class Vp:
             # Kernel APIC mode: KVM handled this AP's INIT/SIPI itself; an exit means it is running.
             self.started = self.has_run = True
         if self._trace_exits:
-            self.m.tracer.emit("exits", self.index, k.EXIT_NAMES.get(reason, str(reason)))
+            self.m.tracer.emit("exits", self.index, EXIT_NAMES.get(reason, str(reason)))
 
     def _cr8_from_guest(self, apic: LocalApic) -> None:
         """CR8 is TPR[7:4] (SDM "Task Priority in IA-32e Mode"). With no in-kernel APIC, KVM keeps
@@ -409,14 +409,8 @@ class Vp:
             self._work.popleft()()
 
     def flush_tlb(self) -> None:
-        """Flush this vCPU's guest TLB: KVM flushes on KVM_SET_SREGS when CR4 changes, so toggle
-        CR4.PGE and put it back (the architectural way to flush global entries too)."""
-        s = self.vcpu.get_sregs()
-        cr4 = s.cr4
-        s.cr4 = cr4 ^ CR4_PGE
-        self.vcpu.set_sregs(s)
-        s.cr4 = cr4
-        self.vcpu.set_sregs(s)
+        """Flush this vCPU's guest TLB, global entries too (on its own thread)."""
+        self.vcpu.flush_tlb()
         self.tlb_flushes += 1
 
     # ---- lifecycle ----
@@ -488,7 +482,7 @@ class Vp:
         if ctx is None or self.started:
             return
         if self._load_start_context(ctx):
-            self.vcpu.set_mp_state(k.KVM_MP_STATE_RUNNABLE)
+            self.vcpu.make_runnable()
         # else KVM keeps the AP in KVM_MP_STATE_UNINITIALIZED: stopped, waiting for INIT/SIPI
 
     def _load_start_context(self, ctx: InitialVpContext) -> bool:
@@ -498,7 +492,7 @@ class Vp:
         Never a VMM failure: the context is guest input."""
         self.m.tracer.emit("vp", self.index, "start-vp", rip=ctx.rip)
         try:
-            set_initial_context(self.vcpu, ctx)
+            self.vcpu.set_initial_context(ctx)
         except ContextRejected as e:
             self.m.partition.counters["start_vp.load_rejected"] += 1
             self.m.tracer.emit("vp", self.index, "start-vp-load-rejected", reason=str(e))
@@ -537,7 +531,7 @@ class Vp:
             if vector is None:
                 continue
             self.m.tracer.emit("vp", self.index, "sipi", vector=vector)
-            set_real_mode_start(self.vcpu, vector)
+            self.vcpu.set_real_mode_start(vector)
             self.started = self.has_run = True
             return
 
@@ -618,6 +612,7 @@ class Machine:
         if not injector.rules:
             injector = None  # no rule: no hook does anything (partition.inject stays None)
 
+        backend = resolve_backend(cfg.backend)
         # Load first: every mistake in the image is reported before /dev/kvm is even opened.
         self.ram = GuestRam(cfg.memory)
         self._kernel_image, self._module_images, self._initrd_image = kernel, mods, initrd
@@ -626,11 +621,10 @@ class Machine:
         if self.boot.linux is not None:
             lb = self.boot.linux
             self.tracer.emit("vp", -1, "linux-loaded", kind=lb.kind, entry=lb.entry.rip, note=lb.note)
-        self.system = KvmSystem()
-        self.vm = KvmVm(self.system)
+        self.vm = open_vm(backend, cfg.apic)
         self.vm.add_ram(self.ram)
         if cfg.apic == "kernel":
-            self.vm.use_split_irqchip()
+            self.vm.use_kernel_apic()
         msr_ranges = [SYNTHETIC_MSRS, NESTED_SYNTHETIC_MSRS]
         if cfg.apic == "user":
             msr_ranges.append((APIC_MSR_BASE, APIC_MSR_BASE))
@@ -641,16 +635,16 @@ class Machine:
         self.apic_id_of = dict(zip(self.vp_indexes, self.apic_ids, strict=True))
         self.start_lock = threading.Lock()
         # vCPUs before the partition: reference time is defined from the guest TSC (hv/reftime.py),
-        # which is the host TSC plus the offset KVM gives the guest.
-        vcpus = [KvmVcpu(self.vm.fd, i, self.system.vcpu_mmap_size) for i in range(cfg.cpus)]
-        # Kernel APIC mode: SINT AutoEOI through KVM's SynIC AutoEOI bitmap (hv1/machine/auto_eoi.py);
-        # a host without it gets AutoEOI deprecated instead, so only what works is advertised.
+        # which each backend knows how to read from the host (kvm/tsc.py, emu/tsc.py).
+        vcpus = [self.vm.create_vcpu(i) for i in range(cfg.cpus)]
+        # Kernel APIC mode (KVM): SINT AutoEOI through KVM's SynIC AutoEOI bitmap
+        # (hv1/machine/auto_eoi.py); a host without it gets AutoEOI deprecated instead, so only what
+        # works is advertised.
         self.kernel_auto_eoi = cfg.apic == "kernel" and self._activate_kvm_synic(vcpus)
         if cfg.apic == "kernel" and not self.kernel_auto_eoi:
             caps = without_auto_eoi(caps)
-        self.tsc_khz = vcpus[0].tsc_khz()
-        tsc_offset = guest_tsc_offset(vcpus[0].fd)
-        self.reftime = ReferenceTime(lambda: rdtsc() + tsc_offset, self.tsc_khz * 1000)
+        self.tsc_khz = self.vm.tsc_hz // 1000
+        self.reftime = ReferenceTime(self.vm.guest_tsc(), self.vm.tsc_hz)
         self.partition = Partition(
             caps, cfg.cpus, self.ram, self.reftime, irq=self, kicker=self, hooks=self, tracer=self.tracer,
             apic_ids=self.apic_ids, boot_zeroed=self._boot_zeroed_ranges(), vp_indexes=self.vp_indexes,
@@ -675,7 +669,7 @@ class Machine:
         if cfg.apic == "user":
             # The APIC model follows the guest's CPUID, as KVM's own APIC does: x2APIC (LVR bit 24,
             # APIC_BASE.EXTD) and MAXPHYADDR (reserved APIC_BASE bits, so KVM accepts every base hv1 does).
-            host_cpuid = {e.function: e for e in self.system.supported_cpuid() if e.index == 0}
+            host_cpuid = {e.function: e for e in self.vm.supported_cpuid() if e.index == 0}
             x2apic = 1 in host_cpuid and bool(host_cpuid[1].ecx & (1 << 21))
             phys_bits = host_cpuid[0x80000008].eax & 0xFF if 0x80000008 in host_cpuid else 36
             apics = [
@@ -714,16 +708,12 @@ class Machine:
         )
         for i in range(cfg.cpus):
             vcpu = vcpus[i]
-            if self.system.check(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID):
-                vcpu.enable_cap(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID, 1)
-            vcpu.set_cpuid(cpuid2_buffer(self._cpuid_for(cpuid, self.apic_ids[i])))
+            vcpu.set_cpuid(self._cpuid_for(cpuid, self.apic_ids[i]))
             self.vps.append(Vp(self, i, vcpu, apics[i]))
-            if self.workarounds.enabled:
+            if self.workarounds.enabled and isinstance(vcpu, KvmVcpu):
                 vcpu.on_emulation_failure = self._emulation_failure_handler(self.vps[-1])
         self.vp_by_index = {vp.vp_index: vp for vp in self.vps}
-        # The in-kernel local APICs as KVM created them: a partition reset puts them back.
-        self._pristine_lapics = [vp.vcpu.get_lapic() for vp in self.vps] if cfg.apic == "kernel" else []
-        set_entry_state(self.vps[0].vcpu, self.boot.entry)
+        self.vps[0].vcpu.set_entry_state(self.boot.entry)
         self.debugger: MachineDebugTarget | None = None
         if cfg.gdb is not None:
             self.debugger = self._attach_debugger(cfg.gdb, cfg.gdb_wait)
@@ -753,13 +743,15 @@ class Machine:
         self.bench_dev = BenchDev(self.partition.ports, self.reftime.now, self.request_interrupt)
         self.bus.register(self.bench_dev, BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT)
 
-    def _activate_kvm_synic(self, vcpus: list[KvmVcpu]) -> bool:
+    def _activate_kvm_synic(self, vcpus: list[Vcpu]) -> bool:
         """Turn on KVM's SynIC on every vCPU, for its AutoEOI bitmap only (hv1/machine/auto_eoi.py).
-        SYNIC2: KVM does not zero SynIC pages it never gets. False if the host cannot, on any vCPU."""
-        if not self.system.check(k.KVM_CAP_HYPERV_SYNIC2):
+        SYNIC2: KVM does not zero SynIC pages it never gets. False if the host cannot, on any vCPU
+        (and on a backend that is not KVM: the in-kernel APIC is KVM's)."""
+        if not isinstance(self.vm, KvmVm) or not self.vm.system.check(k.KVM_CAP_HYPERV_SYNIC2):
             return False
         try:
             for vcpu in vcpus:
+                assert isinstance(vcpu, KvmVcpu)
                 vcpu.enable_cap(k.KVM_CAP_HYPERV_SYNIC2)
         except OSError:
             return False
@@ -776,6 +768,7 @@ class Machine:
     def _deliver_msi(self, address: int, data: int) -> None:
         """An MSI from the I/O APIC (or any device): to KVM's local APICs, or routed to hv1's."""
         if self.cfg.apic == "kernel":
+            assert isinstance(self.vm, KvmVm)  # the kernel APIC mode is KVM's
             try:
                 self.vm.signal_msi_raw(address, data)
             except OSError as e:  # a message KVM refuses (the guest programmed it): dropped, traced
@@ -791,8 +784,11 @@ class Machine:
         )  # fmt: skip
 
     def _emulation_failure_handler(self, vp: Vp) -> Callable[[], bool]:
+        vcpu = vp.vcpu
+        assert isinstance(vcpu, KvmVcpu)  # the workaround layer is KVM's
+
         def read_insn(rip: int) -> bytes | None:
-            s = vp.vcpu.sregs  # the kvm_run sync area: valid at every exit
+            s = vcpu.sregs  # the kvm_run sync area: valid at every exit
             return read_virtual(self.ram, rip + (s.cs.base if not s.cr0 & 1 else 0), 1, s.cr0, s.cr3, s.cr4,
                                 s.efer)  # fmt: skip
 
@@ -812,9 +808,11 @@ class Machine:
             host, port = parse_address(spec)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        if not self.system.check(k.KVM_CAP_SET_GUEST_DEBUG):
+        if not isinstance(self.vm, KvmVm):
+            raise UsageError("--gdb needs --backend kvm (the emulator backend has no debugger interface yet)")
+        if not self.vm.system.check(k.KVM_CAP_SET_GUEST_DEBUG):
             raise UsageError("--gdb: this KVM has no KVM_SET_GUEST_DEBUG (breakpoints and single step)")
-        block_irq = bool(self.system.check(k.KVM_CAP_SET_GUEST_DEBUG2) & k.KVM_GUESTDBG_BLOCKIRQ)
+        block_irq = bool(self.vm.system.check(k.KVM_CAP_SET_GUEST_DEBUG2) & k.KVM_GUESTDBG_BLOCKIRQ)
         d = MachineDebugTarget(self, block_irq=block_irq)
         try:
             d.listen(host, port, wait)
@@ -823,10 +821,8 @@ class Machine:
         return d
 
     # ---- CPUID ----
-    def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[k.kvm_cpuid_entry2]:
-        entries = [
-            e for e in self.system.supported_cpuid() if not HV_LEAF_FIRST <= e.function <= HV_LEAF_LAST
-        ]
+    def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[CpuidEntry]:
+        entries = [e for e in self.vm.supported_cpuid() if not HV_LEAF_FIRST <= e.function <= HV_LEAF_LAST]
         for e in entries:
             if e.function == 0x80000007 and "ref-tsc" in self.partition.caps.features:
                 e.edx |= 1 << 8  # invariant TSC: advertised with the reference TSC page (TLFS timers.md)
@@ -834,16 +830,17 @@ class Machine:
                 e.ecx |= CPUID1_ECX_HYPERVISOR
                 if self.cfg.apic == "user":
                     e.ecx &= ~CPUID1_ECX_TSC_DEADLINE  # hv1's APIC model has no TSC-deadline mode
-        host_workarounds.adjust_cpuid(self.workarounds, entries)
+        if isinstance(self.vm, KvmVm):
+            host_workarounds.adjust_cpuid(self.workarounds, entries)
         for leaf, (a, b, c, d) in sorted(caps_leaves.items()):
-            entries.append(k.kvm_cpuid_entry2(function=leaf, index=0, flags=0, eax=a, ebx=b, ecx=c, edx=d))
+            entries.append(CpuidEntry(leaf, 0, a, b, c, d))
         return entries
 
     @staticmethod
-    def _cpuid_for(template: list[k.kvm_cpuid_entry2], apic_id: int) -> list[k.kvm_cpuid_entry2]:
+    def _cpuid_for(template: list[CpuidEntry], apic_id: int) -> list[CpuidEntry]:
         out = []
         for e in template:
-            c = k.kvm_cpuid_entry2.from_buffer_copy(e)
+            c = e.copy()
             if c.function == 1:
                 c.ebx = (c.ebx & 0x00FFFFFF) | (apic_id << 24)
             elif c.function in (0xB, 0x1F):
@@ -1033,17 +1030,15 @@ class Machine:
     def _dump(self, vp: Vp, kind: str, detail: str) -> str:
         lines = [f"hv1: partition stopped: {kind} on vp{vp.index}", f"hv1: {detail.rstrip()}"]
         try:
-            r = vp.vcpu.get_regs()
-            s = vp.vcpu.get_sregs()
-            names = [f[0] for f in k.kvm_regs._fields_]
-            vals = [f"{n:>6}={getattr(r, n):016x}" for n in names]
+            s = vp.vcpu.snapshot()
+            vals = [f"{n:>6}={v:016x}" for n, v in s.gprs.items()]
             for i in range(0, len(vals), 4):
                 lines.append("  " + "  ".join(vals[i : i + 4]))
             lines.append(
                 f"  cr0={s.cr0:#x} cr2={s.cr2:#x} cr3={s.cr3:#x} cr4={s.cr4:#x} efer={s.efer:#x} "
-                f"cs={s.cs.selector:#x}(l={s.cs.l} db={s.cs.db} dpl={s.cs.dpl}) ss={s.ss.selector:#x}"
+                f"cs={s.cs_selector:#x}(l={s.cs_l:d} db={s.cs_db:d} dpl={s.cs_dpl}) ss={s.ss_selector:#x}"
             )
-            rip = r.rip + (s.cs.base if not s.cr0 & 1 else 0)
+            rip = s.gprs["rip"] + (s.cs_base if not s.cr0 & 1 else 0)
             code = read_virtual(self.ram, rip, 16, s.cr0, s.cr3, s.cr4, s.efer)
             lines.append(f"  code at rip: {code.hex(' ') if code is not None else '(not mapped)'}")
         except OSError as e:
@@ -1059,7 +1054,7 @@ class Machine:
         for vp in self.vps:
             for reason, n in enumerate(vp.exit_counts):
                 if n:
-                    name = k.EXIT_NAMES.get(reason, str(reason))
+                    name = EXIT_NAMES.get(reason, str(reason))
                     totals[name] = totals.get(name, 0) + n
         handled = sum(vp.workaround_count for vp in self.vps)
         if handled:  # emulation failures the host workaround layer turned into #BP or skipped
@@ -1089,21 +1084,14 @@ class Machine:
         self.bench_dev.reset()
         for vp in self.vps:
             vp.reset_state()
-            vcpu = vp.vcpu
-            vcpu.set_vcpu_events(k.kvm_vcpu_events())  # nothing pending or in flight
-            s = vcpu.get_sregs()
-            s.apic_base = 0xFEE00800 | (0x100 if vp.index == 0 else 0)
-            vcpu.set_sregs(s)
-            if self._pristine_lapics:
-                vcpu.set_lapic(self._pristine_lapics[vp.index])
-                vcpu.set_mp_state(k.KVM_MP_STATE_RUNNABLE if vp.index == 0 else k.KVM_MP_STATE_UNINITIALIZED)
-        set_entry_state(self.vps[0].vcpu, self.boot.entry)
+            vp.vcpu.reset(bsp=vp.index == 0)  # nothing pending or in flight, power-on APIC state
+        self.vps[0].vcpu.set_entry_state(self.boot.entry)
         if self.debugger is not None:
             self.debugger.after_reset()
         self.tracer.emit("vp", -1, "reset", count=self.resets)
 
     def run(self) -> RunResult:
-        install_kick_handler()
+        self.vm.prepare_thread()
         self._start_threads()
         deadline = None if self.cfg.timeout is None else time.monotonic() + self.cfg.timeout
         while True:
@@ -1146,4 +1134,3 @@ class Machine:
             if vp.thread is None or not vp.thread.is_alive():
                 vp.vcpu.close()
         self.vm.close()
-        self.system.close()

@@ -1,4 +1,4 @@
-"""set_entry_state (hv1/machine/cpustate.py) on a fake vCPU with KVM's own register structures: the
+"""set_entry_state (hv1/backends/kvm/cpustate.py) on a fake vCPU with KVM's own register structures: the
 Multiboot state unchanged, the PVH entry state (Xen pvh.pandoc) and the Linux 64-bit boot protocol
 state (boot.rst "64-bit Boot Protocol")."""
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hv1.backends.kvm import cpustate
 from hv1.backends.kvm import ioctls as k
-from hv1.machine import cpustate
 from hv1.machine.entry_state import EntryMode, EntryState
 
 

@@ -13,9 +13,10 @@ from typing import Any, cast
 
 import pytest
 
+from hv1.backends.base import ContextRejected
 from hv1.backends.kvm import ioctls as k
+from hv1.backends.kvm.cpustate import set_initial_context
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
-from hv1.machine.cpustate import ContextRejected, set_initial_context
 from hv1.machine.machine import Vp
 from hv1.trace import Tracer
 from tests.unit.test_ipi_flush import LONG

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from hv1.backends.kvm import ioctls as k
+from hv1.backends.base import CpuidEntry
 
 RECOMMENDED_CMDLINE = "noxsave clearcpuid=smap,popcnt,ssse3 mitigations=off cryptomgr.notests"
 CPUID1_ECX_CX16 = 1 << 13
@@ -88,7 +88,7 @@ def decide(w: HostWorkarounds, insn: bytes | None) -> tuple[Action, int] | None:
     return None
 
 
-def adjust_cpuid(w: HostWorkarounds, entries: Iterable[k.kvm_cpuid_entry2]) -> None:
+def adjust_cpuid(w: HostWorkarounds, entries: Iterable[CpuidEntry]) -> None:
     """Hide what the host cannot emulate but lets the VMM hide (CPUID.1:ECX.CX16)."""
     if not w.enabled:
         return

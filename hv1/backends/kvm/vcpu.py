@@ -5,7 +5,7 @@ read from and written to the `kvm_run` sync area (`kvm_valid_regs`/`kvm_dirty_re
 KVM_GET/SET_REGS. XMM registers need KVM_GET_FPU and are only fetched for XMM fast hypercalls.
 
 The run loop decodes each exit with one precomputed struct per kind and calls the `ExitHandler`
-(implemented by hv1/machine) — it holds no policy of its own.
+(hv1/backends/base.py, implemented by hv1/machine) — it holds no policy of its own.
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ import fcntl
 import mmap
 import os
 import struct
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Sequence
 
+from hv1.backends.base import CpuidEntry, CpuSnapshot, ExitHandler
 from hv1.backends.guest_debug import GuestDebug
+from hv1.backends.kvm import cpustate
 from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.kick import KICK_SIGNAL, KickTarget, install_kick_handler
+from hv1.hv.hypercalls.vp_calls import InitialVpContext
 from hv1.hv.interfaces import GPR_NAMES, CpuMode
+from hv1.machine.entry_state import EntryState
 
 __all__ = ["KICK_SIGNAL", "ExitHandler", "KvmVcpu", "install_kick_handler"]
 
@@ -46,23 +49,6 @@ _DEBUG_REGS = {name: name for name in GPR_NAMES if name != "rflags"} | {"eflags"
 _DEBUG_SELECTORS = ("cs", "ss", "ds", "es", "fs", "gs")
 _DEBUG_SREGS = ("cr0", "cr2", "cr3", "cr4", "cr8", "efer")
 _DEBUG_FPU = frozenset({f"xmm{i}" for i in range(16)} | {"mxcsr"})  # through KVM_GET/SET_FPU
-
-
-class ExitHandler(Protocol):
-    """What the run loop asks of the machine for each kind of exit."""
-
-    def io_in(self, port: int, size: int) -> int: ...
-    def io_out(self, port: int, size: int, value: int) -> None: ...
-    def mmio_read(self, addr: int, size: int) -> int: ...
-    def mmio_write(self, addr: int, size: int, value: int) -> None: ...
-    def rdmsr(self, index: int) -> int | None: ...  # None: inject #GP
-    def wrmsr(self, index: int, value: int) -> bool: ...  # False: inject #GP
-    def halted(self) -> None: ...  # HLT exit (user APIC mode only)
-    def before_entry(self) -> None: ...  # interrupts, pending work; may call vcpu.inject_*
-    def fatal(self, kind: str, detail: str) -> None: ...  # stops the machine
-    def count_exit(self, reason: int) -> None: ...
-    # A debug exit, or an int3 KVM failed to emulate (`failed_int3`); False: not the debugger's.
-    def debug_stop(self, vector: int, pc: int, dr6: int, failed_int3: bool) -> bool: ...
 
 
 def x87_registers(fpu: k.kvm_fpu) -> dict[str, int]:
@@ -94,10 +80,17 @@ def x87_registers(fpu: k.kvm_fpu) -> dict[str, int]:
     return regs
 
 
+CR4_PGE = 1 << 7
+KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1
+
+
 class KvmVcpu:
-    def __init__(self, vm_fd: int, vcpu_id: int, mmap_size: int) -> None:
+    """A KVM vCPU: implements the backend interface's Vcpu (hv1/backends/base.py)."""
+
+    def __init__(self, vm_fd: int, vcpu_id: int, mmap_size: int, in_kernel_apic: bool = False) -> None:
         fd = fcntl.ioctl(vm_fd, k.KVM_CREATE_VCPU, vcpu_id)
         self._attach(vcpu_id, fd, mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
+        self._in_kernel_apic = in_kernel_apic
 
     @classmethod
     def over(cls, vcpu_id: int, fd: int, run_mm: mmap.mmap) -> KvmVcpu:
@@ -105,6 +98,7 @@ class KvmVcpu:
         with an anonymous mapping and an fd that is not a vCPU)."""
         self = cls.__new__(cls)
         self._attach(vcpu_id, fd, run_mm)
+        self._in_kernel_apic = False
         return self
 
     def _attach(self, vcpu_id: int, fd: int, run_mm: mmap.mmap) -> None:
@@ -126,6 +120,7 @@ class KvmVcpu:
         # Called on an emulation failure (KVM_EXIT_INTERNAL_ERROR, suberror 1); True means it was
         # handled and the vCPU may run on (host_workarounds.py). None: every such failure is fatal.
         self.on_emulation_failure: Callable[[], bool] | None = None
+        self._pristine_lapic: bytearray | None = None  # the in-kernel LAPIC before the first entry
 
     # ---- setup-time register access (ioctls; fine outside the hot path) ----
     def get_sregs(self) -> k.kvm_sregs:
@@ -144,8 +139,70 @@ class KvmVcpu:
     def set_regs(self, regs: k.kvm_regs) -> None:
         fcntl.ioctl(self.fd, k.KVM_SET_REGS, bytes(regs))
 
-    def set_cpuid(self, buf: bytearray) -> None:
-        fcntl.ioctl(self.fd, k.KVM_SET_CPUID2, buf)
+    def set_cpuid(self, entries: Sequence[CpuidEntry]) -> None:
+        from hv1.backends.kvm.vm import cpuid2_buffer
+
+        raw = [
+            k.kvm_cpuid_entry2(
+                function=e.function,
+                index=e.index,
+                flags=KVM_CPUID_FLAG_SIGNIFCANT_INDEX if e.indexed else 0,
+                eax=e.eax,
+                ebx=e.ebx,
+                ecx=e.ecx,
+                edx=e.edx,
+            )  # fmt: skip
+            for e in entries
+        ]
+        fcntl.ioctl(self.fd, k.KVM_SET_CPUID2, cpuid2_buffer(raw))
+
+    # ---- start states and machine-level operations (backend interface) ----
+    def set_multiboot_entry(self, entry: int, eax: int, ebx: int) -> None:
+        cpustate.set_multiboot_entry(self, entry, eax, ebx)
+
+    def set_real_mode_start(self, vector: int) -> None:
+        cpustate.set_real_mode_start(self, vector)
+
+    def set_initial_context(self, ctx: InitialVpContext) -> None:
+        cpustate.set_initial_context(self, ctx)
+
+    def set_entry_state(self, st: EntryState) -> None:
+        cpustate.set_entry_state(self, st)
+
+    def make_runnable(self) -> None:
+        """Kernel APIC mode: KVM holds an AP in KVM_MP_STATE_UNINITIALIZED until a SIPI; StartVP
+        loads its context and lets it run."""
+        self.set_mp_state(k.KVM_MP_STATE_RUNNABLE)
+
+    def flush_tlb(self) -> None:
+        """Flush this vCPU's guest TLB: KVM flushes on KVM_SET_SREGS when CR4 changes, so toggle
+        CR4.PGE and put it back (the architectural way to flush global entries too)."""
+        s = self.get_sregs()
+        cr4 = s.cr4
+        s.cr4 = cr4 ^ CR4_PGE
+        self.set_sregs(s)
+        s.cr4 = cr4
+        self.set_sregs(s)
+
+    def reset(self, bsp: bool) -> None:
+        """Partition reset: nothing pending or in flight, the APIC base as at power-on and, with the
+        in-kernel APIC, its power-on state (APs back to wait-for-SIPI)."""
+        self.set_vcpu_events(k.kvm_vcpu_events())
+        s = self.get_sregs()
+        s.apic_base = 0xFEE00800 | (0x100 if bsp else 0)
+        self.set_sregs(s)
+        if self._pristine_lapic is not None:
+            self.set_lapic(self._pristine_lapic)
+            self.set_mp_state(k.KVM_MP_STATE_RUNNABLE if bsp else k.KVM_MP_STATE_UNINITIALIZED)
+
+    def snapshot(self) -> CpuSnapshot:
+        r = self.get_regs()
+        s = self.get_sregs()
+        return CpuSnapshot(
+            gprs={n: int(getattr(r, n)) for n in GPR_NAMES}, cr0=s.cr0, cr2=s.cr2, cr3=s.cr3, cr4=s.cr4,
+            efer=s.efer, cs_selector=s.cs.selector, cs_base=s.cs.base, cs_l=bool(s.cs.l), cs_db=bool(s.cs.db),
+            cs_dpl=s.cs.dpl, ss_selector=s.ss.selector,
+        )  # fmt: skip
 
     def enable_cap(self, cap: int, *args: int) -> None:
         c = k.kvm_enable_cap()
@@ -391,6 +448,8 @@ class KvmVcpu:
     def run(self, h: ExitHandler) -> None:
         """Run until `stop_requested` (set by the machine, followed by a kick). The calling thread is
         the one kicks signal, from here until this returns or raises."""
+        if self._in_kernel_apic and self._pristine_lapic is None:
+            self._pristine_lapic = self.get_lapic()  # as KVM created it: a partition reset puts it back
         with self.kick_target.running():
             self._run(h)
 

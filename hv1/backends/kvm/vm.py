@@ -11,20 +11,17 @@ import ctypes
 import errno
 import fcntl
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from hv1.backends.base import CpuidEntry
 from hv1.backends.kvm import ioctls as k
-from hv1.backends.kvm.memory import GuestRam
+from hv1.backends.kvm.tsc import guest_tsc_offset, rdtsc
+from hv1.backends.kvm.vcpu import KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KvmVcpu, install_kick_handler
+from hv1.backends.memory import GuestRam
 from hv1.errors import KvmUnavailable
 
 KVM_PATH = "/dev/kvm"
-
-# Hyper-V's CPUID range; KVM's own signature leaves live here too and must be replaced, not merged.
-HV_LEAF_FIRST = 0x40000000
-HV_LEAF_LAST = 0x400000FF
-
-CPUID1_ECX_TSC_DEADLINE = 1 << 24
-CPUID1_ECX_HYPERVISOR = 1 << 31
 
 
 class KvmSystem:
@@ -129,13 +126,53 @@ def host_info(system: KvmSystem) -> HostInfo:
 
 
 class KvmVm:
-    """One KVM VM: guest RAM slots, the interrupt controller choice, MSR routing, MSIs."""
+    """One KVM VM: guest RAM slots, the interrupt controller choice, MSR routing, MSIs. Implements
+    the backend interface's Vm (hv1/backends/base.py); closes `system` too when it owns it."""
 
-    def __init__(self, system: KvmSystem) -> None:
+    name = "kvm"
+
+    def __init__(self, system: KvmSystem, own_system: bool = False) -> None:
         self.system = system
+        self._own_system = own_system
         self.fd = fcntl.ioctl(system.fd, k.KVM_CREATE_VM, 0)
         self.ram: GuestRam | None = None
         self._msr_filter_bitmaps: list[ctypes.Array[ctypes.c_uint8]] = []
+        self._kernel_apic = False
+        self.tsc_hz = 0
+        self._tsc_offset: int | None = None
+
+    def create_vcpu(self, index: int) -> KvmVcpu:
+        vcpu = KvmVcpu(self.fd, index, self.system.vcpu_mmap_size, in_kernel_apic=self._kernel_apic)
+        if self.system.check(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID):
+            vcpu.enable_cap(k.KVM_CAP_ENFORCE_PV_FEATURE_CPUID, 1)
+        if self._tsc_offset is None:
+            # Reference time is defined from the guest TSC (hv/reftime.py): the host TSC plus the
+            # offset KVM gives the guest, read once (hv1/backends/kvm/tsc.py).
+            self.tsc_hz = vcpu.tsc_khz() * 1000
+            self._tsc_offset = guest_tsc_offset(vcpu.fd)
+        return vcpu
+
+    def guest_tsc(self) -> Callable[[], int]:
+        assert self._tsc_offset is not None, "create a vCPU first"
+        off = self._tsc_offset
+        return lambda: rdtsc() + off
+
+    def supported_cpuid(self) -> list[CpuidEntry]:
+        return [
+            CpuidEntry(
+                e.function,
+                e.index,
+                e.eax,
+                e.ebx,
+                e.ecx,
+                e.edx,
+                indexed=bool(e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX),
+            )  # fmt: skip
+            for e in self.system.supported_cpuid()
+        ]
+
+    def prepare_thread(self) -> None:
+        install_kick_handler()
 
     def enable_cap(self, cap: int, *args: int, fd: int | None = None) -> None:
         c = k.kvm_enable_cap()
@@ -184,10 +221,12 @@ class KvmVm:
             self._set_slot(slot, gpa, length, readonly)
         self._slots = layout
 
-    def use_split_irqchip(self) -> None:
-        """The local APIC in the kernel, everything else (PIC, IOAPIC, PIT) in userspace: MSIs can be
-        sent from any thread and HLT/LAPIC timers never leave the kernel (host-kvm.md §1)."""
+    def use_kernel_apic(self) -> None:
+        """--apic kernel, before any vCPU exists: the local APIC in the kernel, everything else
+        (PIC, IOAPIC, PIT) in userspace: MSIs can be sent from any thread and HLT/LAPIC timers
+        never leave the kernel (host-kvm.md §1)."""
         self.enable_cap(k.KVM_CAP_SPLIT_IRQCHIP, 24)
+        self._kernel_apic = True
 
     def route_msrs_to_userspace(self, ranges: list[tuple[int, int]]) -> None:
         """Send unknown/invalid MSRs and every MSR in `ranges` ([first, last]) to userspace."""
@@ -223,3 +262,5 @@ class KvmVm:
 
     def close(self) -> None:
         os.close(self.fd)
+        if self._own_system:
+            self.system.close()

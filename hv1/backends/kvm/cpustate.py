@@ -1,13 +1,19 @@
-"""The architectural states a vCPU is started in: the Multiboot entry, a loader's EntryState (Linux),
-an AP after INIT-SIPI, and an HV_INITIAL_VP_CONTEXT (HvCallStartVirtualProcessor). Setup paths only
-(vCPU ioctls)."""
+"""The architectural states a KVM vCPU is started in, as kvm_sregs/kvm_regs: the Multiboot entry, a
+loader's EntryState (Linux), an AP after INIT-SIPI, and an HV_INITIAL_VP_CONTEXT
+(HvCallStartVirtualProcessor). Setup paths only (vCPU ioctls). The machine reaches these through the
+KvmVcpu methods of the backend interface (hv1/backends/base.py)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from hv1.backends.base import ContextRejected
 from hv1.backends.kvm import ioctls as k
-from hv1.backends.kvm.vcpu import KvmVcpu
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
 from hv1.machine.entry_state import EntryMode, EntryState
+
+if TYPE_CHECKING:
+    from hv1.backends.kvm.vcpu import KvmVcpu
 
 MSR_IA32_PAT = 0x277
 CODE, DATA = 0xB, 0x3  # execute/read accessed code; read/write accessed data
@@ -61,11 +67,6 @@ def set_real_mode_start(vcpu: KvmVcpu, vector: int) -> None:
     r.rflags = 2
     r.rdx = 0x600  # family/model/stepping after reset, as hardware leaves it
     vcpu.set_regs(r)
-
-
-class ContextRejected(Exception):
-    """The backend refused an HV_INITIAL_VP_CONTEXT that hv validated (KVM_SET_SREGS or KVM_SET_MSRS
-    said EINVAL): nothing of it was loaded, the vCPU keeps the state it had."""
 
 
 def set_initial_context(vcpu: KvmVcpu, ctx: InitialVpContext) -> None:

@@ -1,0 +1,787 @@
+"""An emulated vCPU: one Unicorn instance, its hooks, and the run loop that turns them into exits.
+
+Exits, as Unicorn lets us see them (measured with unicorn 2.1.4, README "Backends"):
+- RDMSR, WRMSR and CPUID have no usable instruction hook (UC_ERR_ARG, or unknown MSRs silently
+  read 0), so a per-instruction code hook stops *before* `0f 32` / `0f 30` / `0f a2`; the loop
+  answers them (CPUID from the table the machine built, MSRs from emu/msrs.py or the machine) and
+  steps RIP over the two bytes. The same hook is where kicks, a requested interrupt window and a
+  waiting vCPU's turn are noticed, at an instruction boundary outside an STI/MOV SS shadow.
+- IN is answered inside its hook; OUT too, except to the hypercall port, which stops emulation
+  so the hypercall sees the registers after the `out` (as KVM's I/O exit does). An MMIO write
+  also ends the run at the next instruction boundary, so the machine's before_entry runs after
+  it as after a KVM exit (an APIC write that arms the LVT timer gets it scheduled); everything
+  else that wants the VP back (interrupts, work, stop) kicks it anyway.
+- HLT makes `emu_start` return with RIP after it: the HLT exit.
+- A CPU exception arrives at UC_HOOK_INTR (faults with RIP on the instruction, traps and INT n
+  with RIP after it) or as UC_ERR_INSN_INVALID (#UD); it is delivered through the guest IDT by
+  emu/idt.py, as are injected exceptions and interrupts.
+- Guest RAM is mapped from the host (mem_map_ptr); [RAM end, 4 GiB) is MMIO to the machine (the
+  xAPIC page among it); a read-only page (hypercall page) that the guest writes stops emulation
+  with UC_ERR_WRITE_PROT and becomes the machine's mmio_write, as a KVM read-only slot does.
+
+Registers: Unicorn's x86 in UC_MODE_64 cannot load a segment descriptor (writing CS only sets the
+selector) and in UC_MODE_32 cannot read 64-bit registers, so the instance is UC_MODE_32 (segment
+writes load descriptors from the guest GDT, as `mov sreg` does) and the 64-bit GPRs, RIP, RFLAGS,
+CR0-CR4, the segment caches and the CPL are read and written in the saved CPU context (QEMU's
+CPUX86State: offsets below, checked at start-up by `_check_layout`). Limitations: the guest RIP
+must be below 4 GiB when emulation resumes (emu_start takes a 32-bit EIP in this mode).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_ERR_INSN_INVALID,
+    UC_ERR_WRITE_PROT,
+    UC_HOOK_CODE,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_READ,
+    UC_HOOK_MEM_WRITE,
+    UC_HOOK_MEM_WRITE_PROT,
+    UC_MEM_WRITE,
+    UC_MODE_32,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    Uc,
+    UcError,
+)
+from unicorn.unicorn_py3.unicorn import uclib
+from unicorn.x86_const import (
+    UC_X86_INS_IN,
+    UC_X86_INS_OUT,
+    UC_X86_REG_CR0,
+    UC_X86_REG_CR2,
+    UC_X86_REG_CR3,
+    UC_X86_REG_CR4,
+    UC_X86_REG_CR8,
+    UC_X86_REG_CS,
+    UC_X86_REG_DS,
+    UC_X86_REG_EFLAGS,
+    UC_X86_REG_ES,
+    UC_X86_REG_FS,
+    UC_X86_REG_GDTR,
+    UC_X86_REG_GS,
+    UC_X86_REG_IDTR,
+    UC_X86_REG_LDTR,
+    UC_X86_REG_MSR,
+    UC_X86_REG_SS,
+    UC_X86_REG_TR,
+    UC_X86_REG_XMM0,
+)
+
+from hv1.backends.base import (
+    EXIT_EXCEPTION,
+    EXIT_HLT,
+    EXIT_INTR,
+    EXIT_IO,
+    EXIT_MMIO,
+    EXIT_RDMSR,
+    EXIT_SHUTDOWN,
+    EXIT_WRMSR,
+    CpuidEntry,
+    CpuSnapshot,
+    ExitHandler,
+)
+from hv1.backends.emu import idt
+from hv1.backends.emu.msrs import emulated
+from hv1.backends.memory import GuestRam
+from hv1.hv.hypercall_page import HYPERCALL_PORT
+from hv1.hv.hypercalls.vp_calls import InitialVpContext
+from hv1.hv.interfaces import GPR_NAMES, CpuMode
+from hv1.machine import paging
+from hv1.machine.entry_state import EntryMode, EntryState
+
+if TYPE_CHECKING:
+    from hv1.backends.emu.vm import EmuVm
+
+MMIO_END = 1 << 32
+APIC_BASE_MSR = 0x1B
+MSR_IA32_PAT = 0x277
+MSR_EFER = 0xC0000080
+EFER_LMA = 1 << 10
+CR0_PE = 1
+RFLAGS_IF = 1 << 9
+UNTIL = (1 << 64) - 1  # an address emulation never reaches: stop only on an exit
+
+# QEMU CPUX86State in the saved context (unicorn 2.1.4): regs[16] (RAX, RCX, RDX, RBX, RSP, RBP,
+# RSI, RDI, R8-R15), eip, eflags, cc_*, hflags, segs[ES, CS, SS, DS, FS, GS], ldt, tr, gdt, idt,
+# cr[5]; a segment cache is {u32 selector, u64 base, u32 limit, u32 flags}.
+CTX_REGS = 40
+CTX_RIP = CTX_REGS + 16 * 8
+CTX_RFLAGS = CTX_RIP + 8
+CTX_HFLAGS = CTX_RFLAGS + 8 + 3 * 8 + 8
+CTX_SEGS = CTX_HFLAGS + 8
+CTX_GDT = CTX_SEGS + 8 * 24
+CTX_IDT = CTX_GDT + 24
+CTX_CR = CTX_IDT + 24
+# int old_exception ("exception in flight", QEMU's double-fault tracking): the emulator sets it on
+# every exception and only its own delivery (which Unicorn skips) clears it, so without a reset the
+# second exception is reported as #DF and the third ends emulation silently as a triple fault
+# (unicorn issue #1883). Found by diffing the context around a #GP (-1 before, 13 after).
+CTX_OLD_EXCEPTION = 5536
+SEG_ES, SEG_CS, SEG_SS, SEG_DS, SEG_FS, SEG_GS, SEG_LDT, SEG_TR = range(8)
+HF_CPL_MASK = 3
+HF_LMA = 1 << 14
+HF_CS64 = 1 << 15
+DESC_DPL_SHIFT = 13 + 32 - 32  # in the cache's flags word: bits 13-14
+DESC_L = 1 << 21
+DESC_B = 1 << 22
+_GPR_SLOT = {
+    "rax": 0, "rcx": 1, "rdx": 2, "rbx": 3, "rsp": 4, "rbp": 5, "rsi": 6, "rdi": 7,
+    **{f"r{i}": i for i in range(8, 16)},
+}  # fmt: skip
+_U64 = (1 << 64) - 1
+
+# Instructions the code hook stops in front of (second byte after 0x0f).
+_STOP_OPCODES = (0x30, 0x32, 0xA2)  # WRMSR, RDMSR, CPUID
+_SHADOW_FIRST_BYTES = (0xFB, 0x17)  # STI; POP SS (MOV SS is 8e /2, checked separately)
+
+
+class _LinearMemory:
+    """Guest linear memory for idt.py: the page-table walk of hv1/machine/paging.py over RAM."""
+
+    def __init__(self, ram: GuestRam, cr0: int, cr3: int, cr4: int, efer: int) -> None:
+        self.ram, self.cr = ram, (cr0, cr3, cr4, efer)
+
+    def read(self, la: int, n: int) -> bytes | None:
+        return paging.read_virtual(self.ram, la, n, *self.cr)
+
+    def write(self, la: int, data: bytes) -> bool:
+        pos = 0
+        while pos < len(data):
+            gpa = paging.translate(self.ram, la + pos, *self.cr)
+            n = min(len(data) - pos, 0x1000 - ((la + pos) & 0xFFF))
+            if gpa is None or not self.ram.contains(gpa, n):
+                return False
+            self.ram.write(gpa, data[pos : pos + n])
+            pos += n
+        return True
+
+
+class EmuVcpu:
+    """Implements the backend interface's Vcpu (hv1/backends/base.py) on one Unicorn instance."""
+
+    def __init__(self, vm: EmuVm, index: int, ram: GuestRam) -> None:
+        self.vm = vm
+        self.id = index
+        self.ram = ram
+        self.stop_requested = False
+        self.thread_id: int | None = None
+        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        uc.mem_map_ptr(0, ram.size, UC_PROT_ALL, ram.host_address)
+        self._map_mmio()
+        self._ctx = uc.context_save()
+        self._ctx_ptr = ctypes.cast(self._ctx.context, ctypes.c_void_p).value
+        self._ctx_buf = (ctypes.c_char * self._ctx.size).from_address(self._ctx_ptr or 0)
+        self._ctx_q = memoryview(self._ctx_buf).cast("B")
+        self._ctx_valid = False
+        self._ctx_dirty = False
+        self._cpuid: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+        self._cpuid_indexed: set[int] = set()
+        self._max_basic = 0
+        self._max_ext = 0x80000000
+        self._h: ExitHandler | None = None
+        # Exit bookkeeping (set in hooks, read by the loop).
+        self._stop: int | None = None  # an EXIT_* kind when a hook stopped emulation
+        self._intr: int | None = None
+        self._wp: tuple[int, int, int] | None = None
+        self._attention = False  # some flag below wants the code hook's slow path
+        self._kicked = False
+        self._preempted = False
+        self._window = False
+        self._skip_at: int | None = None  # resume past a stop we already served at this address
+        self._prev: tuple[int, int] = (0, 0)
+        self._pending: list[tuple[int, int | None, bool]] = []  # (vector, error code, software)
+        self._lock = threading.Lock()
+        uc.hook_add(UC_HOOK_CODE, self._on_code)
+        uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT)
+        uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
+
+    def _map_mmio(self) -> None:
+        """[RAM end, 4 GiB) goes to the machine: the xAPIC page, and all-ones for the unassigned."""
+        size = MMIO_END - self.ram.size
+        self.uc.mmio_map(self.ram.size, size, self._mmio_read, None, self._mmio_write, None)
+
+    # ---- the saved CPU context: 64-bit registers, segment caches, CPL ----
+    def _load(self) -> None:
+        if not self._ctx_valid:
+            uclib.uc_context_save(self.uc._uch, self._ctx.context)
+            self._ctx_valid = True
+
+    def _q(self, off: int) -> int:
+        self._load()
+        return int(struct.unpack_from("<Q", self._ctx_q, off)[0])
+
+    def _d(self, off: int) -> int:
+        self._load()
+        return int(struct.unpack_from("<I", self._ctx_q, off)[0])
+
+    def _put_q(self, off: int, value: int) -> None:
+        self._load()
+        struct.pack_into("<Q", self._ctx_q, off, value & _U64)
+        self._ctx_dirty = True
+
+    def _flush(self) -> None:
+        """Write patched context back before emulating or any direct register access."""
+        if self._ctx_dirty:
+            uclib.uc_context_restore(self.uc._uch, self._ctx.context)
+            self._ctx_dirty = False
+
+    def _reg_write(self, reg: int, value: Any) -> None:
+        self._flush()
+        self.uc.reg_write(reg, value)
+        self._ctx_valid = False
+
+    def _reg_read(self, reg: int, *arg: int) -> Any:
+        self._flush()
+        return self.uc.reg_read(reg, *arg)
+
+    def _seg(self, seg: int) -> tuple[int, int, int, int]:
+        off = CTX_SEGS + 24 * seg
+        return self._d(off), self._q(off + 8), self._d(off + 16), self._d(off + 20)
+
+    # ---- VpRegisters ----
+    def get(self, name: str) -> int:
+        if name == "rip":
+            return self._q(CTX_RIP)
+        if name == "rflags":
+            return self._q(CTX_RFLAGS)
+        return self._q(CTX_REGS + 8 * _GPR_SLOT[name])
+
+    def set(self, name: str, value: int) -> None:
+        if name == "rip":
+            self._put_q(CTX_RIP, value)
+        elif name == "rflags":
+            self._put_q(CTX_RFLAGS, value | 2)
+        else:
+            self._put_q(CTX_REGS + 8 * _GPR_SLOT[name], value)
+
+    def get_xmm(self, index: int) -> int:
+        return int(self._reg_read(UC_X86_REG_XMM0 + index))
+
+    def set_xmm(self, index: int, value: int) -> None:
+        self._reg_write(UC_X86_REG_XMM0 + index, value & ((1 << 128) - 1))
+
+    def _hflags(self) -> int:
+        return self._d(CTX_HFLAGS)
+
+    def mode(self) -> CpuMode:
+        if not self._q(CTX_CR) & CR0_PE:
+            return CpuMode.REAL
+        return CpuMode.LONG if self._hflags() & HF_CS64 else CpuMode.PROTECTED
+
+    def cpl(self) -> int:
+        return self._hflags() & HF_CPL_MASK
+
+    def _efer(self) -> int:
+        return int(self._reg_read(UC_X86_REG_MSR, MSR_EFER))
+
+    def _crs(self) -> tuple[int, int, int, int]:
+        """CR0, CR3, CR4 and the EFER.LMA that paging.py needs (from the CPU's mode flags)."""
+        return (self._q(CTX_CR), self._q(CTX_CR + 24), self._q(CTX_CR + 32),
+                EFER_LMA if self._hflags() & HF_LMA else 0)  # fmt: skip
+
+    # ---- events ----
+    def inject_exception(self, vector: int, error_code: int | None) -> None:
+        self._pending.append((vector, error_code, False))
+
+    def inject_interrupt(self, vector: int) -> None:
+        self._pending.append((vector, None, False))
+
+    def inject_nmi(self) -> None:
+        """An NMI through IDT vector 2 as the next event (NMI blocking is not modelled)."""
+        self.inject_exception(2, None)
+
+    def can_inject(self) -> bool:
+        # The loop only stops outside an STI/MOV SS shadow (see _on_code), so IF alone decides;
+        # an event already queued goes first (as KVM's ready_for_interrupt_injection says).
+        return not self._pending and self.if_flag()
+
+    def if_flag(self) -> bool:
+        return bool(self._q(CTX_RFLAGS) & RFLAGS_IF)
+
+    def request_interrupt_window(self, on: bool) -> None:
+        self._window = on
+        if on:
+            self._attention = True
+
+    def kick(self) -> None:
+        self._kicked = True
+        self._attention = True
+
+    def preempt(self) -> None:
+        """Another vCPU waits for the turn (vm.Turn): stop at the next instruction boundary."""
+        self._preempted = True
+        self._attention = True
+
+    # ---- start states ----
+    def set_cpuid(self, entries: Sequence[CpuidEntry]) -> None:
+        self._cpuid = {(e.function, e.index if e.indexed else 0): (e.eax, e.ebx, e.ecx, e.edx)
+                       for e in entries}  # fmt: skip
+        self._cpuid_indexed = {e.function for e in entries if e.indexed}
+        self._max_basic = max((e.function for e in entries if e.function < 0x40000000), default=0)
+        self._max_ext = max((e.function for e in entries if e.function >= 0x80000000), default=0x80000000)
+
+    def _load_segments(self, sels: dict[int, int]) -> None:
+        """Load segment registers by selector, in the order given (descriptors from the GDT)."""
+        for reg, sel in sels.items():
+            self._reg_write(reg, sel)
+
+    def set_multiboot_entry(self, entry: int, eax: int, ebx: int) -> None:
+        """Multiboot machine state (Multiboot 0.6.96 §3.2): 32-bit flat protected mode, paging off,
+        IF=0, EAX = the magic, EBX = the information structure. The flat descriptors come from a
+        scratch GDT in the vCPU's own context (the guest loads its own GDT before relying on GDTR,
+        as Multiboot requires)."""
+        self._leave_paging()
+        self._reg_write(UC_X86_REG_CR4, 0)
+        self._reg_write(UC_X86_REG_MSR, (MSR_EFER, 0))
+        self._reg_write(UC_X86_REG_CR0, 0x11)
+        self._with_scratch_gdt(
+            [0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF],
+            {UC_X86_REG_SS: 0x10, UC_X86_REG_CS: 0x08, UC_X86_REG_DS: 0x10, UC_X86_REG_ES: 0x10,
+             UC_X86_REG_FS: 0x10, UC_X86_REG_GS: 0x10},
+        )  # fmt: skip
+        for name in GPR_NAMES:
+            self.set(name, 0)
+        self.set("rax", eax)
+        self.set("rbx", ebx)
+        self.set("rip", entry)
+        self.set("rflags", 2)
+
+    def set_entry_state(self, st: EntryState) -> None:
+        """A loader's entry state (hv1/machine/entry_state.py). The emulator starts Multiboot kernels
+        (flat 32-bit protected mode with EAX/EBX); the Linux entries (PVH with a TSS, the 64-bit boot
+        protocol) are KVM's: a clean usage error here, before anything runs."""
+        if st.mode is not EntryMode.PROTECTED32 or st.tss or not set(st.gprs) <= {"rax", "rbx"}:
+            from hv1.errors import UsageError
+
+            raise UsageError("the emulator backend boots Multiboot kernels only (Linux needs --backend kvm)")
+        self.set_multiboot_entry(st.rip, st.gprs.get("rax", 0), st.gprs.get("rbx", 0))
+
+    def set_apic_base(self, value: int) -> bool:
+        """Nothing to tell: hv1's APIC model owns IA32_APIC_BASE, and CPUID is answered from hv1's
+        table (CPUID.1:EDX.APIC does not follow APIC_BASE.EN on this backend, docs/backends.md)."""
+        return True
+
+    def cr8(self) -> int:
+        return int(self._reg_read(UC_X86_REG_CR8)) & 0xF
+
+    def set_cr8(self, value: int) -> None:
+        self._reg_write(UC_X86_REG_CR8, value & 0xF)
+
+    def _with_scratch_gdt(self, descs: list[int], sels: dict[int, int]) -> None:
+        """Load `sels` from a temporary GDT of `descs` placed in the MMIO hole's top page (never
+        guest RAM), then leave GDTR as the guest expects it (base 0, limit 0xFFFF at power-on)."""
+        page = MMIO_END - 0x1000
+        # The CPU reads descriptors from memory: a private page, mapped only while loading.
+        self.uc.mem_unmap(self.ram.size, MMIO_END - self.ram.size)
+        self.uc.mem_map(page, 0x1000, UC_PROT_READ)
+        try:
+            self.uc.mem_write(page, b"".join(d.to_bytes(8, "little") for d in descs))
+            self._reg_write(UC_X86_REG_GDTR, (0, page, 8 * len(descs) - 1, 0))
+            self._load_segments(sels)
+        finally:
+            self.uc.mem_unmap(page, 0x1000)
+            self._map_mmio()
+        self._reg_write(UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
+
+    def _leave_paging(self) -> None:
+        """Out of paging (and long mode) first, so segment and control-register writes that follow
+        are interpreted in the target mode, whatever the vCPU did before (INIT of a running AP)."""
+        cr0 = self._q(CTX_CR)
+        if cr0 & (1 << 31):
+            self._reg_write(UC_X86_REG_CR0, cr0 & ~(1 << 31))
+
+    def set_real_mode_start(self, vector: int) -> None:
+        """An AP after INIT-SIPI: real mode at CS = vector << 8, IP = 0 (Intel SDM 8.4.4.1)."""
+        self._leave_paging()
+        self._set_cpl0()
+        self._reg_write(UC_X86_REG_CR0, 0x60000010)
+        self._reg_write(UC_X86_REG_CR4, 0)
+        self._reg_write(UC_X86_REG_CR3, 0)
+        self._reg_write(UC_X86_REG_MSR, (MSR_EFER, 0))
+        self._reg_write(UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
+        self._reg_write(UC_X86_REG_IDTR, (0, 0, 0xFFFF, 0))
+        self._load_segments({UC_X86_REG_CS: vector << 8, UC_X86_REG_DS: 0, UC_X86_REG_ES: 0,
+                             UC_X86_REG_FS: 0, UC_X86_REG_GS: 0, UC_X86_REG_SS: 0})  # fmt: skip
+        for name in GPR_NAMES:
+            self.set(name, 0)
+        self.set("rflags", 2)
+        self.set("rdx", 0x600)
+
+    def set_initial_context(self, ctx: InitialVpContext) -> None:
+        """HvCallStartVirtualProcessor: load an HV_INITIAL_VP_CONTEXT. Control registers and EFER
+        first (entering long mode when EFER.LME and CR0.PG say so), then the descriptor tables,
+        then the selectors: the emulator takes each descriptor from the guest's GDT, so it must
+        match the attributes in the context (it does for every OS that starts VPs this way)."""
+        self._leave_paging()
+        self._set_cpl0()
+        self._reg_write(UC_X86_REG_CR0, ctx.cr0 & ~(1 << 31))
+        self._reg_write(UC_X86_REG_CR4, ctx.cr4)
+        self._reg_write(UC_X86_REG_CR3, ctx.cr3)
+        self._reg_write(UC_X86_REG_MSR, (MSR_EFER, ctx.efer & ~EFER_LMA))
+        self._reg_write(UC_X86_REG_CR0, ctx.cr0)
+        self._reg_write(UC_X86_REG_GDTR, (0, ctx.gdtr.base, ctx.gdtr.limit, 0))
+        self._reg_write(UC_X86_REG_IDTR, (0, ctx.idtr.base, ctx.idtr.limit, 0))
+        self._load_segments({UC_X86_REG_CS: ctx.cs.selector, UC_X86_REG_SS: ctx.ss.selector,
+                             UC_X86_REG_DS: ctx.ds.selector, UC_X86_REG_ES: ctx.es.selector,
+                             UC_X86_REG_FS: ctx.fs.selector, UC_X86_REG_GS: ctx.gs.selector})  # fmt: skip
+        for reg, s in ((UC_X86_REG_TR, ctx.tr), (UC_X86_REG_LDTR, ctx.ldtr)):
+            flags = s.type | (int(s.s) << 4) | (s.dpl << 5) | (int(s.present) << 7) | (int(s.avl) << 12)
+            flags |= (int(s.long) << 13) | (int(s.db) << 14) | (int(s.granularity) << 15)
+            self._reg_write(reg, (s.selector, s.base, s.limit, flags << 8))
+        self._reg_write(UC_X86_REG_MSR, (MSR_IA32_PAT, ctx.pat))
+        self.set("rip", ctx.rip)
+        self.set("rsp", ctx.rsp)
+        self.set("rflags", ctx.rflags)
+
+    def _set_cpl0(self) -> None:
+        """CPL 0 in the CPU's mode flags, so the selector loads that follow pass the privilege
+        checks a `mov sreg` at the target privilege would (the emulator checks against the CPL)."""
+        h = self._hflags()
+        if h & HF_CPL_MASK:
+            struct.pack_into("<I", self._ctx_q, CTX_HFLAGS, h & ~HF_CPL_MASK)
+            self._ctx_dirty = True
+            self._flush()
+            self._ctx_valid = False
+
+    def make_runnable(self) -> None:
+        pass  # no wait-for-SIPI state inside the emulator: the machine's thread holds the AP
+
+    def flush_tlb(self) -> None:
+        """Flush the emulated TLB (the architectural effect of a CR4.PGE toggle)."""
+        self._flush()
+        self.uc.ctl_flush_tlb()
+        self._ctx_valid = False
+
+    def reset(self, bsp: bool) -> None:
+        self._pending.clear()
+        self._window = False
+        self._flush()
+        self.uc.ctl_flush_tb()  # RAM was reloaded: drop every translation
+        self._ctx_valid = False
+
+    def snapshot(self) -> CpuSnapshot:
+        cs_sel, cs_base, _, cs_flags = self._seg(SEG_CS)
+        cr0, cr3, cr4, _ = self._crs()
+        return CpuSnapshot(
+            gprs={n: self.get(n) for n in GPR_NAMES}, cr0=cr0, cr2=self._q(CTX_CR + 16), cr3=cr3, cr4=cr4,
+            efer=self._efer(), cs_selector=cs_sel, cs_base=cs_base, cs_l=bool(cs_flags & DESC_L),
+            cs_db=bool(cs_flags & DESC_B), cs_dpl=(cs_flags >> 13) & 3, ss_selector=self._seg(SEG_SS)[0],
+        )  # fmt: skip
+
+    def protect_pages(self, old: tuple[int, ...], new: tuple[int, ...]) -> None:
+        """Read/execute-only pages for the guest (VM.set_readonly_pages; this vCPU is parked)."""
+        for page in old:
+            if page not in new:
+                self.uc.mem_protect(page, 0x1000, UC_PROT_ALL)
+        for page in new:
+            self.uc.mem_protect(page, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
+        for page in (*old, *new):
+            self.uc.ctl_remove_cache(page, page + 0x1000)  # the host rewrote it: drop stale code
+
+    # ---- hooks (inside emu_start, on this vCPU's thread) ----
+    def _on_code(self, uc: Uc, addr: int, size: int, _: object) -> None:
+        if self._stop is not None:
+            # An exit is already taken (the hypercall `out`): the emulator only stops at the next
+            # instruction boundary, which is here. Keep that exit; stop in front of this one.
+            uc.emu_stop()
+            return
+        if self._attention and self._want_stop(uc):
+            self._stop = EXIT_INTR
+            uc.emu_stop()
+            return
+        if size == 2 and addr != self._skip_at:
+            b = uc.mem_read(addr, 2)
+            if b[0] == 0x0F and b[1] in _STOP_OPCODES:
+                self._stop = EXIT_RDMSR if b[1] != 0x30 else EXIT_WRMSR
+                self._stop_insn = b[1]
+                uc.emu_stop()
+                return
+        self._skip_at = None
+        self._prev = (addr, size)
+
+    def _want_stop(self, uc: Uc) -> bool:
+        """Kick, preemption or an open interrupt window, outside an interrupt shadow (an interrupt
+        taken right after STI would break `sti; hlt`: Intel SDM vol. 2B, STI)."""
+        if not (self._kicked or self._preempted or self._window):
+            self._attention = False
+            return False
+        if not (self._kicked or self._preempted) and not int(uc.reg_read(UC_X86_REG_EFLAGS)) & RFLAGS_IF:
+            return False
+        prev_addr, prev_size = self._prev
+        if prev_size:
+            try:
+                b = bytes(uc.mem_read(prev_addr, min(prev_size, 3)))
+            except UcError:
+                b = b""
+            if b and (b[0] in _SHADOW_FIRST_BYTES or (b[0] == 0x8E and len(b) > 1 and (b[1] >> 3) & 7 == 2)):
+                self._prev = (0, 0)  # in the shadow: stop one instruction later
+                return False
+        return True
+
+    def _on_in(self, uc: Uc, port: int, size: int, _: object) -> int:
+        assert self._h is not None
+        self._h.count_exit(EXIT_IO)
+        return self._h.io_in(port, size) & ((1 << (8 * size)) - 1)
+
+    def _on_out(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
+        assert self._h is not None
+        if port == HYPERCALL_PORT:
+            self._stop = EXIT_IO  # the hypercall reads registers: served after emulation stops
+            self._out = (port, size, value)
+            uc.emu_stop()
+            return
+        self._h.count_exit(EXIT_IO)
+        self._h.io_out(port, size, value)
+
+    def _on_intr(self, uc: Uc, intno: int, _: object) -> None:
+        self._intr = intno
+        uc.emu_stop()
+
+    def _on_write_prot(self, uc: Uc, access: int, addr: int, size: int, value: int, _: object) -> bool:
+        self._wp = (addr, size, value)
+        return False  # the write does not happen; emulation stops with UC_ERR_WRITE_PROT
+
+    def _mmio_read(self, uc: Uc, offset: int, size: int, _: object) -> int:
+        assert self._h is not None
+        self._h.count_exit(EXIT_MMIO)
+        return self._h.mmio_read(self.ram.size + offset, size) & ((1 << (8 * size)) - 1)
+
+    def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, _: object) -> None:
+        assert self._h is not None
+        self._h.count_exit(EXIT_MMIO)
+        self.kick()  # an APIC write may have armed its timer: before_entry schedules it
+        self._h.mmio_write(self.ram.size + offset, size, value)
+
+    # ---- the loop ----
+    def run(self, h: ExitHandler) -> None:
+        """Run until `stop_requested` (set by the machine, followed by a kick)."""
+        self.thread_id = threading.get_ident()
+        self._h = h
+        turn = self.vm.turn
+        while not self.stop_requested:
+            self._kicked = False
+            h.before_entry()
+            if self.stop_requested:
+                break
+            if self._pending and not self._deliver_pending(h):
+                return
+            self._stop = self._intr = None
+            self._wp = None
+            self._prev = (0, 0)
+            self._attention = self._kicked or self._window
+            self._preempted = False
+            rip = self.get("rip")
+            self._clear_exception_in_flight()
+            self._flush()
+            self._ctx_valid = False
+            err: UcError | None = None
+            turn.acquire(self)
+            try:
+                self.uc.emu_start(rip, UNTIL)
+            except UcError as e:
+                err = e
+            finally:
+                turn.release()
+            if not self._serve_exit(h, err):
+                return
+
+    def _serve_exit(self, h: ExitHandler, err: UcError | None) -> bool:
+        """Handle why emulation stopped. False: the vCPU is dead (fatal reported)."""
+        if err is not None:
+            if err.errno == UC_ERR_WRITE_PROT and self._wp is not None:
+                h.count_exit(EXIT_MMIO)
+                addr, size, value = self._wp
+                h.mmio_write(addr, size, value)
+                return True
+            if err.errno == UC_ERR_INSN_INVALID:
+                h.count_exit(EXIT_EXCEPTION)
+                self._pending.insert(0, (idt.UD, None, False))
+                return True
+            h.fatal("emulation-failure", f"the emulator stopped: {err} at rip={self.get('rip'):#x}")
+            return False
+        if self._intr is not None:
+            h.count_exit(EXIT_EXCEPTION)
+            self._cpu_exception(self._intr)
+            return True
+        stop = self._stop
+        if stop is None:
+            if self._prev[0] == self.get("rip") and self._prev[1]:
+                # The last instruction started but did not complete, and the emulator said nothing:
+                # that is how unicorn 2.1.4 ends on a non-canonical address (SDM: #GP(0)).
+                h.count_exit(EXIT_EXCEPTION)
+                self._pending.insert(0, (idt.GP, 0, False))
+                return True
+            h.count_exit(EXIT_HLT)  # emu_start returned by itself after HLT (RIP is after it)
+            h.halted()
+            return True
+        h.count_exit(stop)
+        if stop == EXIT_IO:
+            port, size, value = self._out
+            h.io_out(port, size, value)
+        elif stop in (EXIT_RDMSR, EXIT_WRMSR):
+            self._serve_two_byte(h)
+        return True
+
+    def _clear_exception_in_flight(self) -> None:
+        if self._d(CTX_OLD_EXCEPTION) != 0xFFFFFFFF:
+            struct.pack_into("<i", self._ctx_q, CTX_OLD_EXCEPTION, -1)
+            self._ctx_dirty = True
+
+    def _serve_two_byte(self, h: ExitHandler) -> None:
+        """RDMSR, WRMSR or CPUID at RIP (the code hook stopped in front of it)."""
+        rip = self.get("rip")
+        insn = self._stop_insn
+        # The hook read the bytes at the guest-physical address equal to RIP (a cheap filter);
+        # confirm through the page tables before acting, and step past a false match.
+        code = paging.read_virtual(self.ram, rip, 2, *self._crs())
+        if code is None or code[0] != 0x0F or code[1] != insn:
+            self._skip_at = rip
+            return
+        if insn == 0xA2:
+            self._cpuid_exit()
+        elif insn == 0x32:
+            index = self.get("rcx") & 0xFFFFFFFF
+            val = self._rdmsr(h, index)
+            if val is None:
+                self._pending.insert(0, (idt.GP, 0, False))
+                return
+            self.set("rax", val & 0xFFFFFFFF)
+            self.set("rdx", (val >> 32) & 0xFFFFFFFF)
+        else:
+            index = self.get("rcx") & 0xFFFFFFFF
+            value = ((self.get("rdx") & 0xFFFFFFFF) << 32) | (self.get("rax") & 0xFFFFFFFF)
+            if not self._wrmsr(h, index, value):
+                self._pending.insert(0, (idt.GP, 0, False))
+                return
+        self.set("rip", rip + 2)
+
+    def _routed(self, index: int) -> bool:
+        """The machine answers this MSR (hv1's ranges, or one the emulator does not implement)."""
+        return any(a <= index <= b for a, b in self.vm.msr_ranges) or not emulated(index)
+
+    def _rdmsr(self, h: ExitHandler, index: int) -> int | None:
+        if self._routed(index):
+            return h.rdmsr(index)
+        return int(self._reg_read(UC_X86_REG_MSR, index))
+
+    def _wrmsr(self, h: ExitHandler, index: int, value: int) -> bool:
+        if self._routed(index):
+            return h.wrmsr(index, value)
+        if index == MSR_EFER and value & ~0xD01:  # SCE, LME, LMA, NXE: the rest is reserved
+            return False
+        self._reg_write(UC_X86_REG_MSR, (index, value))
+        return True
+
+    def _cpuid_exit(self) -> None:
+        """CPUID from the machine's table (Intel SDM vol. 2A, CPUID: a leaf above the maximum
+        returns the highest basic leaf's data; an unlisted sub-leaf reads zero)."""
+        leaf = self.get("rax") & 0xFFFFFFFF
+        sub = self.get("rcx") & 0xFFFFFFFF
+        if leaf in self._cpuid_indexed:
+            key = (leaf, sub)
+        elif (leaf, 0) in self._cpuid:
+            key = (leaf, 0)
+        elif 0x40000000 <= leaf <= 0x4FFFFFFF or (leaf >= 0x80000000 and leaf <= self._max_ext):
+            key = (-1, -1)
+        else:
+            key = (self._max_basic, 0)
+        a, b, c, d = self._cpuid.get(key, (0, 0, 0, 0))
+        for name, v in (("rax", a), ("rbx", b), ("rcx", c), ("rdx", d)):
+            self.set(name, v)
+
+    def _cpu_exception(self, vector: int) -> None:
+        """An exception the emulated CPU raised (UC_HOOK_INTR): deliver it with the error code
+        Unicorn does not report, derived as far as it can be (#PF: from CR2, a page walk and a
+        replay of the instruction; others push 0, the code of every #GP the guests provoke)."""
+        software = vector >= 32 or vector in (idt.BP, idt.OF)
+        code: int | None = None
+        if vector in idt.ERROR_CODE_VECTORS and not software:
+            code = self._pf_error_code() if vector == idt.PF else 0
+        self._pending.insert(0, (vector, code, software))
+
+    def _pf_error_code(self) -> int:
+        """#PF error code and CR2 (Intel SDM vol. 3A §4.7), which unicorn 2.1.4 leaves unset: the
+        faulting instruction is replayed with memory hooks, which run before each access, so the
+        last access seen is the one that faulted (CR2, W/R); none means the fetch faulted (CR2 =
+        RIP, I/D). P comes from a walk at CR2, U/S from the CPL."""
+        accesses: list[tuple[int, int]] = []
+
+        def on_mem(uc: Uc, access: int, addr: int, size: int, value: int, _: object) -> None:
+            accesses.append((access, addr))
+
+        rip = self.get("rip")
+        self._clear_exception_in_flight()
+        self._flush()
+        hook = self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE, on_mem)
+        saved = self._intr
+        try:
+            self.uc.emu_start(rip, UNTIL, count=1)
+        except UcError:
+            pass
+        finally:
+            self.uc.hook_del(hook)
+            self._intr = saved
+            self._ctx_valid = False
+        self.set("rip", rip)
+        self._clear_exception_in_flight()
+        access, cr2 = accesses[-1] if accesses else (0, rip)
+        cr0, cr3, cr4, efer = self._crs()
+        present = paging.translate(self.ram, cr2, cr0, cr3, cr4, efer) is not None
+        self._reg_write(UC_X86_REG_CR2, cr2)
+        code = (1 if present else 0) | (2 if access == UC_MEM_WRITE else 0) | (4 if self.cpl() == 3 else 0)
+        if not accesses:
+            code |= 0x10  # instruction fetch
+        return code
+
+    def _deliver_pending(self, h: ExitHandler) -> bool:
+        """Deliver the queued events through the IDT (exceptions first, as queued)."""
+        while self._pending:
+            vector, code, software = self._pending.pop(0)
+            if not self._q(CTX_CR) & CR0_PE or not self._hflags() & HF_LMA:
+                h.fatal("emulation-failure", f"vector {vector} outside long mode: the emulator backend "
+                        "delivers events through a 64-bit IDT only")  # fmt: skip
+                return False
+            gdt_base, gdt_limit = self._q(CTX_GDT + 8), self._d(CTX_GDT + 16)
+            idt_base, idt_limit = self._q(CTX_IDT + 8), self._d(CTX_IDT + 16)
+            _, tr_base, tr_limit, _ = self._seg(SEG_TR)
+            st = idt.LongModeState(
+                rip=self.get("rip"), rsp=self.get("rsp"), rflags=self.get("rflags"), cs=self._seg(SEG_CS)[0],
+                ss=self._seg(SEG_SS)[0], cpl=self.cpl(), idt_base=idt_base, idt_limit=idt_limit,
+                gdt_base=gdt_base, gdt_limit=gdt_limit, tr_base=tr_base, tr_limit=tr_limit,
+            )  # fmt: skip
+            try:
+                e = idt.deliver(st, _LinearMemory(self.ram, *self._crs()), vector, code, software)
+            except idt.TripleFault:
+                h.count_exit(EXIT_SHUTDOWN)
+                h.fatal("triple-fault", f"the guest triple-faulted delivering vector {vector}")
+                return False
+            self._enter(st, e)
+        return True
+
+    def _enter(self, st: idt.LongModeState, e: idt.Entry) -> None:
+        """Load the handler's context: RIP/RSP/RFLAGS in the saved context; CS and SS only when they
+        change (a privilege change or a different code segment), through selector loads."""
+        self.set("rip", e.rip)
+        self.set("rsp", e.rsp)
+        self.set("rflags", e.rflags)
+        if e.cs != st.cs or e.cpl != st.cpl:
+            if e.cpl < st.cpl:
+                self._set_cpl0()
+            self._load_segments({UC_X86_REG_CS: e.cs})
+        if e.ss != st.ss:
+            self._load_segments({UC_X86_REG_SS: e.ss})
+
+    def close(self) -> None:
+        self._h = None  # the Uc handle is released with the object (unicorn's finalizer)
