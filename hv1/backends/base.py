@@ -48,11 +48,12 @@ EXIT_INTERNAL_ERROR = 17
 EXIT_RDMSR = 29
 EXIT_WRMSR = 30
 EXIT_EXCEPTION = 1  # emu: a CPU exception delivered through the guest IDT by the backend
+EXIT_SET_TPR = 11  # KVM_EXIT_SET_TPR; emu: a MOV to or from CR8 (the APIC's TPR, hv1's APIC model)
 EXIT_NAMES: Mapping[int, str] = {
     0: "unknown", EXIT_EXCEPTION: "exception", EXIT_IO: "io", 3: "hypercall", 4: "debug",
     EXIT_HLT: "hlt", EXIT_MMIO: "mmio", EXIT_IRQ_WINDOW_OPEN: "irq-window", EXIT_SHUTDOWN: "shutdown",
     9: "fail-entry", EXIT_INTR: "intr", EXIT_INTERNAL_ERROR: "internal-error", 24: "system-event",
-    EXIT_RDMSR: "rdmsr", EXIT_WRMSR: "wrmsr",
+    EXIT_SET_TPR: "set-tpr", EXIT_RDMSR: "rdmsr", EXIT_WRMSR: "wrmsr",
 }  # fmt: skip
 
 
@@ -157,6 +158,9 @@ class Vcpu(Protocol):
 
 class Vm(Protocol):
     name: str  # "kvm" or "emu"
+    # The shortest periodic timer (LVT, synthetic) the backend runs: each expiry is an exit, and a
+    # guest must make progress between them (hv/apic.py MIN_PERIODIC_NS on KVM).
+    min_timer_period_ns: int
     tsc_hz: int  # guest TSC frequency (after the first vCPU exists)
 
     def add_ram(self, ram: GuestRam) -> None: ...

@@ -403,16 +403,20 @@ class LocalApic:
         tracer: ApicTracer | None = None,
         x2apic_supported: bool = True,
         phys_addr_bits: int = 52,
+        min_periodic_ns: int = MIN_PERIODIC_NS,
     ) -> None:
         """`now_ns`: monotonic clock in nanoseconds for the LVT timer. `vp_index` (default: the APIC ID)
         names the VP in traces and router callbacks. `x2apic_supported`: the value of
         CPUID.01H:ECX[21] the guest sees (else APIC_BASE bit 10 is reserved). `phys_addr_bits`:
-        CPUID.80000008H:EAX[7:0] (APIC_BASE bits above it are reserved)."""
+        CPUID.80000008H:EAX[7:0] (APIC_BASE bits above it are reserved). `min_periodic_ns`: the
+        shortest period of a periodic LVT timer (a slower backend needs a longer floor to make
+        progress between ticks)."""
         if not 0 <= apic_id < X2APIC_BROADCAST:
             raise ValueError(f"bad APIC ID {apic_id}")
         self._vp_index = apic_id if vp_index is None else vp_index
         self._apic_id = apic_id
         self._now_ns = now_ns
+        self._min_periodic_ns = min_periodic_ns
         self._bsp = bsp
         self._tracer = tracer
         self._x2apic_supported = x2apic_supported
@@ -989,7 +993,7 @@ class LocalApic:
             return
         span = max(self._count_to_ns(count), 1)
         if self._periodic_locked():
-            span = max(span, MIN_PERIODIC_NS)
+            span = max(span, self._min_periodic_ns)
         self._tm_running = True
         self._tm_span = span
         self._tm_next = self._now_ns() + span
@@ -1005,7 +1009,7 @@ class LocalApic:
             return
         span = max(self._count_to_ns(self._tmict), 1)
         if self._periodic_locked():
-            span = max(span, MIN_PERIODIC_NS)
+            span = max(span, self._min_periodic_ns)
         self._tm_span = span
         self._tm_next = now + max(current * span // self._tmict, 1)
 
@@ -1049,7 +1053,7 @@ class LocalApic:
         masked = bool(lvt & LVT_MASKED)
         fired = False if masked else self._accept_locked(lvt & 0xFF, False, False)
         if lvt & LVT_TIMER_PERIODIC:
-            step = max(self._count_to_ns(self._tmict), MIN_PERIODIC_NS)
+            step = max(self._count_to_ns(self._tmict), self._min_periodic_ns)
             self._tm_span = step
             self._tm_next += step
             if self._tm_next <= now:

@@ -681,6 +681,7 @@ class Machine:
                     vp_index=self.vp_indexes[i],
                     x2apic_supported=x2apic,
                     phys_addr_bits=phys_bits or 36,
+                    min_periodic_ns=self.vm.min_timer_period_ns,
                 )
                 for i in range(cfg.cpus)
             ]

@@ -61,7 +61,6 @@ from unicorn.x86_const import (
     UC_X86_REG_CR2,
     UC_X86_REG_CR3,
     UC_X86_REG_CR4,
-    UC_X86_REG_CR8,
     UC_X86_REG_CS,
     UC_X86_REG_DS,
     UC_X86_REG_EFLAGS,
@@ -84,6 +83,7 @@ from hv1.backends.base import (
     EXIT_IO,
     EXIT_MMIO,
     EXIT_RDMSR,
+    EXIT_SET_TPR,
     EXIT_SHUTDOWN,
     EXIT_WRMSR,
     CpuidEntry,
@@ -142,6 +142,11 @@ _U64 = (1 << 64) - 1
 
 # Instructions the code hook stops in front of (second byte after 0x0f).
 _STOP_OPCODES = (0x30, 0x32, 0xA2)  # WRMSR, RDMSR, CPUID
+CPUID1_EDX_APIC = 1 << 9
+APIC_BASE_EN = 1 << 11
+# ModRM r/m (with REX.B) -> register name.
+_MODRM_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+               "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 _SHADOW_FIRST_BYTES = (0xFB, 0x17)  # STI; POP SS (MOV SS is 8e /2, checked separately)
 
 
@@ -198,6 +203,10 @@ class EmuVcpu:
         self._preempted = False
         self._window = False
         self._skip_at: int | None = None  # resume past a stop we already served at this address
+        # CR8 (the TPR's high nibble, SDM "Task Priority in IA-32e Mode"): unicorn has no APIC and
+        # drops MOV to/from CR8, so the backend keeps it and the machine syncs it with hv1's APIC.
+        self._cr8 = 0
+        self._apic_enabled = True  # IA32_APIC_BASE.EN as the guest last wrote it (power-on: set)
         self._prev: tuple[int, int] = (0, 0)
         self._pending: list[tuple[int, int | None, bool]] = []  # (vector, error code, software)
         self._lock = threading.Lock()
@@ -369,15 +378,16 @@ class EmuVcpu:
         self.set_multiboot_entry(st.rip, st.gprs.get("rax", 0), st.gprs.get("rbx", 0))
 
     def set_apic_base(self, value: int) -> bool:
-        """Nothing to tell: hv1's APIC model owns IA32_APIC_BASE, and CPUID is answered from hv1's
-        table (CPUID.1:EDX.APIC does not follow APIC_BASE.EN on this backend, docs/backends.md)."""
+        """hv1's APIC model owns IA32_APIC_BASE; the backend only remembers EN, which CPUID.1:EDX.APIC
+        follows (the CPUID hook answers from hv1's table)."""
+        self._apic_enabled = bool(value & APIC_BASE_EN)
         return True
 
     def cr8(self) -> int:
-        return int(self._reg_read(UC_X86_REG_CR8)) & 0xF
+        return self._cr8
 
     def set_cr8(self, value: int) -> None:
-        self._reg_write(UC_X86_REG_CR8, value & 0xF)
+        self._cr8 = value & 0xF
 
     def _with_scratch_gdt(self, descs: list[int], sels: dict[int, int]) -> None:
         """Load `sels` from a temporary GDT of `descs` placed in the MMIO hole's top page (never
@@ -467,6 +477,7 @@ class EmuVcpu:
     def reset(self, bsp: bool) -> None:
         self._pending.clear()
         self._window = False
+        self._cr8, self._apic_enabled = 0, True
         self._flush()
         self.uc.ctl_flush_tb()  # RAM was reloaded: drop every translation
         self._ctx_valid = False
@@ -506,6 +517,13 @@ class EmuVcpu:
             if b[0] == 0x0F and b[1] in _STOP_OPCODES:
                 self._stop = EXIT_RDMSR if b[1] != 0x30 else EXIT_WRMSR
                 self._stop_insn = b[1]
+                uc.emu_stop()
+                return
+        if size == 4 and addr != self._skip_at:
+            b = uc.mem_read(addr, 4)
+            # REX with R (CR8 is CR0 + 8), 0F 20/22, ModRM mod=11 reg=000: MOV r64, CR8 / MOV CR8, r64.
+            if b[0] & 0xF4 == 0x44 and b[1] == 0x0F and b[2] in (0x20, 0x22) and b[3] & 0xF8 == 0xC0:
+                self._stop = EXIT_SET_TPR
                 uc.emu_stop()
                 return
         self._skip_at = None
@@ -632,7 +650,28 @@ class EmuVcpu:
             h.io_out(port, size, value)
         elif stop in (EXIT_RDMSR, EXIT_WRMSR):
             self._serve_two_byte(h)
+        elif stop == EXIT_SET_TPR:
+            self._serve_cr8()
         return True
+
+    def _serve_cr8(self) -> None:
+        """MOV to or from CR8 at RIP (the code hook stopped in front of it). Bits 63:4 of a written
+        value are reserved: #GP(0) (SDM Vol. 3 §2.5, CR8)."""
+        rip = self.get("rip")
+        code = paging.read_virtual(self.ram, rip, 4, *self._crs())
+        if code is None or code[0] & 0xF4 != 0x44 or code[1] != 0x0F or code[2] not in (0x20, 0x22):
+            self._skip_at = rip
+            return
+        reg = _MODRM_GPRS[(code[3] & 7) | (8 if code[0] & 1 else 0)]
+        if code[2] == 0x22:
+            value = self.get(reg)
+            if value >> 4:
+                self._pending.insert(0, (idt.GP, 0, False))
+                return
+            self._cr8 = value
+        else:
+            self.set(reg, self._cr8)
+        self.set("rip", rip + 4)
 
     def _clear_exception_in_flight(self) -> None:
         if self._d(CTX_OLD_EXCEPTION) != 0xFFFFFFFF:
@@ -698,6 +737,8 @@ class EmuVcpu:
         else:
             key = (self._max_basic, 0)
         a, b, c, d = self._cpuid.get(key, (0, 0, 0, 0))
+        if key == (1, 0) and not self._apic_enabled:
+            d &= ~CPUID1_EDX_APIC  # the APIC is "present" only while IA32_APIC_BASE.EN is set (SDM)
         for name, v in (("rax", a), ("rbx", b), ("rcx", c), ("rdx", d)):
             self.set(name, v)
 

@@ -73,6 +73,9 @@ class EmuVm:
     """Implements the backend interface's Vm (hv1/backends/base.py) on Unicorn."""
 
     name = "emu"
+    # Guest code runs ~2 us an instruction here (a Python hook per instruction): a 100 us periodic
+    # timer would leave no time between ticks, so periodic timers fire at most every 2 ms.
+    min_timer_period_ns = 2_000_000
 
     def __init__(self) -> None:
         self.ram: GuestRam | None = None

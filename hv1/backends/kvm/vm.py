@@ -130,6 +130,7 @@ class KvmVm:
     the backend interface's Vm (hv1/backends/base.py); closes `system` too when it owns it."""
 
     name = "kvm"
+    min_timer_period_ns = 100_000  # hv/apic.py MIN_PERIODIC_NS (KVM's own floor is 200 us)
 
     def __init__(self, system: KvmSystem, own_system: bool = False) -> None:
         self.system = system
