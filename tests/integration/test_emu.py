@@ -128,9 +128,12 @@ def test_emu_synic(guest: Guest, cpus: int) -> None:
 # an exit costs ~100-300 us of Python and two vCPUs take turns (emu/vm.py Turn), so on a loaded host
 # they may miss (seen: TSC vs APIC timer 3.1 % off; a periodic stimer catch-up one period short; VP
 # runtime behind a 5 ms busy loop; the AP's smp_run_on acknowledgement of stimer.two-vps later than
-# its 500 ms wait while both VPs' periodic timers fire). Allowed to fail; nothing else is.
+# its 500 ms wait while both VPs' periodic timers fire; a timer armed 3 ms ahead expiring before the
+# next WRMSR, which is meant to cancel it, gets through two exits under load). Allowed to fail;
+# nothing else is.
 EMU_TIMING_SENSITIVE = {
     "freq.tsc-vs-apic-timer", "stimer.periodic.catch-up", "vp-runtime.grows-while-running", "stimer.two-vps",
+    "stimer.count-zero-no-expiry",
 }  # fmt: skip
 
 
