@@ -140,17 +140,21 @@ bool wait_count(volatile uint32_t *counter, uint32_t target, uint32_t timeout_us
 {
     uint64_t end = tsc_deadline(timeout_us);
     uint64_t f = save_flags();
-    bool ok;
+    bool ok, opened = false;
     for (;;) {
         cli();
         if (atomic_load(counter) >= target) {
             ok = true;
             break;
         }
-        if (rdtsc() > end) {
+        /* Give up only after interrupts were open at least once: on a slow host (an emulator) the
+         * timeout can pass before the first iteration reaches its sti, and a pending interrupt would
+         * never be taken. */
+        if (opened && rdtsc() > end) {
             ok = false;
             break;
         }
+        opened = true;
         /* A pending interrupt that PPR lets through is delivered right after "sti; hlt" (the HLT cannot
          * sleep). Anything else: spin with IF=1 so an interrupt arriving later is taken too. */
         int v = apic_highest_irr();

@@ -2,6 +2,11 @@
 
 KVM is present on the development machine and in CI, where these tests must run; elsewhere they
 skip with the reason. Every test has a pytest-timeout: a stuck guest fails, it does not hang CI.
+
+Without KVM, test_emu.py boots the same conformance guests on the emulator backend (--backend emu
+--apic user). The tests here stay KVM-only: most of them also run --apic kernel (KVM's in-kernel
+APIC), and several check KVM itself (host quirks, `hv1 info` capabilities, exit counts and timings
+sized for ~10 us exits).
 """
 
 from __future__ import annotations

@@ -108,6 +108,7 @@ MSR_IA32_PAT = 0x277
 MSR_EFER = 0xC0000080
 EFER_LMA = 1 << 10
 CR0_PE = 1
+CR4_PGE = 1 << 7
 RFLAGS_IF = 1 << 9
 UNTIL = (1 << 64) - 1  # an address emulation never reaches: stop only on an exit
 
@@ -148,6 +149,7 @@ APIC_BASE_EN = 1 << 11
 _MODRM_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 _SHADOW_FIRST_BYTES = (0xFB, 0x17)  # STI; POP SS (MOV SS is 8e /2, checked separately)
+_IF_SETTING = (0x9D, 0xCF)  # POPF, IRET (after REX.W / operand-size prefixes)
 
 
 class _LinearMemory:
@@ -208,6 +210,11 @@ class EmuVcpu:
         self._cr8 = 0
         self._apic_enabled = True  # IA32_APIC_BASE.EN as the guest last wrote it (power-on: set)
         self._prev: tuple[int, int] = (0, 0)
+        self._after_shadow = False
+        # Two-byte instructions already seen not to be RDMSR/WRMSR/CPUID, so the hook reads guest
+        # memory once per address, not per execution (~4 us). Like a translation cache it is
+        # dropped when code is replaced under it: at reset and for the overlay pages hv1 rewrites.
+        self._plain: set[int] = set()
         self._pending: list[tuple[int, int | None, bool]] = []  # (vector, error code, software)
         self._lock = threading.Lock()
         uc.hook_add(UC_HOOK_CODE, self._on_code)
@@ -469,10 +476,11 @@ class EmuVcpu:
         pass  # no wait-for-SIPI state inside the emulator: the machine's thread holds the AP
 
     def flush_tlb(self) -> None:
-        """Flush the emulated TLB (the architectural effect of a CR4.PGE toggle)."""
-        self._flush()
-        self.uc.ctl_flush_tlb()
-        self._ctx_valid = False
+        """Flush the emulated TLB, global entries too: toggle CR4.PGE and put it back (the
+        architectural way, which the emulator implements as a full TLB flush)."""
+        cr4 = self._q(CTX_CR + 32)
+        self._reg_write(UC_X86_REG_CR4, cr4 ^ CR4_PGE)
+        self._reg_write(UC_X86_REG_CR4, cr4)
 
     def reset(self, bsp: bool) -> None:
         self._pending.clear()
@@ -480,6 +488,7 @@ class EmuVcpu:
         self._cr8, self._apic_enabled = 0, True
         self._flush()
         self.uc.ctl_flush_tb()  # RAM was reloaded: drop every translation
+        self._plain.clear()
         self._ctx_valid = False
 
     def snapshot(self) -> CpuSnapshot:
@@ -500,6 +509,7 @@ class EmuVcpu:
             self.uc.mem_protect(page, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
         for page in (*old, *new):
             self.uc.ctl_remove_cache(page, page + 0x1000)  # the host rewrote it: drop stale code
+        self._plain.clear()
 
     # ---- hooks (inside emu_start, on this vCPU's thread) ----
     def _on_code(self, uc: Uc, addr: int, size: int, _: object) -> None:
@@ -512,41 +522,52 @@ class EmuVcpu:
             self._stop = EXIT_INTR
             uc.emu_stop()
             return
-        if size == 2 and addr != self._skip_at:
+        if size == 2 and addr not in self._plain and addr != self._skip_at:
             b = uc.mem_read(addr, 2)
             if b[0] == 0x0F and b[1] in _STOP_OPCODES:
                 self._stop = EXIT_RDMSR if b[1] != 0x30 else EXIT_WRMSR
                 self._stop_insn = b[1]
                 uc.emu_stop()
                 return
-        if size == 4 and addr != self._skip_at:
+            self._plain.add(addr)
+        if size == 4 and addr not in self._plain and addr != self._skip_at:
             b = uc.mem_read(addr, 4)
             # REX with R (CR8 is CR0 + 8), 0F 20/22, ModRM mod=11 reg=000: MOV r64, CR8 / MOV CR8, r64.
             if b[0] & 0xF4 == 0x44 and b[1] == 0x0F and b[2] in (0x20, 0x22) and b[3] & 0xF8 == 0xC0:
                 self._stop = EXIT_SET_TPR
                 uc.emu_stop()
                 return
+            self._plain.add(addr)
         self._skip_at = None
         self._prev = (addr, size)
 
     def _want_stop(self, uc: Uc) -> bool:
         """Kick, preemption or an open interrupt window, outside an interrupt shadow (an interrupt
-        taken right after STI would break `sti; hlt`: Intel SDM vol. 2B, STI)."""
+        taken right after STI would break `sti; hlt`: Intel SDM vol. 2B, STI; MOV SS, POP SS too).
+        While only the window is wanted, IF is read (a costly register read) only after the
+        instructions that can set it: STI (once its shadow is over), POPF and IRET; at entry IF
+        was 0, or the machine would have injected instead of asking for the window."""
         if not (self._kicked or self._preempted or self._window):
             self._attention = False
             return False
-        if not (self._kicked or self._preempted) and not int(uc.reg_read(UC_X86_REG_EFLAGS)) & RFLAGS_IF:
-            return False
         prev_addr, prev_size = self._prev
+        op = b""
         if prev_size:
             try:
-                b = bytes(uc.mem_read(prev_addr, min(prev_size, 3)))
+                op = bytes(uc.mem_read(prev_addr, min(prev_size, 3))).lstrip(b"\x48\x66")
             except UcError:
-                b = b""
-            if b and (b[0] in _SHADOW_FIRST_BYTES or (b[0] == 0x8E and len(b) > 1 and (b[1] >> 3) & 7 == 2)):
-                self._prev = (0, 0)  # in the shadow: stop one instruction later
-                return False
-        return True
+                op = b""
+        if op and (op[0] in _SHADOW_FIRST_BYTES or (op[0] == 0x8E and len(op) > 1 and (op[1] >> 3) & 7 == 2)):
+            self._after_shadow = True  # this instruction is in the shadow: decide at the next one
+            self._prev = (0, 0)
+            return False
+        if self._kicked or self._preempted:
+            self._after_shadow = False
+            return True
+        if not (self._after_shadow or (op and op[0] in _IF_SETTING)):
+            return False
+        self._after_shadow = False
+        return bool(int(uc.reg_read(UC_X86_REG_EFLAGS)) & RFLAGS_IF)
 
     def _on_in(self, uc: Uc, port: int, size: int, _: object) -> int:
         assert self._h is not None
@@ -598,6 +619,7 @@ class EmuVcpu:
             self._stop = self._intr = None
             self._wp = None
             self._prev = (0, 0)
+            self._after_shadow = False
             self._attention = self._kicked or self._window
             self._preempted = False
             rip = self.get("rip")

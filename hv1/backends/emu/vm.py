@@ -39,8 +39,11 @@ class Turn:
         self._next = 0  # next ticket to hand out
         self._serving = 0
         self.holder: EmuVcpu | None = None
+        self.solo = True  # until a second vCPU exists
 
     def acquire(self, vcpu: EmuVcpu) -> None:
+        if self.solo:
+            return  # one vCPU: nothing to serialize against
         with self._cond:
             ticket = self._next
             self._next += 1
@@ -50,6 +53,8 @@ class Turn:
             self.holder = vcpu
 
     def release(self) -> None:
+        if self.solo:
+            return
         with self._cond:
             self.holder = None
             self._serving += 1
@@ -126,6 +131,7 @@ class EmuVm:
         assert self.ram is not None
         vcpu = EmuVcpu(self, index, self.ram)
         self.vcpus.append(vcpu)
+        self.turn.solo = len(self.vcpus) == 1
         return vcpu
 
     def guest_tsc(self) -> Callable[[], int]:

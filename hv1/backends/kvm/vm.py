@@ -33,12 +33,13 @@ class KvmSystem:
         except FileNotFoundError:
             raise KvmUnavailable(
                 f"{path} does not exist: load the KVM module (modprobe kvm_intel or kvm_amd) "
-                "or run on a host with hardware virtualization"
+                "or run on a host with hardware virtualization (without KVM: --backend emu --apic user)"
             ) from None
         except PermissionError:
             raise KvmUnavailable(
                 f"no permission to open {path}: add yourself to the 'kvm' group "
-                f"(sudo usermod -aG kvm $USER, then log in again) or run as root"
+                f"(sudo usermod -aG kvm $USER, then log in again) or run as root "
+                "(without KVM: --backend emu --apic user)"
             ) from None
         version = fcntl.ioctl(self.fd, k.KVM_GET_API_VERSION, 0)
         if version != 12:
