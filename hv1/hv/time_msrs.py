@@ -156,6 +156,13 @@ class PartitionTime:
         self.migrations = 0
         reftime.on_change(self._params_changed)
 
+    def set_min_period(self, period: int) -> None:
+        """The shortest period (100 ns units) any synthetic timer of the partition runs with: a
+        slower backend needs more time between expiries for the guest to make progress (the
+        default, timers.MIN_PERIOD, is 100 us)."""
+        for timers in self.vp_timers.values():
+            timers.min_period = period
+
     # --- per VP --------------------------------------------------------------------------------------
     def attach_vp(self, vp: Vp, synic: TimerSynicPort | None) -> VpTimers:
         """Create VP `vp`'s timers and run-time counter, attach them as vp.state (reset with the

@@ -650,6 +650,7 @@ class Machine:
             apic_ids=self.apic_ids, boot_zeroed=self._boot_zeroed_ranges(), vp_indexes=self.vp_indexes,
         )  # fmt: skip
         self.partition.time.on_change(self._time_changed)
+        self.partition.time.set_min_period(max(self.vm.min_timer_period_ns // 100, 1000))
         # A partition that may manage others (`--hv root`, or +create-partitions / +memory-pool) is the
         # root of a partition engine whose RAM is this machine's (docs/partitions.md).
         self.hypervisor: Hypervisor | None = None
