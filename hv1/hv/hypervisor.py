@@ -76,9 +76,21 @@ POOL_COSTS = {
     "gpa_table": 1,  # per 512-page group of the GPA map in use, charged by the map calls
 }
 
+# The synthetic-MSR privileges an ordinary guest has (the Requirements doc set plus the common
+# enlightenments).
+GUEST_PRIVILEGES = int(
+    PartitionPrivilege.AccessHypercallMsrs
+    | PartitionPrivilege.AccessVpIndex
+    | PartitionPrivilege.AccessPartitionReferenceCounter
+    | PartitionPrivilege.AccessPartitionReferenceTsc
+    | PartitionPrivilege.AccessSynicRegs
+    | PartitionPrivilege.AccessSyntheticTimerRegs
+    | PartitionPrivilege.AccessIntrCtrlRegs
+    | PartitionPrivilege.AccessFrequencyRegs
+)
 # What the root partition may do: everything a virtualization host needs (virtualization-host.md,
 # "Capability & Privilege Discovery"), and the guest bits.
-ROOT_PRIVILEGES = int(
+ROOT_PRIVILEGES = GUEST_PRIVILEGES | int(
     PartitionPrivilege.CreatePartitions
     | PartitionPrivilege.AccessPartitionId
     | PartitionPrivilege.AccessMemoryPool
@@ -89,28 +101,11 @@ ROOT_PRIVILEGES = int(
     | PartitionPrivilege.AccessStats
     | PartitionPrivilege.AccessVpRegisters
     | PartitionPrivilege.StartVirtualProcessor
-    | PartitionPrivilege.AccessHypercallMsrs
-    | PartitionPrivilege.AccessVpIndex
-    | PartitionPrivilege.AccessPartitionReferenceCounter
-    | PartitionPrivilege.AccessPartitionReferenceTsc
-    | PartitionPrivilege.AccessSynicRegs
-    | PartitionPrivilege.AccessSyntheticTimerRegs
-    | PartitionPrivilege.AccessIntrCtrlRegs
-    | PartitionPrivilege.AccessFrequencyRegs
 )
-# A new child starts with an ordinary guest's privileges (the Requirements doc set plus the common
-# enlightenments), clipped to its parent's; the parent may change them while it is Created.
-DEFAULT_CHILD_PRIVILEGES = int(
-    PartitionPrivilege.AccessHypercallMsrs
-    | PartitionPrivilege.AccessVpIndex
-    | PartitionPrivilege.AccessPartitionReferenceCounter
-    | PartitionPrivilege.AccessPartitionReferenceTsc
-    | PartitionPrivilege.AccessSynicRegs
-    | PartitionPrivilege.AccessSyntheticTimerRegs
-    | PartitionPrivilege.AccessIntrCtrlRegs
-    | PartitionPrivilege.AccessFrequencyRegs
-    | PartitionPrivilege.PostMessages
-    | PartitionPrivilege.SignalEvents
+# A new child starts with an ordinary guest's privileges and messaging, clipped to its parent's; the
+# parent may change them while it is Created.
+DEFAULT_CHILD_PRIVILEGES = GUEST_PRIVILEGES | int(
+    PartitionPrivilege.PostMessages | PartitionPrivilege.SignalEvents
 )
 
 

@@ -130,20 +130,26 @@ def run_gdb(elf: Path, port: int, commands: list[str]) -> str:
     return r.stdout + r.stderr
 
 
-@needs_tools
-def test_real_gdb_break_step_print_watch_threads(tmp_path: Path) -> None:
-    elf = build_elf(tmp_path)
+def gdb_against_fake(tmp: Path, commands: list[str]) -> tuple[Path, FakeCpuTarget, str]:
+    """Build the ELF, serve it from a fake CPU, run the real gdb with `commands`, stop the server."""
+    elf = build_elf(tmp)
     target = fake_for(elf)
     server = GdbServer(target, "127.0.0.1", 0)
     server.start()
     try:
-        out = run_gdb(elf, server.address[1], [
+        out = run_gdb(elf, server.address[1], commands)
+    finally:
+        server.close()
+    return elf, target, out
+
+
+@needs_tools
+def test_real_gdb_break_step_print_watch_threads(tmp_path: Path) -> None:
+    _, target, out = gdb_against_fake(tmp_path, [
             "info threads", "break bump", "continue", "print counter", "stepi", "print/x $pc",
             "print/x $cr3", "print $fs_base", "watch counter", "continue", "delete", "thread 2",
             "print ticks[1]", "thread 1", "continue",
-        ])  # fmt: skip
-    finally:
-        server.close()
+    ])  # fmt: skip
     assert "Thread 2" in out and "VP 1 (fake CPU)" in out, out
     assert "Breakpoint 1, bump ()" in out and "gdb_target.c" in out, out
     assert "$1 = 5" in out, out
@@ -158,17 +164,10 @@ def test_real_gdb_break_step_print_watch_threads(tmp_path: Path) -> None:
 
 @needs_tools
 def test_real_gdb_monitor_and_memory_write(tmp_path: Path) -> None:
-    elf = build_elf(tmp_path)
-    target = fake_for(elf)
-    server = GdbServer(target, "127.0.0.1", 0)
-    server.start()
-    try:
-        out = run_gdb(elf, server.address[1], [
+    _, target, out = gdb_against_fake(tmp_path, [
             "monitor hv synic", "monitor phys 0x402000 4", "set var counter = 41", "print counter",
             "print ticks", "detach",
-        ])  # fmt: skip
-    finally:
-        server.close()
+    ])  # fmt: skip
     assert "fake synic state" in out, out
     assert "0x00402000: 05 00 00 00" in out, out
     assert "$1 = 41" in out and "$2 = {0, 0}" in out, out
@@ -178,18 +177,11 @@ def test_real_gdb_monitor_and_memory_write(tmp_path: Path) -> None:
 
 @needs_tools
 def test_real_gdb_hbreak_awatch_and_scheduler_locking(tmp_path: Path) -> None:
-    elf = build_elf(tmp_path)
-    target = fake_for(elf)
-    server = GdbServer(target, "127.0.0.1", 0)
-    server.start()
-    try:
-        out = run_gdb(elf, server.address[1], [
+    _, target, out = gdb_against_fake(tmp_path, [
             "hbreak bump", "continue", "x/2i $pc", "delete", "awatch counter", "set scheduler-locking step",
             "thread 2", "stepi", "stepi", "print ticks[1]", "thread 1", "print/x $pc",
             "info registers cr0 efer fs_base", "continue",
-        ])  # fmt: skip
-    finally:
-        server.close()
+    ])  # fmt: skip
     m = re.search(r"Hardware assisted breakpoint 1 at (0x[0-9a-f]+)", out)
     assert m and "Breakpoint 1, bump ()" in out, out
     assert f"=> {m.group(1)} <bump+" in out and "<counter>" in out, out  # x/i reads the real code
