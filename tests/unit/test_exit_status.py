@@ -140,7 +140,7 @@ def test_an_internal_fault_after_the_guest_exited_still_makes_the_status_8() -> 
     from hv1.trace import Tracer
 
     class NoRegs:
-        def get_regs(self) -> None:
+        def snapshot(self) -> None:
             raise OSError("vCPU gone")
 
     m = Machine.__new__(Machine)

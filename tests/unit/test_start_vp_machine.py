@@ -58,6 +58,18 @@ class FakeVcpu:
     def kick(self) -> None:
         self.kicks += 1
 
+    # The backend-interface methods the machine calls, as KvmVcpu implements them (cpustate.py).
+    def set_initial_context(self, ctx: InitialVpContext) -> None:
+        set_initial_context(cast(Any, self), ctx)
+
+    def set_real_mode_start(self, vector: int) -> None:
+        from hv1.backends.kvm.cpustate import set_real_mode_start
+
+        set_real_mode_start(cast(Any, self), vector)
+
+    def make_runnable(self) -> None:
+        self.set_mp_state(k.KVM_MP_STATE_RUNNABLE)
+
 
 def fake_vp(vcpu: FakeVcpu, *, user_apic: bool, index: int = 1) -> Vp:
     """A machine.Vp with just the state the start paths touch."""
