@@ -102,9 +102,9 @@ INJECTABLE: dict[tuple[int, int], str] = {
     ),
     (H.HvCallDepositMemory, S.INSUFFICIENT_MEMORY): (
         "deposit=refuse. A deposit is tracked by the hypervisor in memory of its own (status 0x000B). "
-        "hv1 has no HvCallDepositMemory yet (issue 10): the dispatcher hook is in place, but until "
-        "the call is registered it answers INVALID_HYPERCALL_CODE before any injection point, so the "
-        "rule never fires"
+        "HvCallDepositMemory exists for a partition that may manage others (--hv root, "
+        "hv1/hv/hypercalls/virtualization_host.py); for any other it is INVALID_HYPERCALL_CODE before "
+        "any injection point, so the rule never fires there"
     ),
 }
 

@@ -173,6 +173,20 @@ def test_deposit_refuse_is_the_dispatcher_hook_for_hv_call_deposit_memory() -> N
     assert inject_events(out)[0]["status"] == "INSUFFICIENT_MEMORY"
 
 
+def test_deposit_refuse_on_a_virtualization_host_leaves_the_pool_untouched() -> None:
+    """With the partition engine attached (--hv root), the real HvCallDepositMemory is refused with
+    INSUFFICIENT_MEMORY (0 reps) and the pages stay the host's: the deposit-and-retry path a host
+    like Linux's mshv_root runs, on demand."""
+    from tests.unit.test_virtualization_host_calls import create_child, deposit, host
+
+    p, hv = host()
+    p.set_injection(Injector.parse(["deposit=refuse:times=1"]))
+    child = create_child(p)
+    assert deposit(p, child, [0x80, 0x81]) == (S.INSUFFICIENT_MEMORY, 0)
+    assert hv.get_memory_balance(1, child) == (0, 0) and hv.partition(1).gpa.get(0x80) is not None
+    assert deposit(p, child, [0x80, 0x81]) == (S.SUCCESS, 2)  # times=1: the retry goes through
+
+
 @pytest.mark.parametrize(
     "spec",
     [
