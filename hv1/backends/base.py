@@ -23,7 +23,7 @@ from typing import Protocol
 from hv1.backends.memory import GuestRam
 from hv1.errors import UsageError
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
-from hv1.hv.interfaces import CpuMode
+from hv1.hv.interfaces import VpRegisters
 from hv1.machine.entry_state import EntryState
 
 BACKENDS = ("kvm", "emu", "auto")
@@ -113,7 +113,7 @@ class CpuSnapshot:
     ss_selector: int = 0
 
 
-class Vcpu(Protocol):
+class Vcpu(VpRegisters, Protocol):
     """One virtual processor of a backend VM. Everything but `kick` runs on the vCPU's own thread."""
 
     stop_requested: bool
@@ -121,13 +121,7 @@ class Vcpu(Protocol):
     @property
     def thread_id(self) -> int | None: ...  # the thread inside run() now, or None
 
-    # ---- VpRegisters (hv1/hv/interfaces.py), valid at an exit ----
-    def get(self, name: str) -> int: ...
-    def set(self, name: str, value: int) -> None: ...
-    def get_xmm(self, index: int) -> int: ...
-    def set_xmm(self, index: int, value: int) -> None: ...
-    def mode(self) -> CpuMode: ...
-    def cpl(self) -> int: ...
+    # The register file at an exit is hv1/hv's VpRegisters (get/set, XMM, mode, CPL).
 
     # ---- events ----
     def inject_exception(self, vector: int, error_code: int | None) -> None: ...
