@@ -118,7 +118,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="build and run the demo guest")
     d.add_argument("--cpus", default="2", help="virtual processors (default 2)")
-    d.add_argument("--apic", default="kernel", choices=("kernel", "user"))
+    d.add_argument("--apic", default=None, choices=("kernel", "user"),
+                   help="APIC mode (default: kernel on KVM, user on the emulator)")  # fmt: skip
+    d.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="kvm, emu or auto (default: KVM if /dev/kvm is usable, else the emulator)",
+    )
     return p
 
 
@@ -308,8 +315,16 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     from hv1.machine.guests import build_guest
 
     kernel = build_guest("demo")
+    # The demo is the first thing a new user runs: unlike `hv1 run` it takes whichever backend this
+    # host has (and the APIC mode that backend does), saying so when it is the emulator.
+    backend = resolve_backend(a.backend)
+    apic = a.apic or ("kernel" if backend == "kvm" else "user")
+    if backend == "emu" and a.backend == "auto":
+        sys.stderr.write(
+            "hv1: no usable /dev/kvm: running the demo on the emulator backend (--backend emu)\n"
+        )
     ns = _build_parser().parse_args(
-        ["run", str(kernel), "--cpus", a.cpus, "--apic", a.apic, "--timeout", "60"]
+        ["run", str(kernel), "--cpus", a.cpus, "--apic", apic, "--backend", backend, "--timeout", "120"]
     )
     status = _cmd_run(ns)
     # The demo guest exits through the debug port with 0, i.e. status 1 under QEMU's convention.

@@ -131,3 +131,11 @@ def test_emu_vp(guest: Guest) -> None:
     assert_all_pass(r)
     assert r.results.get("vp.start.ap-state-matches-context") == "PASS", r.describe()
     assert r.results.get("vp.flush.space-mask.seen-on-every-target") == "PASS", r.describe()
+
+
+def test_demo_runs_on_the_emulator_when_asked() -> None:
+    """`hv1 demo` (the README's first command) takes `--backend`; on a host without /dev/kvm its
+    default, auto, is the emulator."""
+    r = run_hv1("demo", "--backend", "emu", timeout=170)
+    assert r.status == 0, r.describe()
+    assert "hypercall:" in r.stdout and "status 0x0" in r.stdout, r.describe()
