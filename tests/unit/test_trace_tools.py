@@ -244,7 +244,7 @@ def test_info_inject_lists_grammar_and_justifications(capsys: pytest.CaptureFixt
     assert main(["info", "--inject"]) == EXIT_OK
     out = capsys.readouterr().out
     assert "HvCallPostMessage:status=INSUFFICIENT_BUFFERS" in out and "timers.md" in out
-    assert "slot-busy=vpN.sintM" in out and "issue 10" in out
+    assert "slot-busy=vpN.sintM" in out and "--hv root" in out
 
 
 def test_run_rejects_a_bad_inject_spec_before_kvm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
