@@ -91,6 +91,7 @@ def main() -> int:
     ap.add_argument("--apic", default="kernel,user")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--first-seed", type=int, default=1, help="seeds count up from here (to extend a run)")
     ap.add_argument("extra", nargs="*", help="more `hv1 run` arguments (after --), e.g. --backend emu")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -98,8 +99,9 @@ def main() -> int:
 
     kernel = build_guest("fuzz")
     modes = [m for m in a.apic.split(",") if m]
+    shapes = itertools.cycle(itertools.product(modes, SHAPES))
     plan = ((seed, apic, cpus, vp_map) for seed, (apic, (cpus, vp_map)) in
-            zip(itertools.count(1), itertools.cycle(itertools.product(modes, SHAPES))))  # fmt: skip
+            zip(itertools.count(a.first_seed), shapes))  # fmt: skip
     runs: list[Run] = []
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
