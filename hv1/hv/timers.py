@@ -28,9 +28,14 @@ Semantics (timers.md unless noted):
   message, nothing pending.
 - Missed periods ("Periodic Timers"): a non-lazy timer catches up by period modulation: the missed
   expiries are delivered one by one, spaced by half a period, until it is back on its grid; if more
-  than CATCHUP_MAX_PERIODS were missed, the older ones are skipped. A lazy timer signals once for the
-  latest missed expiry ("deferred until this virtual processor is available") and skips the rest.
-  A periodic timer never has more than one expiry outstanding (its single message buffer).
+  than CATCHUP_MAX_PERIODS were missed, the older ones are skipped. Catch-up also ends, skipping to
+  the grid, when a catch-up expiry found its slot still busy: the guest cannot take messages at the
+  shortened period, and every EOM would otherwise be answered with the next overdue message at once,
+  leaving the VP nothing to run but its timer handler ("may be unable to compensate by using period
+  modulation. In this case, some timer expiration signals may be skipped completely"). A lazy timer
+  signals once for the latest missed expiry ("deferred until this virtual processor is available")
+  and skips the rest. A periodic timer never has more than one expiry outstanding (its single
+  message buffer).
 - Never early: a signal is raised only when the reference time is >= its ExpirationTime.
 - Reserved bits (15:13, 63:20 RsvdZ) are dropped (inventory §7.7). #GP: DirectMode without
   EDX[19]; an enabled direct-mode timer whose ApicVector is not a valid fixed vector (< 16, the SINT
@@ -115,6 +120,7 @@ class SyntheticTimer:
     fire_at: int | None = None  # when to raise it (>= expiration; later while catching up)
     pending: int | None = None  # ExpirationTime of a fired expiry not yet delivered (message mode)
     retry_at: int | None = None  # backstop retry of `pending`
+    catching_up: bool = False  # the armed expiry is a catch-up one (shortened period)
     backoff: int = RETRY_MIN
     fired: int = 0  # statistics
     delivered: int = 0
@@ -152,6 +158,7 @@ class SyntheticTimer:
     def stop(self) -> None:
         self.expiration = self.fire_at = self.pending = self.retry_at = None
         self.backoff = RETRY_MIN
+        self.catching_up = False
 
 
 class VpTimers:
@@ -361,9 +368,9 @@ class VpTimers:
                 mode="direct" if t.direct else f"sint{t.sint}",
                 retried=retry,
             )
-        self._after_delivery(t, expiration, now)
+        self._after_delivery(t, expiration, now, retry)
 
-    def _after_delivery(self, t: SyntheticTimer, expiration: int, now: int) -> None:
+    def _after_delivery(self, t: SyntheticTimer, expiration: int, now: int, retried: bool) -> None:
         if not t.periodic:
             # "When a one-shot timer expires, it is automatically marked as disabled."
             t.config &= ~STIMER_ENABLE
@@ -372,12 +379,13 @@ class VpTimers:
             return
         period = max(t.count, self.min_period)
         nxt = expiration + period
+        was_catching_up, t.catching_up = t.catching_up, False
         if nxt > now:
             t.expiration = nxt  # on time
             t.fire_at = self._signal_at(t, nxt)
             return
         missed = (now - expiration) // period  # expiries after `expiration` that are already due
-        if t.lazy or missed > CATCHUP_MAX_PERIODS:
+        if t.lazy or missed > CATCHUP_MAX_PERIODS or (retried and was_catching_up):
             # Skip to the first expiry still in the future (lazy: always; non-lazy: too far behind).
             t.skipped += missed
             t.expiration = expiration + (missed + 1) * period
@@ -387,6 +395,7 @@ class VpTimers:
         # Catch up by period modulation: the next (already due) expiry, half a period from now.
         t.expiration = nxt
         t.fire_at = max(self._signal_at(t, nxt), now + max(period // 2, 1))
+        t.catching_up = True
 
     def _signal_at(self, t: SyntheticTimer, expiration: int) -> int:
         """When the expiry at `expiration` is signalled: then, or later by an injected timer-delay

@@ -434,6 +434,38 @@ def test_periodic_with_busy_slot_has_one_message_outstanding() -> None:
     assert exps == sorted(set(exps)) and exps[-1] == 600
 
 
+def test_catch_up_ends_when_a_catch_up_expiry_finds_the_slot_busy() -> None:
+    """timers.md "Periodic Timers": period modulation may not be able to compensate, "In this case,
+    some timer expiration signals may be skipped completely". A guest slower than the shortened
+    period: the catch-up expiry (300, due at 380) finds the slot still holding 200, and is delivered
+    only at the EOM (470). Catching up further would answer every EOM with the next overdue message
+    at once, so the VP only ever runs its timer handler (seen on the emulator: a periodic test took
+    64 expiries, its message log overflowed and the guest stopped emptying the slot). The timer goes
+    back to its grid instead: next expiry 500, not 400 at 520."""
+    t, clock, _, synic, tracer = make(start=0)
+    t.write_count(0, 100)
+    t.write_config(0, cfg(periodic=True))
+    run_until(t, clock, 100)
+    assert [m.expiration for m in synic.posted] == [100]
+    synic.accepting.clear()  # the guest has not emptied the slot yet
+    run_until(t, clock, 330)
+    assert t.timers[0].pending == 200
+    synic.accepting.add(SINT)
+    t.sint_ready(SINT)  # EOM at 330: 200 delivered, 300 overdue: catch up, half a period later
+    assert (synic.posted[-1].expiration, synic.posted[-1].delivery) == (200, 330)
+    assert (t.timers[0].expiration, t.timers[0].fire_at) == (300, 380)
+    synic.accepting.clear()
+    run_until(t, clock, 470)  # 300 fired at 380 into a busy slot
+    assert t.timers[0].pending == 300
+    synic.accepting.add(SINT)
+    t.sint_ready(SINT)
+    assert (synic.posted[-1].expiration, synic.posted[-1].delivery) == (300, 470)
+    assert (t.timers[0].expiration, t.timers[0].fire_at) == (500, 500)
+    assert "skip" in tracer.names()
+    run_until(t, clock, 700)
+    assert [m.expiration for m in synic.posted] == [100, 200, 300, 500, 600, 700]
+
+
 def test_disabling_drops_the_pending_expiry() -> None:
     t, clock, _, synic, tracer = make()
     synic.accepting.clear()

@@ -1,23 +1,38 @@
 """An emulated vCPU: one Unicorn instance, its hooks, and the run loop that turns them into exits.
 
-Exits, as Unicorn lets us see them (measured with unicorn 2.1.4, README "Backends"):
-- RDMSR, WRMSR and CPUID have no usable instruction hook (UC_ERR_ARG, or unknown MSRs silently
-  read 0), so a per-instruction code hook stops *before* `0f 32` / `0f 30` / `0f a2`; the loop
-  answers them (CPUID from the table the machine built, MSRs from emu/msrs.py or the machine) and
-  steps RIP over the two bytes. The same hook is where kicks, a requested interrupt window and a
-  waiting vCPU's turn are noticed, at an instruction boundary outside an STI/MOV SS shadow.
-- IN is answered inside its hook; OUT too, except to the hypercall port, which stops emulation
-  so the hypercall sees the registers after the `out` (as KVM's I/O exit does). An MMIO write
-  also ends the run at the next instruction boundary, so the machine's before_entry runs after
-  it as after a KVM exit (an APIC write that arms the LVT timer gets it scheduled); everything
-  else that wants the VP back (interrupts, work, stop) kicks it anyway.
-- HLT makes `emu_start` return with RIP after it: the HLT exit.
+Exits, as Unicorn lets us see them (measured with unicorn 2.1.4, README "Backends"). No Python runs
+per guest instruction: Unicorn places a hook call in translated code only where a hook's address
+range covers the instruction, so the backend hooks exactly the instructions it needs.
+- CPUID has an instruction hook (UC_X86_INS_CPUID): answered inside it from the machine's table.
+- RDMSR, WRMSR and MOV to/from CR8 have none (UC_ERR_HOOK, unknown MSRs silently read 0, CR8 is
+  dropped), nor has HLT. Every page of guest code is scanned once before any of it runs
+  (emu/codescan.py: the block hook stops in front of the first block of a page not scanned yet, the
+  loop scans it and drops its translations), and each candidate address gets a code hook of its own:
+  it stops in front of RDMSR/WRMSR/CR8 (the loop answers them, from emu/msrs.py or the machine) and
+  records a HLT.
+- IN is answered inside its hook; OUT too, except to the hypercall port, which stops emulation: the
+  hook on the instruction after `out 0x90` makes the stop exact, so the hypercall sees the registers
+  after the `out` (as KVM's I/O exit does). An MMIO write also ends the run, at the next block, so
+  the machine's before_entry runs after it as after a KVM exit (an APIC write that arms the LVT
+  timer gets it scheduled).
+- One block hook runs at every block boundary (a Python call per block executed, instead of one
+  per instruction): it stops in front of unscanned code, and where a kick (interrupts, work, stop,
+  another vCPU's turn) or an open interrupt window wants the vCPU back. QEMU ends a block after
+  every instruction that can set IF (STI, whose shadowed instruction then runs as a block of its
+  own with HF_INHIBIT_IRQ set; POPF; IRET), so block boundaries are exactly where a window can
+  open. Kicks are never uc.emu_stop calls from other threads: Unicorn aborts, and later repeats, an
+  instruction whose MMIO access meets a pending stop request (measured), after the callback has
+  already run, and a kicking thread cannot know whether the vCPU is in one.
+- HLT makes `emu_start` return with RIP after it: the HLT exit (the hook recorded where it was).
 - A CPU exception arrives at UC_HOOK_INTR (faults with RIP on the instruction, traps and INT n
   with RIP after it) or as UC_ERR_INSN_INVALID (#UD); it is delivered through the guest IDT by
   emu/idt.py, as are injected exceptions and interrupts.
 - Guest RAM is mapped from the host (mem_map_ptr); [RAM end, 4 GiB) is MMIO to the machine (the
   xAPIC page among it); a read-only page (hypercall page) that the guest writes stops emulation
   with UC_ERR_WRITE_PROT and becomes the machine's mmio_write, as a KVM read-only slot does.
+
+Code the guest rewrites after it ran is not rescanned (like the per-address cache this replaced): the
+scans are dropped at reset and for the overlay pages hv1 rewrites (protect_pages).
 
 Registers: Unicorn's x86 in UC_MODE_64 cannot load a segment descriptor (writing CS only sets the
 selector) and in UC_MODE_32 cannot read 64-bit registers, so the instance is UC_MODE_32 (segment
@@ -39,6 +54,7 @@ from unicorn import (
     UC_ARCH_X86,
     UC_ERR_INSN_INVALID,
     UC_ERR_WRITE_PROT,
+    UC_HOOK_BLOCK,
     UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
@@ -55,6 +71,7 @@ from unicorn import (
 )
 from unicorn.unicorn_py3.unicorn import uclib
 from unicorn.x86_const import (
+    UC_X86_INS_CPUID,
     UC_X86_INS_IN,
     UC_X86_INS_OUT,
     UC_X86_REG_CR0,
@@ -91,6 +108,7 @@ from hv1.backends.base import (
     ExitHandler,
 )
 from hv1.backends.emu import idt
+from hv1.backends.emu.codescan import PAGE, TAIL, Stop, scan_page
 from hv1.backends.emu.msrs import emulated
 from hv1.backends.memory import GuestRam
 from hv1.hv.hypercall_page import HYPERCALL_PORT
@@ -130,6 +148,7 @@ CTX_CR = CTX_IDT + 24
 CTX_OLD_EXCEPTION = 5536
 SEG_ES, SEG_CS, SEG_SS, SEG_DS, SEG_FS, SEG_GS, SEG_LDT, SEG_TR = range(8)
 HF_CPL_MASK = 3
+HF_INHIBIT_IRQ = 1 << 3  # QEMU: the instruction after STI / MOV SS / POP SS is in the interrupt shadow
 HF_LMA = 1 << 14
 HF_CS64 = 1 << 15
 DESC_DPL_SHIFT = 13 + 32 - 32  # in the cache's flags word: bits 13-14
@@ -141,15 +160,11 @@ _GPR_SLOT = {
 }  # fmt: skip
 _U64 = (1 << 64) - 1
 
-# Instructions the code hook stops in front of (second byte after 0x0f).
-_STOP_OPCODES = (0x30, 0x32, 0xA2)  # WRMSR, RDMSR, CPUID
 CPUID1_EDX_APIC = 1 << 9
 APIC_BASE_EN = 1 << 11
 # ModRM r/m (with REX.B) -> register name.
 _MODRM_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
-_SHADOW_FIRST_BYTES = (0xFB, 0x17)  # STI; POP SS (MOV SS is 8e /2, checked separately)
-_IF_SETTING = (0x9D, 0xCF)  # POPF, IRET (after REX.W / operand-size prefixes)
 
 
 class _LinearMemory:
@@ -200,24 +215,28 @@ class EmuVcpu:
         self._stop: int | None = None  # an EXIT_* kind when a hook stopped emulation
         self._intr: int | None = None
         self._wp: tuple[int, int, int] | None = None
-        self._attention = False  # some flag below wants the code hook's slow path
         self._kicked = False
         self._preempted = False
         self._window = False
         self._skip_at: int | None = None  # resume past a stop we already served at this address
+        self._hlt_at: int | None = None  # the HLT the emulator is executing (its hook saw it)
+        self._scan_at: int | None = None  # the block hook stopped in front of unscanned code here
         # CR8 (the TPR's high nibble, SDM "Task Priority in IA-32e Mode"): unicorn has no APIC and
         # drops MOV to/from CR8, so the backend keeps it and the machine syncs it with hv1's APIC.
         self._cr8 = 0
+        self._cr8_read_at: int | None = None  # a MOV from CR8 waiting for before_entry (_serve_cr8)
         self._apic_enabled = True  # IA32_APIC_BASE.EN as the guest last wrote it (power-on: set)
-        self._prev: tuple[int, int] = (0, 0)
-        self._after_shadow = False
-        # Two-byte instructions already seen not to be RDMSR/WRMSR/CPUID, so the hook reads guest
-        # memory once per address, not per execution (~4 us). Like a translation cache it is
-        # dropped when code is replaced under it: at reset and for the overlay pages hv1 rewrites.
-        self._plain: set[int] = set()
+        # Code scanning (emu/codescan.py), by linear page: `_scanned` pages run without the block
+        # hook stopping them; `_hooked` pages have their candidate hooks (a scanned page's next page
+        # too, because a translation block may run on into it).
+        self._scanned: set[int] = set()
+        self._hooked: set[int] = set()
+        self._candidates: dict[int, tuple[Stop, int]] = {}  # address -> (what, hook handle)
+        self._block_hooks: list[int] = []
         self._pending: list[tuple[int, int | None, bool]] = []  # (vector, error code, software)
         self._lock = threading.Lock()
-        uc.hook_add(UC_HOOK_CODE, self._on_code)
+        uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+        uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
@@ -319,26 +338,26 @@ class EmuVcpu:
         self.inject_exception(2, None)
 
     def can_inject(self) -> bool:
-        # The loop only stops outside an STI/MOV SS shadow (see _on_code), so IF alone decides;
-        # an event already queued goes first (as KVM's ready_for_interrupt_injection says).
-        return not self._pending and self.if_flag()
+        # Not inside an STI/MOV SS shadow (a kick can stop emulation there: the block after STI is
+        # the shadowed instruction alone), and an event already queued goes first (as KVM's
+        # ready_for_interrupt_injection says).
+        return not self._pending and self.if_flag() and not self._hflags() & HF_INHIBIT_IRQ
 
     def if_flag(self) -> bool:
         return bool(self._q(CTX_RFLAGS) & RFLAGS_IF)
 
     def request_interrupt_window(self, on: bool) -> None:
-        self._window = on
-        if on:
-            self._attention = True
+        self._window = on  # the block hook stops where IF is set, outside a shadow
 
     def kick(self) -> None:
+        # A flag the block hook polls, never uc.emu_stop from here: Unicorn aborts (and later
+        # repeats) an instruction whose MMIO access finds a stop request pending (measured), and a
+        # kick from another thread cannot know whether this vCPU is inside one.
         self._kicked = True
-        self._attention = True
 
     def preempt(self) -> None:
-        """Another vCPU waits for the turn (vm.Turn): stop at the next instruction boundary."""
+        """Another vCPU waits for the turn (vm.Turn): stop at the next block boundary."""
         self._preempted = True
-        self._attention = True
 
     # ---- start states ----
     def set_cpuid(self, entries: Sequence[CpuidEntry]) -> None:
@@ -487,8 +506,8 @@ class EmuVcpu:
         self._window = False
         self._cr8, self._apic_enabled = 0, True
         self._flush()
-        self.uc.ctl_flush_tb()  # RAM was reloaded: drop every translation
-        self._plain.clear()
+        self._forget_code()  # RAM was reloaded: every scan is stale
+        self.uc.ctl_flush_tb()  # and every translation
         self._ctx_valid = False
 
     def snapshot(self) -> CpuSnapshot:
@@ -509,65 +528,101 @@ class EmuVcpu:
             self.uc.mem_protect(page, 0x1000, UC_PROT_READ | UC_PROT_EXEC)
         for page in (*old, *new):
             self.uc.ctl_remove_cache(page, page + 0x1000)  # the host rewrote it: drop stale code
-        self._plain.clear()
+        # Scans are by linear page and these are guest-physical: forget them all (the hypercall page
+        # moves rarely; every page is rescanned when it next runs).
+        self._forget_code()
+
+    # ---- code scanning (emu/codescan.py) ----
+    def _forget_code(self) -> None:
+        for _, hook in self._candidates.values():
+            self.uc.hook_del(hook)
+        self._candidates.clear()
+        self._scanned.clear()
+        self._hooked.clear()
+
+    def _scan(self, la: int) -> None:
+        """The block hook stopped in front of code at `la` on an unscanned page: hook the candidates
+        of that page and of the next one (a block may run on into it), mark the page scanned, and
+        drop both pages' translations so that they are made again with the new hooks."""
+        page = la & ~(PAGE - 1)
+        crs = self._crs()
+        for p in (page, page + PAGE):
+            if p in self._hooked or p >> 64:
+                continue
+            code = paging.read_virtual(self.ram, p, PAGE, *crs)
+            if code is None:
+                continue  # not mapped (yet): fetching from it faults before anything runs there
+            tail = paging.read_virtual(self.ram, p + PAGE, TAIL, *crs) or b""
+            for addr, what in scan_page(code + tail, p).items():
+                if addr in self._candidates:
+                    old, hook = self._candidates[addr]
+                    self._candidates[addr] = (old | what, hook)
+                else:
+                    hook = self.uc.hook_add(UC_HOOK_CODE, self._on_candidate, None, addr, addr)
+                    self._candidates[addr] = (what, hook)
+            self._hooked.add(p)
+        if page in self._hooked:
+            self._scanned.add(page)
+        self.uc.ctl_remove_cache(page, min(page + 2 * PAGE, UNTIL))
 
     # ---- hooks (inside emu_start, on this vCPU's thread) ----
-    def _on_code(self, uc: Uc, addr: int, size: int, _: object) -> None:
+    def _on_block(self, uc: Uc, addr: int, size: int, _: object) -> None:
+        """At every block boundary: the places where a run may end early. QEMU ends a block after
+        every instruction that can set IF (STI, with the shadowed instruction alone in the next
+        block; POPF; IRET), so these are also every point where an interrupt window can open."""
         if self._stop is not None:
-            # An exit is already taken (the hypercall `out`): the emulator only stops at the next
-            # instruction boundary, which is here. Keep that exit; stop in front of this one.
+            uc.emu_stop()  # an exit already taken with no exact hook after it (OUT DX to port 0x90)
+        elif addr & ~(PAGE - 1) not in self._scanned:
+            self._scan_at = addr  # stop in front of code not scanned yet: the loop scans it
             uc.emu_stop()
-            return
-        if self._attention and self._want_stop(uc):
+        elif self._kicked or self._preempted or (self._window and self._window_open(uc)):
             self._stop = EXIT_INTR
             uc.emu_stop()
-            return
-        if size == 2 and addr not in self._plain and addr != self._skip_at:
-            b = uc.mem_read(addr, 2)
-            if b[0] == 0x0F and b[1] in _STOP_OPCODES:
-                self._stop = EXIT_RDMSR if b[1] != 0x30 else EXIT_WRMSR
-                self._stop_insn = b[1]
-                uc.emu_stop()
-                return
-            self._plain.add(addr)
-        if size == 4 and addr not in self._plain and addr != self._skip_at:
-            b = uc.mem_read(addr, 4)
-            # REX with R (CR8 is CR0 + 8), 0F 20/22, ModRM mod=11 reg=000: MOV r64, CR8 / MOV CR8, r64.
-            if b[0] & 0xF4 == 0x44 and b[1] == 0x0F and b[2] in (0x20, 0x22) and b[3] & 0xF8 == 0xC0:
-                self._stop = EXIT_SET_TPR
-                uc.emu_stop()
-                return
-            self._plain.add(addr)
-        self._skip_at = None
-        self._prev = (addr, size)
 
-    def _want_stop(self, uc: Uc) -> bool:
-        """Kick, preemption or an open interrupt window, outside an interrupt shadow (an interrupt
-        taken right after STI would break `sti; hlt`: Intel SDM vol. 2B, STI; MOV SS, POP SS too).
-        While only the window is wanted, IF is read (a costly register read) only after the
-        instructions that can set it: STI (once its shadow is over), POPF and IRET; at entry IF
-        was 0, or the machine would have injected instead of asking for the window."""
-        if not (self._kicked or self._preempted or self._window):
-            self._attention = False
+    def _on_candidate(self, uc: Uc, addr: int, size: int, _: object) -> None:
+        """A scanned candidate address starts the instruction about to run (emu/codescan.py)."""
+        if self._stop is not None:
+            # An exit is already taken (the hypercall `out` just before): stop in front of this one.
+            uc.emu_stop()
+            return
+        entry = self._candidates.get(addr)
+        if entry is None:
+            return  # a hook deleted in this run (a reset, protect_pages): Unicorn drops it after
+        what = entry[0]
+        if what & Stop.HLT:
+            self._hlt_at = addr
+        if addr == self._skip_at:
+            self._skip_at = None  # served (or found stale) already: let it run
+            return
+        if what & Stop.RDMSR:
+            self._stop = EXIT_RDMSR
+        elif what & Stop.WRMSR:
+            self._stop = EXIT_WRMSR
+        elif what & Stop.CR8:
+            self._stop = EXIT_SET_TPR
+        else:
+            return
+        uc.emu_stop()
+
+    def _window_open(self, uc: Uc) -> bool:
+        """IF set and no STI/MOV SS shadow (HF_INHIBIT_IRQ: the block about to run is the shadowed
+        instruction): an interrupt can be taken here (Intel SDM vol. 2B, STI)."""
+        if not int(uc.reg_read(UC_X86_REG_EFLAGS)) & RFLAGS_IF:
             return False
-        prev_addr, prev_size = self._prev
-        op = b""
-        if prev_size:
-            try:
-                op = bytes(uc.mem_read(prev_addr, min(prev_size, 3))).lstrip(b"\x48\x66")
-            except UcError:
-                op = b""
-        if op and (op[0] in _SHADOW_FIRST_BYTES or (op[0] == 0x8E and len(op) > 1 and (op[1] >> 3) & 7 == 2)):
-            self._after_shadow = True  # this instruction is in the shadow: decide at the next one
-            self._prev = (0, 0)
-            return False
-        if self._kicked or self._preempted:
-            self._after_shadow = False
-            return True
-        if not (self._after_shadow or (op and op[0] in _IF_SETTING)):
-            return False
-        self._after_shadow = False
-        return bool(int(uc.reg_read(UC_X86_REG_EFLAGS)) & RFLAGS_IF)
+        self._ctx_valid = False
+        inhibit = self._hflags() & HF_INHIBIT_IRQ
+        self._ctx_valid = False
+        return not inhibit
+
+    def _on_cpuid(self, uc: Uc, _: object) -> int:
+        """CPUID, answered inside the instruction hook: the 64-bit registers are written in the saved
+        context (UC_MODE_32 writes only their low halves), which is restored before the emulator
+        continues; 1 tells it to skip its own CPUID."""
+        self._ctx_valid = False
+        self._cpuid_exit()
+        self._flush()
+        self._ctx_valid = False
+        return 1
 
     def _on_in(self, uc: Uc, port: int, size: int, _: object) -> int:
         assert self._h is not None
@@ -577,9 +632,10 @@ class EmuVcpu:
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
         assert self._h is not None
         if port == HYPERCALL_PORT:
-            self._stop = EXIT_IO  # the hypercall reads registers: served after emulation stops
+            # The hypercall reads registers: served after emulation stops, at the hook on the next
+            # instruction (emu/codescan.py). No emu_stop here: it would stay pending until then.
+            self._stop = EXIT_IO
             self._out = (port, size, value)
-            uc.emu_stop()
             return
         self._h.count_exit(EXIT_IO)
         self._h.io_out(port, size, value)
@@ -600,7 +656,7 @@ class EmuVcpu:
     def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, _: object) -> None:
         assert self._h is not None
         self._h.count_exit(EXIT_MMIO)
-        self.kick()  # an APIC write may have armed its timer: before_entry schedules it
+        self._kicked = True  # end the run at the next block: an APIC write may have armed its timer
         self._h.mmio_write(self.ram.size + offset, size, value)
 
     # ---- the loop ----
@@ -616,16 +672,20 @@ class EmuVcpu:
                 break
             if self._pending and not self._deliver_pending(h):
                 return
+            if self._cr8_read_at is not None:
+                if self._cr8_read_at == self.get("rip"):
+                    self._serve_cr8()  # the MOV from CR8 that stopped the last run (_serve_cr8)
+                self._cr8_read_at = None
             self._stop = self._intr = None
             self._wp = None
-            self._prev = (0, 0)
-            self._after_shadow = False
-            self._attention = self._kicked or self._window
-            self._preempted = False
+            self._hlt_at = self._scan_at = None
             rip = self.get("rip")
+            if self._skip_at != rip:
+                self._skip_at = None
             self._clear_exception_in_flight()
             self._flush()
             self._ctx_valid = False
+            self._preempted = False
             err: UcError | None = None
             turn.acquire(self)
             try:
@@ -657,34 +717,54 @@ class EmuVcpu:
             return True
         stop = self._stop
         if stop is None:
-            if self._prev[0] == self.get("rip") and self._prev[1]:
-                # The last instruction started but did not complete, and the emulator said nothing:
-                # that is how unicorn 2.1.4 ends on a non-canonical address (SDM: #GP(0)).
-                h.count_exit(EXIT_EXCEPTION)
-                self._pending.insert(0, (idt.GP, 0, False))
+            rip = self.get("rip")
+            if (self._hlt_at is not None and rip == self._hlt_at + 1) or self._after_hlt(rip):
+                h.count_exit(EXIT_HLT)  # emu_start returned by itself after HLT (RIP is after it)
+                h.halted()
                 return True
-            h.count_exit(EXIT_HLT)  # emu_start returned by itself after HLT (RIP is after it)
-            h.halted()
+            if self._scan_at is not None:
+                self._scan(self._scan_at)  # not an exit: nothing the machine needs to see
+                return True
+            if self._kicked or self._preempted:
+                h.count_exit(EXIT_INTR)
+                return True
+            # Stopped with no hook and no kick, not after a HLT: the instruction at RIP started and
+            # did not complete, and the emulator said nothing: that is how unicorn 2.1.4 ends on a
+            # non-canonical address (SDM: #GP(0)).
+            h.count_exit(EXIT_EXCEPTION)
+            self._pending.insert(0, (idt.GP, 0, False))
             return True
         h.count_exit(stop)
         if stop == EXIT_IO:
             port, size, value = self._out
             h.io_out(port, size, value)
         elif stop in (EXIT_RDMSR, EXIT_WRMSR):
-            self._serve_two_byte(h)
+            self._serve_two_byte(h, 0x32 if stop == EXIT_RDMSR else 0x30)
         elif stop == EXIT_SET_TPR:
             self._serve_cr8()
         return True
 
+    def _after_hlt(self, rip: int) -> bool:
+        """RIP follows a HLT the scan could not see (a prefixed one): the byte before it is F4."""
+        return paging.read_virtual(self.ram, rip - 1, 1, *self._crs()) == b"\xf4"
+
     def _serve_cr8(self) -> None:
-        """MOV to or from CR8 at RIP (the code hook stopped in front of it). Bits 63:4 of a written
-        value are reserved: #GP(0) (SDM Vol. 3 §2.5, CR8)."""
+        """MOV to or from CR8 at RIP (its candidate hook stopped in front of it). Bits 63:4 of a
+        written value are reserved: #GP(0) (SDM Vol. 3 §2.5, CR8). A read is answered after the
+        machine's before_entry has run (the run loop comes back here): an xAPIC TPR write does not
+        end the run at once (MMIO, see _mmio_read), and before_entry is where the machine passes
+        the TPR to CR8, as KVM takes kvm_run.cr8 at every KVM_RUN."""
         rip = self.get("rip")
         code = paging.read_virtual(self.ram, rip, 4, *self._crs())
-        if code is None or code[0] & 0xF4 != 0x44 or code[1] != 0x0F or code[2] not in (0x20, 0x22):
+        if (code is None or code[0] & 0xF4 != 0x44 or code[1] != 0x0F or code[2] not in (0x20, 0x22)
+                or code[3] & 0xF8 != 0xC0 or self.mode() is not CpuMode.LONG):  # fmt: skip
             self._skip_at = rip
             return
         reg = _MODRM_GPRS[(code[3] & 7) | (8 if code[0] & 1 else 0)]
+        if code[2] == 0x20 and self._cr8_read_at != rip:
+            self._cr8_read_at = rip  # answered once before_entry has run
+            return
+        self._cr8_read_at = None
         if code[2] == 0x22:
             value = self.get(reg)
             if value >> 4:
@@ -700,19 +780,16 @@ class EmuVcpu:
             struct.pack_into("<i", self._ctx_q, CTX_OLD_EXCEPTION, -1)
             self._ctx_dirty = True
 
-    def _serve_two_byte(self, h: ExitHandler) -> None:
-        """RDMSR, WRMSR or CPUID at RIP (the code hook stopped in front of it)."""
+    def _serve_two_byte(self, h: ExitHandler, insn: int) -> None:
+        """RDMSR (0F 32) or WRMSR (0F 30) at RIP (its candidate hook stopped in front of it)."""
         rip = self.get("rip")
-        insn = self._stop_insn
-        # The hook read the bytes at the guest-physical address equal to RIP (a cheap filter);
-        # confirm through the page tables before acting, and step past a false match.
+        # The scan read the page through the page tables when it first ran; confirm the bytes now
+        # (the guest may have rewritten or remapped it since), and step past a stale match.
         code = paging.read_virtual(self.ram, rip, 2, *self._crs())
         if code is None or code[0] != 0x0F or code[1] != insn:
             self._skip_at = rip
             return
-        if insn == 0xA2:
-            self._cpuid_exit()
-        elif insn == 0x32:
+        if insn == 0x32:
             index = self.get("rcx") & 0xFFFFFFFF
             val = self._rdmsr(h, index)
             if val is None:
