@@ -167,6 +167,10 @@ _MODRM_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 
 
+# uc_cb_hookcode_t: void (uc_engine *uc, uint64_t address, uint32_t size, void *user_data)
+_BLOCK_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
+
+
 class _LinearMemory:
     """Guest linear memory for idt.py: the page-table walk of hv1/machine/paging.py over RAM."""
 
@@ -235,7 +239,7 @@ class EmuVcpu:
         self._block_hooks: list[int] = []
         self._pending: list[tuple[int, int | None, bool]] = []  # (vector, error code, software)
         self._lock = threading.Lock()
-        uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+        self._add_block_hook()
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, UC_X86_INS_CPUID)
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT)
@@ -566,6 +570,28 @@ class EmuVcpu:
         self.uc.ctl_remove_cache(page, min(page + 2 * PAGE, UNTIL))
 
     # ---- hooks (inside emu_start, on this vCPU's thread) ----
+    def _add_block_hook(self) -> None:
+        """The block hook goes straight to ctypes: it runs for every block executed, and the Python
+        binding's two wrapper frames double its cost (measured: ~1.2 us against ~0.6 us a block)."""
+        self._block_cb = _BLOCK_HOOK(self._on_block_raw)  # kept: Unicorn holds only the pointer
+        handle = ctypes.c_size_t()
+        err = uclib.uc_hook_add(self.uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK,
+                                ctypes.cast(self._block_cb, ctypes.c_void_p), None,
+                                ctypes.c_uint64(1), ctypes.c_uint64(0))  # fmt: skip
+        if err:
+            raise UcError(err)
+
+    def _on_block_raw(self, _uch: int, addr: int, size: int, _ud: int) -> None:
+        if (self._stop is None and not (self._kicked or self._preempted or self._window)
+                and addr & ~(PAGE - 1) in self._scanned):  # fmt: skip
+            return  # the common case: nothing to do at this boundary
+        try:
+            self._on_block(self.uc, addr, size, None)
+        except BaseException as e:  # as the binding does: re-raised by emu_start, emulation stopped
+            if self.uc._hook_exception is None:
+                self.uc._hook_exception = e
+            self.uc.emu_stop()
+
     def _on_block(self, uc: Uc, addr: int, size: int, _: object) -> None:
         """At every block boundary: the places where a run may end early. QEMU ends a block after
         every instruction that can set IF (STI, with the shadowed instruction alone in the next
