@@ -565,8 +565,9 @@ class EmuVcpu:
                     hook = self.uc.hook_add(UC_HOOK_CODE, self._on_candidate, None, addr, addr)
                     self._candidates[addr] = (what, hook)
             self._hooked.add(p)
-        if page in self._hooked:
-            self._scanned.add(page)
+        # Scanned even if the walk could not read it (code outside guest RAM, which Unicorn cannot
+        # run from either): a page never marked would stop every block on it, for good.
+        self._scanned.add(page)
         self.uc.ctl_remove_cache(page, min(page + 2 * PAGE, UNTIL))
 
     # ---- hooks (inside emu_start, on this vCPU's thread) ----

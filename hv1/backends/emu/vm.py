@@ -6,7 +6,7 @@ host memory (`mem_map_ptr` over GuestRam), so the machine, hv1/hv and every vCPU
 Unicorn does not make LOCK-prefixed instructions atomic between instances (QEMU's TCG only does
 so in its parallel mode, which Unicorn does not use), so only one vCPU emulates at a time: the
 `Turn` below. A vCPU waiting for its turn longer than a slice asks the holder to stop at its next
-instruction boundary; a vCPU that halts, exits or is kicked gives the turn up at once.
+block boundary; a vCPU that halts, exits or is kicked gives the turn up at once.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Turn:
             self._next += 1
             while self._serving != ticket:
                 if not self._cond.wait(SLICE_S) and self.holder is not None:
-                    self.holder.preempt()  # stop at its next instruction boundary
+                    self.holder.preempt()  # stop at its next block boundary
             self.holder = vcpu
 
     def release(self) -> None:
@@ -78,8 +78,9 @@ class EmuVm:
     """Implements the backend interface's Vm (hv1/backends/base.py) on Unicorn."""
 
     name = "emu"
-    # Guest code runs ~2 us an instruction here (a Python hook per instruction): a 100 us periodic
-    # timer would leave no time between ticks, so periodic timers fire at most every 2 ms.
+    # An exit through the run loop costs ~70-100 us here and a guest's timer handler takes several
+    # (an EOI, a reference-time read, an EOM): a 100 us periodic timer would leave no time between
+    # ticks, so periodic timers fire at most every 2 ms.
     min_timer_period_ns = 2_000_000
 
     def __init__(self) -> None:
@@ -138,7 +139,7 @@ class EmuVm:
         return rdtsc  # guest TSC = host TSC (emu/tsc.py)
 
     def prepare_thread(self) -> None:
-        pass  # kicks are flags the vCPU's own hook polls: no signal handler needed
+        pass  # kicks are flags the vCPU's block hook polls: no signal handler needed
 
     def close(self) -> None:
         for vcpu in self.vcpus:
