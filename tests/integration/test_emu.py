@@ -104,7 +104,7 @@ def test_emu_synic(guest: Guest, cpus: int) -> None:
 
 
 # Checks that time the guest against a host clock with tolerances sized for KVM's ~10 us exits: here
-# an exit costs ~100-300 us of Python and two vCPUs take turns (emu/vm.py Turn), so on a loaded host
+# an exit costs ~70-100 us of Python and two vCPUs take turns (emu/vm.py Turn), so on a loaded host
 # they may miss (seen: TSC vs APIC timer 3.1 % off; a periodic stimer catch-up one period short; VP
 # runtime behind a 5 ms busy loop; the AP's smp_run_on acknowledgement of stimer.two-vps later than
 # its 500 ms wait while both VPs' periodic timers fire; a timer armed 3 ms ahead expiring before the
