@@ -12,8 +12,9 @@ trace / deferred. `--compare REV` runs the timing loops of git revision REV too 
 exported to a temporary directory), round by round interleaved with this tree's in separate
 interpreters, so that both see the same host load; the ratios are this tree / REV.
 
-Cases: `null` (fast HvExtCallQueryCapabilities: no input, 8 bytes out in RDX, the null hypercall of
-the bench guests), `mem` (the same call memory-based: output to a page), `rep1` and `rep510`
+Cases: `unknown` (a code no call has: answered HV_STATUS_INVALID_HYPERCALL_CODE by the dispatcher
+alone, its fixed cost), `null` (fast HvExtCallQueryCapabilities: no input, 8 bytes out in RDX, the
+null hypercall of the bench guests), `mem` (the same call memory-based: output to a page), `rep1` and `rep510`
 (memory-based HvCallGetVpIndexFromApicId with 1 and 510 elements: a full input and output page),
 `spin` (fast HvCallNotifyLongSpinWait: 8 bytes in RDX, a deferred action).
 
@@ -42,8 +43,11 @@ REPO = BENCH_DIR.parent
 EXT_QUERY_CAPABILITIES = 0x8001
 GET_VP_INDEX_FROM_APIC_ID = 0x009A
 NOTIFY_LONG_SPIN_WAIT = 0x0008
-CASES = ("null", "mem", "rep1", "rep510", "spin")
+CASES = ("unknown", "null", "mem", "rep1", "rep510", "spin")
+UNKNOWN_CODE = 0x7FFF  # no such call: HV_STATUS_INVALID_HYPERCALL_CODE, the dispatcher's fixed cost
+EXPECTED_STATUS = {"unknown": 0x0002}  # every other case: HV_STATUS_SUCCESS
 IN_GPA, OUT_GPA = 0x10000, 0x11000
+SLICE = 100  # calls of one case before the next case's turn (rep510: proportionally fewer)
 STUB_RIP = 0x5000 + 12  # any RIP: the dispatcher only rewinds it on a continuation
 
 
@@ -53,6 +57,8 @@ def _control(code: int, fast: bool = False, rep_count: int = 0) -> int:
 
 def case_regs(case: str) -> tuple[int, int, int]:
     """(RCX, RDX, R8) of one call of `case`."""
+    if case == "unknown":
+        return _control(UNKNOWN_CODE, fast=True), 0, 0
     if case == "null":
         return _control(EXT_QUERY_CAPABILITIES, fast=True), 0, 0
     if case == "mem":
@@ -103,7 +109,7 @@ def time_case(p: Any, case: str, n: int, clk: Any = None) -> list[int]:
         if clk is not None:
             clk.lap("decode")  # the harness's own loop: what a backend's exit decode would be
             clk.end("")
-    if g["rax"] & 0xFFFF or g["rip"] != STUB_RIP:
+    if g["rax"] & 0xFFFF != EXPECTED_STATUS.get(case, 0) or g["rip"] != STUB_RIP:
         raise RuntimeError(f"{case}: status {g['rax'] & 0xFFFF:#x} rip {g['rip']:#x}")
     return out
 
@@ -113,13 +119,20 @@ def iterations(case: str, n: int) -> int:
 
 
 def worker(argv: list[str]) -> int:
-    """One round of timing loops, in this interpreter's hv1 (PYTHONPATH): JSON {case: [ns, ...]}."""
+    """One round of timing loops in this interpreter's hv1 (PYTHONPATH): JSON {case: [ns, ...]}. The
+    cases take turns in slices of SLICE calls, so that a burst of host load hits all of them alike."""
     n = int(argv[0])
     p = make_partition()
-    res = {}
+    res: dict[str, list[int]] = {case: [] for case in CASES}
     for case in CASES:
         time_case(p, case, 50)  # warm-up: plans, caches
-        res[case] = time_case(p, case, iterations(case, n))
+    todo = {case: iterations(case, n) for case in CASES}
+    while any(todo.values()):
+        for case in CASES:
+            k = min(todo[case], max(1, SLICE * iterations(case, n) // n))
+            if k:
+                res[case].extend(time_case(p, case, k))
+                todo[case] -= k
     json.dump(res, sys.stdout)
     return 0
 
