@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,6 +138,112 @@ def worker(argv: list[str]) -> int:
     return 0
 
 
+WRAPPED_PHASES = ("lock", "handler", "trace", "deferred", "dispatch")
+
+
+def wrapped_breakdown_worker(argv: list[str]) -> int:
+    """The same breakdown for any revision, without its instrumentation: the partition's lock, trace
+    sink, handlers and deferred-action runner replaced by timing wrappers (the same wrappers for
+    every tree, so their own cost, one clock read pair each, is the same on both sides), and
+    dispatch = the rest of Partition.hypercall. JSON {case: {phase: median ns}, ...}."""
+    import dataclasses
+
+    n = int(argv[0])
+    perf = time.perf_counter_ns
+    acc = dict.fromkeys(WRAPPED_PHASES, 0)
+
+    def timed(phase: str, fn: Any) -> Any:
+        def wrapper(*args: Any, **kw: Any) -> Any:
+            t = perf()
+            try:
+                return fn(*args, **kw)
+            finally:
+                acc[phase] += perf() - t
+
+        return wrapper
+
+    class TimedLock:
+        def __init__(self, lock: Any) -> None:
+            self._lock = lock
+
+        def __enter__(self) -> None:
+            t = perf()
+            self._lock.acquire()
+            acc["lock"] += perf() - t
+
+        def __exit__(self, *exc: object) -> None:
+            t = perf()
+            self._lock.release()
+            acc["lock"] += perf() - t
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._lock, name)
+
+    p = make_partition()
+    p.lock = TimedLock(p.lock)
+    for name in ("emit", "record"):
+        if hasattr(p.tracer, name):
+            setattr(p.tracer, name, timed("trace", getattr(p.tracer, name)))
+    for vp in p.vps:
+        vp.run_deferred = timed("deferred", vp.run_deferred)
+    for d in list(p.hypercalls):
+        kw = {
+            f: timed("handler", getattr(d, f)) for f in ("handler", "element", "batch") if getattr(d, f, None)
+        }
+        p.hypercalls.replace(dataclasses.replace(d, **kw))
+    out: dict[str, Any] = {}
+    from tests.fakes import FakeRegs
+
+    for case in CASES:
+        rcx, rdx, r8 = case_regs(case)
+        regs = FakeRegs()
+        g = regs.gprs
+        rows: list[dict[str, int]] = []
+        for i in range(iterations(case, n) + 50):
+            g["rcx"], g["rdx"], g["r8"], g["rip"] = rcx, rdx, r8, STUB_RIP
+            for k in acc:
+                acc[k] = 0
+            t = perf()
+            p.hypercall(0, regs)
+            total = perf() - t
+            if i >= 50:  # after the warm-up
+                acc["dispatch"] = total - sum(v for k, v in acc.items() if k != "dispatch")
+                rows.append({**acc, "total": total})
+        out[case] = {k: statistics.median(r[k] for r in rows) for k in (*WRAPPED_PHASES, "total")}
+    json.dump(out, sys.stdout)
+    return 0
+
+
+def wrapped_breakdowns(roots: dict[str, Path], n: int, rounds: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Median of the per-round medians of `wrapped_breakdown_worker`, per tree, rounds interleaved."""
+    got: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in roots}
+    for r in range(rounds):
+        for name in list(roots) if r % 2 == 0 else list(reversed(roots)):
+            env = {**os.environ, "PYTHONPATH": str(roots[name])}
+            res = subprocess.run([sys.executable, __file__, "_wrapped", str(n)], env=env, check=True,
+                                 capture_output=True, text=True)  # fmt: skip
+            got[name].append(json.loads(res.stdout))
+    return {
+        name: {c: {k: statistics.median(x[c][k] for x in runs) for k in runs[0][c]} for c in CASES}
+        for name, runs in got.items()
+    }
+
+
+def format_wrapped(b: dict[str, dict[str, dict[str, float]]], cases: tuple[str, ...] = CASES) -> str:
+    names = list(b)
+    head = f"{'case':<8} {'tree':<12}" + "".join(f"{k:>10}" for k in (*WRAPPED_PHASES, "total"))
+    lines = [head]
+    for c in cases:
+        for name in names:
+            row = b[name][c]
+            lines.append(
+                f"{c:<8} {name[:12]:<12}"
+                + "".join(f"{row[k] / 1000:>10.2f}" for k in (*WRAPPED_PHASES, "total"))
+            )
+    lines.append("(µs per call, medians; dispatch = Partition.hypercall minus the wrapped parts)")
+    return "\n".join(lines)
+
+
 def stat(samples: list[float]) -> dict[str, float]:
     v = sorted(samples)
     rank = lambda q: v[int(q * (len(v) - 1) + 0.5)]  # noqa: E731 - nearest rank, as bench/run.py
@@ -215,6 +322,13 @@ def cmd_fakes(a: argparse.Namespace) -> int:
             "per_element_ns": round(per, 1),
         }
         print(f"{name}: rep510 / rep1 = {r510:.1f}x, per element {per / 1000:.3f} µs")
+    if a.compare:
+        with tempfile.TemporaryDirectory() as tmp:
+            export_rev(a.compare, Path(tmp))
+            wb = wrapped_breakdowns({"this tree": REPO, a.compare: Path(tmp)}, a.iterations, a.rounds)
+        doc["wrapped_breakdown_ns"] = wb
+        print("\nbreakdown by timing wrappers (the same for both trees):")
+        print(format_wrapped(wb))
     doc["breakdown"] = breakdown(a.iterations)
     for case, summary in doc["breakdown"].items():
         print(f"\nper-exit profile, {case} (this tree):")
@@ -239,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_worker"]:
         return worker(argv[1:])
+    if argv[:1] == ["_wrapped"]:
+        return wrapped_breakdown_worker(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fakes", help="the dispatcher alone, on fakes")

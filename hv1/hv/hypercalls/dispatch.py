@@ -42,7 +42,8 @@ its plan uses, builds no per-call objects beyond the handler's context and outpu
 records its trace event without building a dict unless a trace sink wants it (Tracer.record). A rep
 call whose definition has a `batch` handler runs its elements in slices of up to REP_BATCH (one
 call per slice, over the input list read from guest memory in one piece, into an output list
-written back in one piece); the budget and a preempt request are checked between slices.
+written back in one piece); the budget and a preempt request are checked between slices. (A call
+with fewer than REP_BATCH_MIN elements left uses `element`: there the batch set-up costs more.)
 """
 
 from __future__ import annotations
@@ -109,6 +110,9 @@ _X86_KEY = 1 << 64
 # Elements per call of a batch handler: the continuation checks (budget, preempt request) run
 # between slices, so a slice is short next to the budget (DEFAULT_REP_BUDGET_NS, hv/partition.py).
 REP_BATCH = 64
+# Fewer elements than this go through `element`: a batch call's set-up (list building, format
+# strings) costs more than one element call (bench/profile.py: rep1 twice as long in the handler).
+REP_BATCH_MIN = 2
 
 
 def _align8(n: int) -> int:
@@ -410,7 +414,7 @@ def _run_reps(
     done = start
     yielded = False
     batch = d.batch
-    if batch is not None:
+    if batch is not None and count - start >= REP_BATCH_MIN:
         # Slices of the element lists, each one call (the lists were read in one piece).
         while True:
             n = min(count - done, REP_BATCH)
