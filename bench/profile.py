@@ -10,7 +10,9 @@ per-call wall time (median, p10, p90 over every call of every round), then the s
 per-exit profile on (hv1/profiler.py), which splits each call into route / lock / dispatch / handler /
 trace / deferred. `--compare REV` runs the timing loops of git revision REV too (its hv1/ and tests/
 exported to a temporary directory), round by round interleaved with this tree's in separate
-interpreters, so that both see the same host load; the ratios are this tree / REV.
+interpreters, so that both see the same host load; the ratios are this tree / REV. For the issue-13
+baseline (c42417b) it also prints REV's per-phase breakdown, measured with this tree's laps inserted at
+the same places in REV's dispatcher (see _BASELINE_LAPS).
 
 Cases: `unknown` (a code no call has: answered HV_STATUS_INVALID_HYPERCALL_CODE by the dispatcher
 alone, its fixed cost), `null` (fast HvExtCallQueryCapabilities: no input, 8 bytes out in RDX, the
@@ -29,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,110 +139,69 @@ def worker(argv: list[str]) -> int:
     return 0
 
 
-WRAPPED_PHASES = ("lock", "handler", "trace", "deferred", "dispatch")
+# The laps of this tree's instrumentation, put at the same places in c42417b's dispatcher and
+# Partition.hypercall (the issue-13 baseline), so that its null-hypercall breakdown is measured the
+# same way as this tree's: (file, text there, text with the laps). A revision where a text is not
+# found cannot be instrumented (the breakdown is then left out, saying so).
+_BASELINE_LAPS = (
+    ("hv1/hv/hypercalls/dispatch.py", "    t0 = time.perf_counter_ns()\n    mode = regs.mode()",
+     "    global _CLK\n    from hv1 import profiler as _P\n"
+     "    _CLK = _P.ACTIVE.clock() if _P.ACTIVE is not None else None\n"
+     "    t0 = time.perf_counter_ns()\n    mode = regs.mode()"),
+    ("hv1/hv/hypercalls/dispatch.py", "            out.status = d.handler(ctx)\n",
+     "            _CLK and _CLK.lap('dispatch')\n            out.status = d.handler(ctx)\n"
+     "            _CLK and _CLK.lap('handler')\n"),
+    ("hv1/hv/hypercalls/dispatch.py", "    status = d.handler(ctx) if d.handler is not None else SUCCESS\n",
+     "    _CLK and _CLK.lap('dispatch')\n"
+     "    status = d.handler(ctx) if d.handler is not None else SUCCESS\n"),
+    ("hv1/hv/hypercalls/dispatch.py", "    del view_in, view_out\n",
+     "    del view_in, view_out\n    _CLK and _CLK.lap('handler')\n"),
+    ("hv1/hv/hypercalls/dispatch.py", "    ns = time.perf_counter_ns() - t0  # duration",
+     "    if _CLK:\n        _CLK.lap('dispatch')\n"
+     "        _CLK.label = 'hypercall ' + (d.name if d else '?')\n"
+     "    ns = time.perf_counter_ns() - t0  # duration"),
+    ("hv1/hv/hypercalls/dispatch.py", "        reps=out.reps, us=ns // 1000, ns=ns,\n    )  # fmt: skip\n",
+     "        reps=out.reps, us=ns // 1000, ns=ns,\n    )  # fmt: skip\n    _CLK and _CLK.lap('trace')\n"),
+    ("hv1/hv/partition.py",
+     "        vp = self._vp_by_index[vp_index]\n        try:\n            with self.lock:\n"
+     "                dispatch(self, vp, regs)\n        finally:\n            vp.run_deferred()\n",
+     "        from hv1 import profiler as _P\n        if _P.ACTIVE is None:\n"
+     "            vp = self._vp_by_index[vp_index]\n            try:\n                with self.lock:\n"
+     "                    dispatch(self, vp, regs)\n            finally:\n                vp.run_deferred()\n"
+     "            return\n        clk = _P.ACTIVE.clock()\n        clk.lap('route')\n"
+     "        vp = self._vp_by_index[vp_index]\n        try:\n            self.lock.acquire()\n"
+     "            clk.lap('lock')\n            try:\n                dispatch(self, vp, regs)\n"
+     "            finally:\n                self.lock.release()\n                clk.lap('lock')\n"
+     "        finally:\n            vp.run_deferred()\n            clk.lap('deferred')\n"),
+)  # fmt: skip
 
 
-def wrapped_breakdown_worker(argv: list[str]) -> int:
-    """The same breakdown for any revision, without its instrumentation: the partition's lock, trace
-    sink, handlers and deferred-action runner replaced by timing wrappers (the same wrappers for
-    every tree, so their own cost, one clock read pair each, is the same on both sides), and
-    dispatch = the rest of Partition.hypercall. JSON {case: {phase: median ns}, ...}."""
-    import dataclasses
+def instrument_baseline(root: Path) -> bool:
+    """Add this tree's profiler and the laps of _BASELINE_LAPS to the exported tree at `root`."""
+    patched: dict[Path, str] = {}
+    for rel, old, new in _BASELINE_LAPS:
+        path = root / rel
+        text = patched.get(path, path.read_text())
+        if text.count(old) != 1:
+            return False
+        patched[path] = text.replace(old, new)
+    for path, text in patched.items():
+        path.write_text(text)
+    (root / "hv1" / "profiler.py").write_text((REPO / "hv1" / "profiler.py").read_text())
+    return True
 
-    n = int(argv[0])
-    perf = time.perf_counter_ns
-    acc = dict.fromkeys(WRAPPED_PHASES, 0)
 
-    def timed(phase: str, fn: Any) -> Any:
-        def wrapper(*args: Any, **kw: Any) -> Any:
-            t = perf()
-            try:
-                return fn(*args, **kw)
-            finally:
-                acc[phase] += perf() - t
-
-        return wrapper
-
-    class TimedLock:
-        def __init__(self, lock: Any) -> None:
-            self._lock = lock
-
-        def __enter__(self) -> None:
-            t = perf()
-            self._lock.acquire()
-            acc["lock"] += perf() - t
-
-        def __exit__(self, *exc: object) -> None:
-            t = perf()
-            self._lock.release()
-            acc["lock"] += perf() - t
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._lock, name)
-
-    p = make_partition()
-    p.lock = TimedLock(p.lock)
-    for name in ("emit", "record"):
-        if hasattr(p.tracer, name):
-            setattr(p.tracer, name, timed("trace", getattr(p.tracer, name)))
-    for vp in p.vps:
-        vp.run_deferred = timed("deferred", vp.run_deferred)
-    for d in list(p.hypercalls):
-        kw = {
-            f: timed("handler", getattr(d, f)) for f in ("handler", "element", "batch") if getattr(d, f, None)
-        }
-        p.hypercalls.replace(dataclasses.replace(d, **kw))
-    out: dict[str, Any] = {}
-    from tests.fakes import FakeRegs
-
-    for case in CASES:
-        rcx, rdx, r8 = case_regs(case)
-        regs = FakeRegs()
-        g = regs.gprs
-        rows: list[dict[str, int]] = []
-        for i in range(iterations(case, n) + 50):
-            g["rcx"], g["rdx"], g["r8"], g["rip"] = rcx, rdx, r8, STUB_RIP
-            for k in acc:
-                acc[k] = 0
-            t = perf()
-            p.hypercall(0, regs)
-            total = perf() - t
-            if i >= 50:  # after the warm-up
-                acc["dispatch"] = total - sum(v for k, v in acc.items() if k != "dispatch")
-                rows.append({**acc, "total": total})
-        out[case] = {k: statistics.median(r[k] for r in rows) for k in (*WRAPPED_PHASES, "total")}
-    json.dump(out, sys.stdout)
+def breakdown_worker(argv: list[str]) -> int:
+    """`breakdown` in this interpreter's hv1 (an instrumented baseline, or this tree): JSON."""
+    json.dump(breakdown(int(argv[0])), sys.stdout)
     return 0
 
 
-def wrapped_breakdowns(roots: dict[str, Path], n: int, rounds: int) -> dict[str, dict[str, dict[str, float]]]:
-    """Median of the per-round medians of `wrapped_breakdown_worker`, per tree, rounds interleaved."""
-    got: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name in roots}
-    for r in range(rounds):
-        for name in list(roots) if r % 2 == 0 else list(reversed(roots)):
-            env = {**os.environ, "PYTHONPATH": str(roots[name])}
-            res = subprocess.run([sys.executable, __file__, "_wrapped", str(n)], env=env, check=True,
-                                 capture_output=True, text=True)  # fmt: skip
-            got[name].append(json.loads(res.stdout))
-    return {
-        name: {c: {k: statistics.median(x[c][k] for x in runs) for k in runs[0][c]} for c in CASES}
-        for name, runs in got.items()
-    }
-
-
-def format_wrapped(b: dict[str, dict[str, dict[str, float]]], cases: tuple[str, ...] = CASES) -> str:
-    names = list(b)
-    head = f"{'case':<8} {'tree':<12}" + "".join(f"{k:>10}" for k in (*WRAPPED_PHASES, "total"))
-    lines = [head]
-    for c in cases:
-        for name in names:
-            row = b[name][c]
-            lines.append(
-                f"{c:<8} {name[:12]:<12}"
-                + "".join(f"{row[k] / 1000:>10.2f}" for k in (*WRAPPED_PHASES, "total"))
-            )
-    lines.append("(µs per call, medians; dispatch = Partition.hypercall minus the wrapped parts)")
-    return "\n".join(lines)
+def _breakdown_in(root: Path, n: int) -> Any:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    res = subprocess.run([sys.executable, __file__, "_breakdown", str(n)], env=env, check=True,
+                         capture_output=True, text=True)  # fmt: skip
+    return json.loads(res.stdout)
 
 
 def stat(samples: list[float]) -> dict[str, float]:
@@ -322,17 +282,21 @@ def cmd_fakes(a: argparse.Namespace) -> int:
             "per_element_ns": round(per, 1),
         }
         print(f"{name}: rep510 / rep1 = {r510:.1f}x, per element {per / 1000:.3f} µs")
+    # The per-phase breakdowns, each in a fresh interpreter, back to back (this tree, then REV).
+    doc["breakdown"] = _breakdown_in(REPO, a.iterations)
     if a.compare:
         with tempfile.TemporaryDirectory() as tmp:
             export_rev(a.compare, Path(tmp))
-            wb = wrapped_breakdowns({"this tree": REPO, a.compare: Path(tmp)}, a.iterations, a.rounds)
-        doc["wrapped_breakdown_ns"] = wb
-        print("\nbreakdown by timing wrappers (the same for both trees):")
-        print(format_wrapped(wb))
-    doc["breakdown"] = breakdown(a.iterations)
+            if instrument_baseline(Path(tmp)):
+                doc["baseline_breakdown"] = _breakdown_in(Path(tmp), a.iterations)
+            else:
+                print(f"\n{a.compare}: its dispatcher is not the one _BASELINE_LAPS knows: no laps breakdown")
     for case, summary in doc["breakdown"].items():
         print(f"\nper-exit profile, {case} (this tree):")
         print(format_summary(summary))
+        if "baseline_breakdown" in doc:
+            print(f"per-exit profile, {case} ({a.compare}, the same laps):")
+            print(format_summary(doc["baseline_breakdown"][case]))
     if a.json:
         a.json.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return 0
@@ -353,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_worker"]:
         return worker(argv[1:])
-    if argv[:1] == ["_wrapped"]:
-        return wrapped_breakdown_worker(argv[1:])
+    if argv[:1] == ["_breakdown"]:
+        return breakdown_worker(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fakes", help="the dispatcher alone, on fakes")
