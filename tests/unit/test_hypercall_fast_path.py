@@ -229,3 +229,30 @@ def test_traced_hypercalls_carry_their_duration() -> None:
     rec = json.loads(out.getvalue().splitlines()[-1])
     assert rec["event"] == "HvExtCallQueryCapabilities" and rec["status"] == "SUCCESS"
     assert rec["ns"] >= 0 and "us" in rec
+
+
+# --- the registers the dispatcher reads first: KvmVcpu.mode() / cpl() from the kvm_run sync area -----
+
+
+@pytest.mark.parametrize("cr0", [0, 1, 0x80000011])
+@pytest.mark.parametrize("efer", [0, 1 << 10, 0xD01])
+@pytest.mark.parametrize("cs_l", [0, 1])
+@pytest.mark.parametrize("dpl", [0, 3])
+def test_kvm_mode_and_cpl_read_the_sync_sregs_as_the_ctypes_struct_has_them(
+    cr0: int, efer: int, cs_l: int, dpl: int
+) -> None:
+    """mode()/cpl() index kvm_run directly (issue 13); the sync area's kvm_sregs is the reference."""
+    import mmap
+
+    from hv1.backends.kvm.vcpu import KvmVcpu
+
+    v = KvmVcpu.over(0, -1, mmap.mmap(-1, 8192))
+    s = v.sregs
+    s.cr0, s.efer, s.cs.l, s.ss.dpl = cr0, efer, cs_l, dpl
+    s.cs.dpl, s.ss.l = 3 - dpl, 1 - cs_l  # neighbours that must not be read instead
+    if not cr0 & 1:
+        want_mode, want_cpl = CpuMode.REAL, 0
+    else:
+        want_mode = CpuMode.LONG if efer & (1 << 10) and cs_l else CpuMode.PROTECTED
+        want_cpl = dpl
+    assert (v.mode(), v.cpl()) == (want_mode, want_cpl)

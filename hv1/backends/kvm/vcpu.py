@@ -44,6 +44,16 @@ EFER_LMA = 1 << 10
 # CpuMode members as constants: an enum attribute lookup costs ~0.35 µs in CPython 3.11 and mode() runs
 # on every hypercall (issue 13).
 _REAL, _PROTECTED, _LONG = CpuMode.REAL, CpuMode.PROTECTED, CpuMode.LONG
+# Where mode() and cpl() read the sync area's sregs (valid after every exit: KVM_SYNC_X86_SREGS): as
+# u64 / u8 indexes into kvm_run, not through ctypes attribute chains (each field access costs ~0.2 µs
+# here and `sregs.cs` builds a kvm_segment object; both run on every hypercall).
+_SREGS_CR0 = (k.RUN_SYNC_SREGS + k.kvm_sregs.cr0.offset) // 8
+_SREGS_EFER = (k.RUN_SYNC_SREGS + k.kvm_sregs.efer.offset) // 8
+_SREGS_CS_L = k.RUN_SYNC_SREGS + k.kvm_sregs.cs.offset + k.kvm_segment.l.offset
+_SREGS_SS_DPL = k.RUN_SYNC_SREGS + k.kvm_sregs.ss.offset + k.kvm_segment.dpl.offset
+assert (k.RUN_SYNC_SREGS + k.kvm_sregs.cr0.offset) % 8 == 0 and (
+    k.RUN_SYNC_SREGS + k.kvm_sregs.efer.offset
+) % 8 == 0
 CR0_PE = 1
 MSR_IA32_APIC_BASE = 0x1B
 # Registers the debugger reads and writes by the gdb target-description names (hv1/gdbstub/
@@ -289,17 +299,17 @@ class KvmVcpu:
         self._fpu_dirty = True
 
     def mode(self) -> CpuMode:
-        s = self.sregs
-        if not s.cr0 & CR0_PE:
+        u64 = self._u64
+        if not u64[_SREGS_CR0] & CR0_PE:
             return _REAL
-        if s.efer & EFER_LMA and s.cs.l:
+        if u64[_SREGS_EFER] & EFER_LMA and self._u8[_SREGS_CS_L]:
             return _LONG
         return _PROTECTED
 
     def cpl(self) -> int:
-        if not self.sregs.cr0 & CR0_PE:
+        if not self._u64[_SREGS_CR0] & CR0_PE:
             return 0
-        return int(self.sregs.ss.dpl)
+        return self._u8[_SREGS_SS_DPL]
 
     def _flush_fpu(self) -> None:
         if self._fpu is not None:
