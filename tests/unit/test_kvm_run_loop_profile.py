@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import mmap
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -63,7 +63,7 @@ def loop(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[KvmVcpu, Recorder]]:
     v = KvmVcpu.over(0, -1, mm)
     h = Recorder()
     h.vcpu = v
-    exits = iter(
+    exits: Iterator[Callable[[], None]] = iter(
         [
             lambda: _io(mm, k.KVM_EXIT_IO_OUT, 1, 0xE0, 1, b"\x42"),
             lambda: _io(mm, k.KVM_EXIT_IO_OUT, 2, 0x3F8, 2, b"\x01\x02\x03\x04"),
