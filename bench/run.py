@@ -63,6 +63,15 @@ class Skip(Exception):
     """A prerequisite is missing: the row is reported as skipped, with this reason."""
 
 
+NEEDS_KVM = "needs /dev/kvm"
+
+
+def need_kvm() -> None:
+    """Rows measured on KVM say so where it is missing (issue 13: a row never just disappears)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        raise Skip(f"{NEEDS_KVM} (no read/write access here)")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Statistics
 
@@ -163,8 +172,7 @@ def build_floor() -> Path:
     """Compile bench/kvm_floor.c into bench/build/ (cached: rebuilt only when the source is newer)."""
     if "floor_bin" in _cache:
         return Path(_cache["floor_bin"])
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        raise Skip("no read/write access to /dev/kvm")
+    need_kvm()
     if FLOOR_BIN.exists() and FLOOR_BIN.stat().st_mtime >= FLOOR_SRC.stat().st_mtime:
         _cache["floor_bin"] = str(FLOOR_BIN)
         return FLOOR_BIN
@@ -369,6 +377,7 @@ def guest_bench_row(
     figure: str | None = None,
     runs: int = 3,
     quick_runs: int = 1,
+    kvm: bool = True,
 ) -> Row:
     """A row from a guest bench kernel: run `hv1 run KERNEL HV1_ARGS` `runs` times, take every
     `BENCH <line> <metric>=<cycles>` as one sample (a guest may print one per batch), convert cycles to
@@ -378,6 +387,8 @@ def guest_bench_row(
     and pools both, so slow drift of this noisy host hits figure and floor alike."""
 
     def measure(cfg: Config) -> RowResult:
+        if kvm:
+            need_kvm()
         kpath = guest_kernel(cfg, kernel)
         hv1_command(cfg)  # Skip early, before the floor runs, if hv1 run is not there
         floors: list[dict[str, Any]] = []
@@ -471,6 +482,7 @@ def measure_kvm_floor(cfg: Config) -> RowResult:
 
 
 def measure_ioctl(cfg: Config) -> RowResult:
+    need_kvm()
     f = run_floor(cfg)
     try:
         fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
@@ -582,6 +594,7 @@ def qemu_cmd(exe: str, kernel: Path, accel: str) -> list[str]:
 
 
 def measure_startup(cfg: Config) -> RowResult:
+    need_kvm()
     kernel = guest_kernel(cfg, "hello.elf")
     hv1 = [*hv1_command(cfg), "run", str(kernel), "--timeout", "60"]
     qemu = qemu_binary()
@@ -722,6 +735,7 @@ def guest_figures_row(
     exit_counts: Sequence[ExitCount] = (),
     count_n: int = 1000,
     count_args: Sequence[str] | None = None,
+    kvm: bool = True,
 ) -> Row:
     """A row of several figures from one set of guest runs: every `BENCH <line> k=v ...` line is one sample
     (guests print one line per batch, figure and floor batches interleaved). Figures whose line is missing are
@@ -729,6 +743,8 @@ def guest_figures_row(
     a skip when the guest said why. `exit_counts` adds host-counted figures (see ExitCount)."""
 
     def measure(cfg: Config) -> RowResult:
+        if kvm:
+            need_kvm()
         kpath = guest_kernel(cfg, kernel)
         hv1_command(cfg)
         app = quick_append if (cfg.quick and quick_append is not None) else append
@@ -842,6 +858,60 @@ VP_KW: dict[str, Any] = {
 }
 
 
+# --- the dispatcher alone, on fakes (bench/profile.py): measurable without KVM ---
+
+
+def _profile_module() -> Any:
+    """bench/profile.py as a module (its worker times Partition.hypercall on tests/fakes.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hv1_bench_profile", BENCH_DIR / "profile.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+FAKES_FIGS = (
+    ("unknown", "dispatcher alone: unknown code (INVALID_HYPERCALL_CODE)", None, ""),
+    ("null", "null fast hypercall (HvExtCallQueryCapabilities, result in RDX)", "unknown", "unknown code"),
+    ("mem", "memory hypercall (the same call, 8 bytes out to a page)", "null", "null fast hypercall"),
+    ("rep1", "rep hypercall, 1 element (HvCallGetVpIndexFromApicId)", "null", "null fast hypercall"),
+    ("rep510", "rep hypercall, 510 elements (a full page in and out)", "rep1", "rep hypercall, 1 element"),
+    ("spin", "fast HvCallNotifyLongSpinWait (8 bytes in, a deferred action)", "null", "null fast hypercall"),
+)
+
+
+def measure_fakes(cfg: Config) -> RowResult:
+    """Partition.hypercall on fakes, per call (no guest, no backend): rounds of every case, each round
+    in a fresh interpreter, so that host drift hits every case alike."""
+    mod = _profile_module()
+    rounds, n = (2, 1000) if cfg.quick else (8, 5000)
+    times = mod.run_rounds({"tree": REPO}, n, rounds)["tree"]
+    stats = {c: Stat.of([v / 1000.0 for v in times[c]]) for c in times}
+    figs = [
+        Figure(f"fakes: {what}", "us", stats[c], label, stats[f] if f else None)
+        for c, what, f, label in FAKES_FIGS
+    ]
+    per_element = (stats["rep510"].median - stats["rep1"].median) / 509
+    extra = {"rounds": rounds, "iterations": n, "rep510_per_element_us": round(per_element, 4)}
+    return RowResult("fakes-dispatch", "ok", figures=figs, extra=extra)
+
+
+# hv_bench.elf figures (guests/bench/hv_bench.c), as the issue's table names them: each next to the same
+# guest's bare `out` exit, and the 510-element rep call next to the 1-element one.
+OUT_FLOOR = "bare out exit, same guest"
+HV_CORE_FIGS = (
+    GuestFig("hvcall_null", "null fast hypercall (HvExtCallQueryCapabilities)", "out_exit", OUT_FLOOR),
+    GuestFig("hvcall_mem", "memory hypercall (1 page out)", "out_exit", OUT_FLOOR),
+    GuestFig("rdmsr_vp_index", "rdmsr HV_X64_MSR_VP_INDEX", "out_exit", OUT_FLOOR),
+    GuestFig("hvcall_rep510", "rep hypercall, 510 elements", "hvcall_rep1", "rep hypercall, 1 element"),
+    GuestFig("hvcall_rep510_per_element", "rep hypercall, per element of 510", "out_exit", OUT_FLOOR),
+    GuestFig("hvcall_spin_wait", "fast HvCallNotifyLongSpinWait", "out_exit", OUT_FLOOR),
+)
+EMU_ARGS = ("--backend", "emu", "--apic", "user", "--hv", "default")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The registry. Order = table order.
 
@@ -914,6 +984,44 @@ ROWS: list[Row] = [
                 "RDMSR of the synthetic VP_INDEX MSR",
             ),
         )
+    ),
+    # Issue 13's table, one row per APIC mode: the hypercall figures next to their floors.
+    guest_figures_row(
+        "hv-core",
+        "issue 13's hypercall figures (--apic kernel): null, memory, rdmsr vs the bare exit; rep 510 vs 1",
+        "hv_bench.elf",
+        HV_CORE_FIGS,
+        hv1_args=("--hv", "default"),
+        runs=6,  # 60 batches per figure: the previous session's 3 runs moved the ratios by up to 50 %
+        quick_runs=1,
+    ),
+    guest_figures_row(
+        "hv-core-user",
+        "the same under --apic user (hv1's APIC model)",
+        "hv_bench.elf",
+        HV_CORE_FIGS,
+        hv1_args=("--hv", "default", "--apic", "user"),
+        runs=6,
+        quick_runs=1,
+    ),
+    # Without KVM: the same guest on the emulator backend, and the dispatcher alone on fakes.
+    guest_figures_row(
+        "emu-hv-core",
+        "the same figures on the emulator backend (--backend emu --apic user): no KVM needed",
+        "hv_bench.elf",
+        HV_CORE_FIGS,
+        hv1_args=EMU_ARGS,
+        append="n=100",
+        quick_append="n=40",
+        runs=4,
+        quick_runs=1,
+        timeout=300,
+        kvm=False,
+    ),
+    Row(
+        "fakes-dispatch",
+        "Partition.hypercall on fakes (bench/profile.py): the dispatcher alone",
+        measure_fakes,
     ),
     # SynIC (issue 3): synic_bench.elf; host-side events come from hv1's bench device (port 0x3008).
     guest_figures_row(

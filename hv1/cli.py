@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from hv1.backends.base import BACKENDS, resolve_backend
 from hv1.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Hv1Error, UsageError
 from hv1.hv.inject import InjectError, Injector
+from hv1.profiler import Profiler
 from hv1.timeline import Timeline
 from hv1.trace import TraceError, Tracer, parse_categories
 
@@ -94,6 +95,9 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-reboot", action="store_true",
                    help="exit (status 0) instead of rebooting when the guest resets")  # fmt: skip
     r.add_argument("--stats", action="store_true", help="print exit counts when the guest stops")
+    r.add_argument("--profile", metavar="FILE",
+                   help="per-exit cost breakdown (hv1/profiler.py): a table on stderr when the guest "
+                   "stops, and the JSON summary in FILE ('-': the table only)")  # fmt: skip
     r.add_argument("--gdb", metavar="HOST:PORT",
                    help="gdb remote stub on HOST:PORT (QEMU's -gdb; ':1234' or 'tcp::1234' is localhost): "
                    "every VP is a thread, `target remote :1234` in gdb")  # fmt: skip
@@ -199,6 +203,11 @@ def _cmd_run(a: argparse.Namespace) -> int:
         linux_entry=a.linux_entry, host_workarounds=a.host_workarounds, gdb=a.gdb, gdb_wait=a.gdb_wait,
         backend=a.backend,
     )  # fmt: skip
+    prof = None
+    if a.profile:
+        from hv1 import profiler
+
+        prof = profiler.ACTIVE = Profiler()  # before the machine: the VP loops read it
     try:
         machine = Machine(cfg, tracer=tracer, serial_out=serial)
         if machine.boot.linux is not None and machine.boot.linux.note:
@@ -217,11 +226,27 @@ def _cmd_run(a: argparse.Namespace) -> int:
             serial.close()
     if result.reason not in ("debug-exit",) and result.status != EXIT_OK:
         sys.stderr.write(f"hv1: {result.reason} (exit status {result.status})\n")
+    if prof is not None:
+        _write_profile(prof, a.profile)
     if a.stats:
         sys.stderr.write(
             "hv1: exits: " + ", ".join(f"{k}={v}" for k, v in sorted(result.exits.items())) + "\n"
         )
     return result.status
+
+
+def _write_profile(prof: Profiler, path: str) -> None:
+    import json
+
+    from hv1 import profiler
+
+    profiler.ACTIVE = None
+    summary = prof.summary()
+    sys.stderr.write("hv1: per-exit profile (hv1/profiler.py)\n" + profiler.format_summary(summary) + "\n")
+    if path != "-":
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=2, sort_keys=True)
+            f.write("\n")
 
 
 def _cmd_info(a: argparse.Namespace) -> int:

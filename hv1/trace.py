@@ -2,7 +2,10 @@
 Chrome JSON timeline for Perfetto (`--trace-perfetto FILE`, hv1/timeline.py).
 
 Every event also goes into a small ring buffer, whatever is enabled, so that a fatal stop can print
-the last events that led to it. Callers on hot paths test `tracer.wants(cat)` before building fields.
+the last events that led to it. Callers on hot paths test `tracer.wants(cat)` before building fields,
+or use `record` (constant field names, a tuple of values): with the category off it is one ring-buffer
+append, and the fields become a dict only when the event is written or the ring is read (issue 13:
+"tracing that costs nothing when off").
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ class Tracer:
         self._timeline = timeline
         # A sink that records every category (JSON lines, timeline): then every event is written.
         self._record_all = json_out is not None or timeline is not None
-        self._ring: collections.deque[tuple[float, str, int, str, dict[str, Any]]] = collections.deque(
+        self._ring: collections.deque[tuple[float, str, int, str, _Fields]] = collections.deque(
             maxlen=RING_SIZE
         )
         self._lock = threading.Lock()
@@ -90,6 +93,17 @@ class Tracer:
         if cat in self.categories or self._record_all:
             self._write(t, cat, vp, event, fields)
 
+    def record(self, cat: str, vp: int, event: str, keys: tuple[str, ...], values: tuple[Any, ...]) -> None:
+        """`emit(cat, vp, event, **dict(zip(keys, values)))` for hot paths (the hypercall dispatcher):
+        `keys` is a constant tuple, and no dict is built while `cat` is not written anywhere."""
+        t = time.monotonic() - self._t0
+        if cat in self.categories or self._record_all:
+            fields = dict(zip(keys, values, strict=True))
+            self._ring.append((t, cat, vp, event, fields))
+            self._write(t, cat, vp, event, fields)
+        else:
+            self._ring.append((t, cat, vp, event, (keys, values)))
+
     def _write(self, t: float, cat: str, vp: int, event: str, fields: dict[str, Any]) -> None:
         with self._lock:
             if cat in self.categories:
@@ -104,7 +118,7 @@ class Tracer:
                     self._timeline.add(rec)  # the same record a --trace-json line holds
 
     def last_events(self) -> list[str]:
-        return [format_line(*e) for e in list(self._ring)]
+        return [format_line(t, cat, vp, event, _as_dict(f)) for t, cat, vp, event, f in list(self._ring)]
 
     def close(self) -> None:
         with self._lock:
@@ -113,6 +127,14 @@ class Tracer:
             if self._timeline is not None:
                 self._timeline.close()
                 self._timeline = None
+
+
+# A ring entry's fields: a dict (emit), or the (keys, values) pair `record` keeps until it is read.
+_Fields = dict[str, Any] | tuple[tuple[str, ...], tuple[Any, ...]]
+
+
+def _as_dict(fields: _Fields) -> dict[str, Any]:
+    return fields if isinstance(fields, dict) else dict(zip(*fields, strict=True))
 
 
 def _jsonable(v: Any) -> Any:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from hv1 import profiler as _profiler
 from hv1.hv.caps import Caps
 from hv1.hv.guest_cpu import ARCHITECTURAL, GuestCpu
 from hv1.hv.hypercall_page import HypercallPage
@@ -41,6 +42,7 @@ from hv1.trace import NULL_TRACER, Tracer
 
 if TYPE_CHECKING:
     from hv1.hv.hypervisor import Hypervisor
+    from hv1.profiler import PhaseClock
 
 
 def _since(t0: int) -> int:
@@ -266,12 +268,32 @@ class Partition:
             vp.defer(lambda: self.hooks.hypercall_page_moved(after))
 
     def hypercall(self, vp_index: int, regs: VpRegisters) -> None:
+        prof = _profiler.ACTIVE
+        if prof is not None:
+            self._hypercall_profiled(prof.clock(), vp_index, regs)
+            return
         vp = self._vp_by_index[vp_index]
         try:
             with self.lock:
                 dispatch(self, vp, regs)
         finally:
             vp.run_deferred()
+
+    def _hypercall_profiled(self, clk: PhaseClock, vp_index: int, regs: VpRegisters) -> None:
+        """`hypercall` with the phase laps of the per-exit profile (hv1/profiler.py): the same steps."""
+        clk.lap("route")
+        vp = self._vp_by_index[vp_index]
+        try:
+            self.lock.acquire()
+            clk.lap("lock")
+            try:
+                dispatch(self, vp, regs)
+            finally:
+                self.lock.release()
+                clk.lap("lock")
+        finally:
+            vp.run_deferred()
+            clk.lap("deferred")
 
     def reset(self) -> None:
         """Every piece of Hv state back to its reset value: MSRs, the hypercall page (disabled,

@@ -93,12 +93,14 @@ from unicorn.x86_const import (
     UC_X86_REG_XMM0,
 )
 
+from hv1 import profiler as _profiler
 from hv1.backends.base import (
     EXIT_EXCEPTION,
     EXIT_HLT,
     EXIT_INTR,
     EXIT_IO,
     EXIT_MMIO,
+    EXIT_NAMES,
     EXIT_RDMSR,
     EXIT_SET_TPR,
     EXIT_SHUTDOWN,
@@ -119,6 +121,7 @@ from hv1.machine.entry_state import EntryMode, EntryState
 
 if TYPE_CHECKING:
     from hv1.backends.emu.vm import EmuVm
+    from hv1.profiler import PhaseClock
 
 MMIO_END = 1 << 32
 APIC_BASE_MSR = 0x1B
@@ -159,6 +162,15 @@ _GPR_SLOT = {
     **{f"r{i}": i for i in range(8, 16)},
 }  # fmt: skip
 _U64 = (1 << 64) - 1
+# Precompiled formats and offsets for the register accessors: every hypercall reads and writes a
+# handful of registers through them (issue 13: struct's format cache and the name tests cost more
+# than the access itself).
+_Q = struct.Struct("<Q")
+_D = struct.Struct("<I")
+_GET_OFF = {name: CTX_REGS + 8 * slot for name, slot in _GPR_SLOT.items()} | {
+    "rip": CTX_RIP,
+    "rflags": CTX_RFLAGS,
+}
 
 CPUID1_EDX_APIC = 1 << 9
 APIC_BASE_EN = 1 << 11
@@ -190,6 +202,20 @@ class _LinearMemory:
             self.ram.write(gpa, data[pos : pos + n])
             pos += n
         return True
+
+
+# CpuMode members as constants: an enum attribute lookup costs ~0.35 µs in CPython 3.11, and mode()
+# runs on every hypercall (issue 13).
+_REAL, _PROTECTED, _LONG = CpuMode.REAL, CpuMode.PROTECTED, CpuMode.LONG
+
+
+def _stop_kind(err: UcError | None, intr: int | None, stop: int | None) -> str:
+    """The profile's name for why emu_start returned (as _serve_exit classifies it)."""
+    if err is not None:
+        return "emu-error"
+    if intr is not None:
+        return "exception"
+    return EXIT_NAMES.get(stop, str(stop)) if stop is not None else "hlt"
 
 
 class EmuVcpu:
@@ -241,6 +267,10 @@ class EmuVcpu:
         self._lock = threading.Lock()
         self._add_block_hook()
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, UC_X86_INS_CPUID)
+        # The per-exit profile (hv1/profiler.py), when on: this thread's clock, and the kind of the
+        # exit being recorded (an exit's record runs until the next exit is seen).
+        self._clk: PhaseClock | None = None
+        self._prof_kind = "start"
         uc.hook_add(UC_HOOK_INSN, self._on_in, None, 1, 0, UC_X86_INS_IN)
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
@@ -258,16 +288,19 @@ class EmuVcpu:
             self._ctx_valid = True
 
     def _q(self, off: int) -> int:
-        self._load()
-        return int(struct.unpack_from("<Q", self._ctx_q, off)[0])
+        if not self._ctx_valid:
+            self._load()
+        return int(_Q.unpack_from(self._ctx_q, off)[0])
 
     def _d(self, off: int) -> int:
-        self._load()
-        return int(struct.unpack_from("<I", self._ctx_q, off)[0])
+        if not self._ctx_valid:
+            self._load()
+        return int(_D.unpack_from(self._ctx_q, off)[0])
 
     def _put_q(self, off: int, value: int) -> None:
-        self._load()
-        struct.pack_into("<Q", self._ctx_q, off, value & _U64)
+        if not self._ctx_valid:
+            self._load()
+        _Q.pack_into(self._ctx_q, off, value & _U64)
         self._ctx_dirty = True
 
     def _flush(self) -> None:
@@ -291,19 +324,10 @@ class EmuVcpu:
 
     # ---- VpRegisters ----
     def get(self, name: str) -> int:
-        if name == "rip":
-            return self._q(CTX_RIP)
-        if name == "rflags":
-            return self._q(CTX_RFLAGS)
-        return self._q(CTX_REGS + 8 * _GPR_SLOT[name])
+        return self._q(_GET_OFF[name])
 
     def set(self, name: str, value: int) -> None:
-        if name == "rip":
-            self._put_q(CTX_RIP, value)
-        elif name == "rflags":
-            self._put_q(CTX_RFLAGS, value | 2)
-        else:
-            self._put_q(CTX_REGS + 8 * _GPR_SLOT[name], value)
+        self._put_q(_GET_OFF[name], value | 2 if name == "rflags" else value)
 
     def get_xmm(self, index: int) -> int:
         return int(self._reg_read(UC_X86_REG_XMM0 + index))
@@ -316,8 +340,8 @@ class EmuVcpu:
 
     def mode(self) -> CpuMode:
         if not self._q(CTX_CR) & CR0_PE:
-            return CpuMode.REAL
-        return CpuMode.LONG if self._hflags() & HF_CS64 else CpuMode.PROTECTED
+            return _REAL
+        return _LONG if self._hflags() & HF_CS64 else _PROTECTED
 
     def cpl(self) -> int:
         return self._hflags() & HF_CPL_MASK
@@ -651,10 +675,22 @@ class EmuVcpu:
         self._ctx_valid = False
         return 1
 
+    def _hook_exit(self, clk: PhaseClock, kind: str) -> None:
+        """Profile: an exit served inside emu_start (port I/O, MMIO) ends the previous exit's record."""
+        clk.lap("run")
+        clk.end(self._prof_kind)
+        self._prof_kind = kind
+
     def _on_in(self, uc: Uc, port: int, size: int, _: object) -> int:
         assert self._h is not None
+        clk = self._clk
+        if clk is not None:
+            self._hook_exit(clk, "io-in (in hook)")
         self._h.count_exit(EXIT_IO)
-        return self._h.io_in(port, size) & ((1 << (8 * size)) - 1)
+        value = self._h.io_in(port, size) & ((1 << (8 * size)) - 1)
+        if clk is not None:
+            clk.lap("handler")
+        return value
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
         assert self._h is not None
@@ -664,8 +700,13 @@ class EmuVcpu:
             self._stop = EXIT_IO
             self._out = (port, size, value)
             return
+        clk = self._clk
+        if clk is not None:
+            self._hook_exit(clk, "io-out (in hook)")
         self._h.count_exit(EXIT_IO)
         self._h.io_out(port, size, value)
+        if clk is not None:
+            clk.lap("handler")
 
     def _on_intr(self, uc: Uc, intno: int, _: object) -> None:
         self._intr = intno
@@ -677,14 +718,25 @@ class EmuVcpu:
 
     def _mmio_read(self, uc: Uc, offset: int, size: int, _: object) -> int:
         assert self._h is not None
+        clk = self._clk
+        if clk is not None:
+            self._hook_exit(clk, "mmio-read (in hook)")
         self._h.count_exit(EXIT_MMIO)
-        return self._h.mmio_read(self.ram.size + offset, size) & ((1 << (8 * size)) - 1)
+        value = self._h.mmio_read(self.ram.size + offset, size) & ((1 << (8 * size)) - 1)
+        if clk is not None:
+            clk.lap("handler")
+        return value
 
     def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, _: object) -> None:
         assert self._h is not None
+        clk = self._clk
+        if clk is not None:
+            self._hook_exit(clk, "mmio-write (in hook)")
         self._h.count_exit(EXIT_MMIO)
         self._kicked = True  # end the run at the next block: an APIC write may have armed its timer
         self._h.mmio_write(self.ram.size + offset, size, value)
+        if clk is not None:
+            clk.lap("handler")
 
     # ---- the loop ----
     def run(self, h: ExitHandler) -> None:
@@ -692,6 +744,10 @@ class EmuVcpu:
         self.thread_id = threading.get_ident()
         self._h = h
         turn = self.vm.turn
+        prof = _profiler.ACTIVE
+        clk = self._clk = prof.clock() if prof is not None else None
+        if clk is not None:
+            clk.restart()
         while not self.stop_requested:
             self._kicked = False
             h.before_entry()
@@ -703,6 +759,8 @@ class EmuVcpu:
                 if self._cr8_read_at == self.get("rip"):
                     self._serve_cr8()  # the MOV from CR8 that stopped the last run (_serve_cr8)
                 self._cr8_read_at = None
+            if clk is not None:
+                clk.lap("deferred")  # the machine's before_entry and event delivery
             self._stop = self._intr = None
             self._wp = None
             self._hlt_at = self._scan_at = None
@@ -713,16 +771,26 @@ class EmuVcpu:
             self._flush()
             self._ctx_valid = False
             self._preempted = False
+            if clk is not None:
+                clk.lap("regsync")
             err: UcError | None = None
             turn.acquire(self)
+            if clk is not None:
+                clk.lap("lock")  # the emulator's turn (emu/vm.py)
             try:
                 self.uc.emu_start(rip, UNTIL)
             except UcError as e:
                 err = e
             finally:
                 turn.release()
+            if clk is not None:
+                clk.lap("run")
+                clk.end(self._prof_kind)
+                self._prof_kind = _stop_kind(err, self._intr, self._stop)
             if not self._serve_exit(h, err):
                 return
+            if clk is not None:
+                clk.lap("handler")
 
     def _serve_exit(self, h: ExitHandler, err: UcError | None) -> bool:
         """Handle why emulation stopped. False: the vCPU is dead (fatal reported)."""
@@ -762,8 +830,14 @@ class EmuVcpu:
             self._pending.insert(0, (idt.GP, 0, False))
             return True
         h.count_exit(stop)
+        clk = self._clk
+        if clk is not None:
+            clk.lap("decode")
         if stop == EXIT_IO:
             port, size, value = self._out
+            if clk is not None:
+                self._load()  # the hypercall reads registers: the context save, timed apart
+                clk.lap("regsync")
             h.io_out(port, size, value)
         elif stop in (EXIT_RDMSR, EXIT_WRMSR):
             self._serve_two_byte(h, 0x32 if stop == EXIT_RDMSR else 0x30)
@@ -818,6 +892,8 @@ class EmuVcpu:
             return
         if insn == 0x32:
             index = self.get("rcx") & 0xFFFFFFFF
+            if self._clk is not None:
+                self._clk.label = f"rdmsr {index:#x}"
             val = self._rdmsr(h, index)
             if val is None:
                 self._pending.insert(0, (idt.GP, 0, False))

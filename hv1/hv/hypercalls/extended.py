@@ -33,9 +33,13 @@ _GATE = privilege_gate(PartitionPrivilege.EnableExtendedHypercalls)
 _NOT_ADVERTISED = HvStatus.INVALID_HYPERCALL_CODE
 
 
+_CAPABILITIES = int(CAPABILITIES)
+_SUCCESS = int(HvStatus.SUCCESS)  # an enum attribute lookup costs more than this handler (issue 13)
+
+
 def query_capabilities(ctx: HypercallContext) -> int:
-    EXT_QUERY_CAPABILITIES_OUTPUT.pack_into(ctx.output, 0, int(CAPABILITIES))
-    return HvStatus.SUCCESS
+    EXT_QUERY_CAPABILITIES_OUTPUT.pack_into(ctx.output, 0, _CAPABILITIES)
+    return _SUCCESS
 
 
 # --- HvExtCallGetBootZeroedMemory ------------------------------------------------------------------

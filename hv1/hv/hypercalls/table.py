@@ -11,6 +11,12 @@ word or touch registers; they get a `HypercallContext` with the input bytes and 
   then `element(ctx, index, elem_in, elem_out) -> status` runs for each rep from the rep start
   index. A failing element stops the call with reps completed = its index (hypercall-interface.md
   "Hypercall Classes"). The dispatcher may yield between elements (continuation).
+  A REP call may also have `batch(ctx, first, count, elems_in, elems_out) -> (status, done)`: the
+  same per-element semantics over a slice of the lists (`count` elements from index `first`), in
+  order, stopping at the first failing element (done = elements completed, status its status, or
+  SUCCESS with done == count). The dispatcher uses it instead of `element` (issue 13: a per-element
+  Python call costs about as much as the element's work); `element` stays the definition and the
+  tests check the two agree.
 
 Handlers run under the partition lock. Work that may block (machine hooks: yield, flush, reset) goes
 into `ctx.vp.defer(fn)`; it runs after the lock is released, before the VP re-enters the guest.
@@ -31,6 +37,7 @@ from hv1.hv.caps import ALWAYS, Caps, Gate
 from hv1.tlfs.status import HvStatus
 
 if TYPE_CHECKING:
+    from hv1.hv.hypercalls.dispatch import Plan
     from hv1.hv.partition import Partition
     from hv1.hv.vp import Vp
 
@@ -67,6 +74,7 @@ class HypercallContext:
 
 Handler = Callable[[HypercallContext], int]
 ElementHandler = Callable[[HypercallContext, int, memoryview, memoryview], int]
+BatchHandler = Callable[[HypercallContext, int, int, memoryview, memoryview], tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,7 @@ class HypercallDef:
     fast: bool = True  # may be called with Fast = 1 (register-based)
     xmm: bool = True  # the fast form may use XMM registers (input > 16 bytes or any output)
     doc: str = ""
+    batch: BatchHandler | None = None  # REP only: `element` over a slice of the lists (above)
     # Derived (hot-path shortcuts for the dispatcher).
     rep: bool = field(init=False, repr=False)
     variable: bool = field(init=False, repr=False)
@@ -102,6 +111,8 @@ class HypercallDef:
             )
         if not self.kind.is_rep and self.handler is None:
             raise ValueError(f"{self.name}: simple calls need a handler")
+        if self.batch is not None and not self.kind.is_rep:
+            raise ValueError(f"{self.name}: only rep calls have a batch handler")
         if not self.kind.is_rep and (self.rep_input_size or self.rep_output_size):
             raise ValueError(f"{self.name}: simple calls have no rep elements")
 
@@ -109,6 +120,10 @@ class HypercallDef:
 class HypercallTable:
     def __init__(self, defs: Iterable[HypercallDef] = ()) -> None:
         self.defs: dict[int, HypercallDef] = {}
+        # The dispatcher's per-control-word plans (dispatch.Plan), valid for `plan_caps` and the
+        # current `defs`: register/replace drop them.
+        self.plans: dict[int, Plan] = {}
+        self.plan_caps: Caps | None = None
         for d in defs:
             self.register(d)
 
@@ -116,12 +131,14 @@ class HypercallTable:
         if d.code in self.defs:
             raise ValueError(f"hypercall {d.code:#06x} ({self.defs[d.code].name}) is already registered")
         self.defs[d.code] = d
+        self.plans.clear()
 
     def replace(self, d: HypercallDef) -> None:
         """Put `d` in place of the registered call with its code (a subsystem that extends a call)."""
         if d.code not in self.defs:
             raise ValueError(f"hypercall {d.code:#06x} is not registered")
         self.defs[d.code] = d
+        self.plans.clear()
 
     def get(self, code: int) -> HypercallDef | None:
         return self.defs.get(code)
