@@ -387,6 +387,13 @@ FEATURES: tuple[Feature, ...] = (
         default=False,
     ),
     Feature(
+        "access-stats",
+        "HvCallMapStatsPage2 / UnmapStatsPage (hv1/hv/stats_pages.py)",
+        privileges=P.AccessStats,
+        implemented_in=_BOTH,
+        default=False,
+    ),
+    Feature(
         "address-space-switch",
         "recommend HvCallSwitchVirtualAddressSpace",
         recommendations=REC.UseHypercallForAddressSpaceSwitch,
@@ -420,7 +427,9 @@ FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
 PROFILES = ("minimal", "default", "root")
 # `root`: a virtualization host (virtualization-host.md): `default` plus the privileges that let a
 # guest kernel create and manage child partitions, and its own ID and properties.
-ROOT_FEATURES = ("create-partitions", "memory-pool", "create-port", "partition-id", "partition-properties")
+ROOT_FEATURES = (
+    "create-partitions", "memory-pool", "create-port", "access-stats", "partition-id", "partition-properties",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
