@@ -289,11 +289,14 @@ def test_the_running_layers_hook_gets_the_interrupt_outside_the_engine_lock() ->
     got: list[AssertedInterrupt] = []
     free: list[bool] = []
 
+    def probe() -> None:
+        ok = hv.lock.acquire(blocking=False)
+        if ok:
+            hv.lock.release()
+        free.append(ok)
+
     def hook(irq: AssertedInterrupt) -> int | None:
-        # Another thread can take the engine lock: this thread does not hold it.
-        t = threading.Thread(
-            target=lambda: free.append(hv.lock.acquire(blocking=False) and not hv.lock.release())
-        )
+        t = threading.Thread(target=probe)  # another thread can take the engine lock: we do not hold it
         t.start()
         t.join()
         got.append(irq)

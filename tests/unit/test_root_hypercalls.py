@@ -26,6 +26,10 @@ ALL = int(HOST | P.AccessStats | P.CreatePort | P.ConnectPort | P.PostMessages |
 CPUID, MSR = int(InterceptType.X64Cpuid), int(InterceptType.X64Msr)
 
 
+def u64(p: Partition, gpa: int) -> int:
+    return int.from_bytes(p.memory.read(gpa, 8), "little")
+
+
 def root_with_child(vps: int = 2, privileges: int = ALL) -> tuple[Partition, Hypervisor, int]:
     p, hv = host(privileges)
     c = hv.create_partition(ROOT)
@@ -157,7 +161,7 @@ def test_map_and_unmap_vp_state_page_layouts() -> None:
     put(p, IN, "<QIHBBQ", c, 0, 0, 0, 1, 0x30)  # Registers page, MapLocationProvided, at GPA page 0x30
     assert status(call(p, C.HvCallMapVpStatePage)) == S.SUCCESS and get(p, OUT, "<Q") == (0x30,)
     assert struct.unpack_from("<HBBI", p.memory.read(0x30000, 8))[:2] == (1, 1)
-    assert p.memory.read_u64(0x30000 + 8 + 16 * 8) == 0xFEED
+    assert u64(p, 0x30000 + 8 + 16 * 8) == 0xFEED
     assert status(call(p, C.HvCallMapVpStatePage)) == S.OBJECT_IN_USE
     put(p, IN, "<QIHBB", c, 0, 0, 0, 0)
     assert status(call(p, C.HvCallUnmapVpStatePage)) == S.SUCCESS
@@ -178,16 +182,16 @@ def test_map_stats_page2_and_unmap_stats_page_layouts_and_gate() -> None:
     identity = struct.pack("<QIHBB", c, 0, 0, 0, 0)  # PartitionId, ReservedZ1..3, StatsAreaType SELF
     put(p, IN, "<II16sQ", StatsObjectType.PARTITION, 0, identity, 0x31)
     assert status(call(p, C.HvCallMapStatsPage2)) == S.SUCCESS
-    assert p.memory.read_u64(0x31000 + 8 * PartitionCounter.PartitionVirtualProcessors) == 2
+    assert u64(p, 0x31000 + 8 * PartitionCounter.PartitionVirtualProcessors) == 2
     # A virtualization-host call that changes the partition is seen on the page.
     put(p, IN, "<QI3xBQQQ", c, 2, 0, 0, 0, 0)
     assert status(call(p, C.HvCallCreateVp)) == S.SUCCESS
-    assert p.memory.read_u64(0x31000 + 8 * PartitionCounter.PartitionVirtualProcessors) == 3
+    assert u64(p, 0x31000 + 8 * PartitionCounter.PartitionVirtualProcessors) == 3
     vp_identity = struct.pack("<QIHBB", c, 1, 0, 0, 0)
     put(p, IN, "<II16sQ", StatsObjectType.VP, 0, vp_identity, 0x32)
     assert status(call(p, C.HvCallMapStatsPage2)) == S.SUCCESS
     hv.count(c, 1, "VpMsrAccessesCount", 2)
-    assert p.memory.read_u64(0x32000 + 8 * VpCounter.VpMsrAccessesCount) == 2
+    assert u64(p, 0x32000 + 8 * VpCounter.VpMsrAccessesCount) == 2
     put(p, IN, "<I16s", StatsObjectType.VP, vp_identity)  # the md page: ObjectIdentity @4
     assert status(call(p, C.HvCallUnmapStatsPage)) == S.SUCCESS
     assert status(call(p, C.HvCallUnmapStatsPage)) == S.INVALID_PARAMETER
