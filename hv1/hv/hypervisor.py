@@ -842,6 +842,7 @@ class Hypervisor:
         self.port_registry = PortRegistry(self.lock)
         self._intercept_results: dict[int, InterceptResults] = {}
         self._vp_state_pages: dict[tuple[int, int, VpStatePageType], VpStatePageMapping] = {}
+        self._state_page_deposits: dict[tuple[int, int, VpStatePageType], Deposit] = {}  # pool-supplied
         self._stats_pages: dict[tuple[int, StatsObject, int], StatsMapping] = {}
 
     def _ref_backing(self, backing: int) -> None:
@@ -870,7 +871,7 @@ class Hypervisor:
     def _finalize_root_calls(self, partition_id: int) -> None:
         """FinalizePartition: "clean up VPs, ports, connections, and resources" of issue 11 too."""
         for vp_key in [k for k in self._vp_state_pages if k[0] == partition_id]:
-            self._unref_backing(self._vp_state_pages.pop(vp_key).backing)
+            self._release_state_page(vp_key)
         for stats_key in [
             k for k, m in self._stats_pages.items() if m.obj[1] == partition_id or m.caller == partition_id
         ]:
@@ -882,7 +883,7 @@ class Hypervisor:
 
     def _drop_vp_root_calls(self, partition_id: int, vp_index: int) -> None:
         for vp_key in [k for k in self._vp_state_pages if k[:2] == (partition_id, vp_index)]:
-            self._unref_backing(self._vp_state_pages.pop(vp_key).backing)
+            self._release_state_page(vp_key)
         for stats_key in [
             k for k, m in self._stats_pages.items() if m.obj == (StatsObjectType.VP, partition_id, vp_index)
         ]:
@@ -1112,25 +1113,49 @@ class Hypervisor:
             kind = self._state_page_type(type, input_vtl)
             if flags & ~MAP_VP_STATE_PAGE_LOCATION_PROVIDED:
                 raise HvError(HvStatus.INVALID_PARAMETER, f"undefined flags {flags:#x}")
-            if not flags & MAP_VP_STATE_PAGE_LOCATION_PROVIDED:
-                raise HvError(
-                    HvStatus.INVALID_PARAMETER, "hv1 is a layered host: MapLocationProvided is required"
-                )
-            if (p.id, vp_index, kind) in self._vp_state_pages:
+            key = (p.id, vp_index, kind)
+            if key in self._vp_state_pages:
                 raise HvError(
                     HvStatus.OBJECT_IN_USE, f"VP {vp_index} already has its {kind.name} page mapped"
                 )
-            backing = self._caller_page(c, requested_map_location)
-            self._ref_backing(backing)
-            self._vp_state_pages[(p.id, vp_index, kind)] = VpStatePageMapping(
-                c.id, requested_map_location, backing
-            )
+            if flags & MAP_VP_STATE_PAGE_LOCATION_PROVIDED:
+                # A layered host names the page: one of its own RAM pages shows the state page.
+                backing = self._caller_page(c, requested_map_location)
+                self._ref_backing(backing)
+                location = requested_map_location
+            else:
+                # The hypervisor supplies the page from the child's pool (Linux's mshv_root deposits
+                # and retries on INSUFFICIENT_MEMORY); MapLocation is the page as its depositor knew it.
+                d = self._take_pool_page(p, c.id)
+                self._state_page_deposits[key] = d
+                backing, location = d.mapping.backing, d.page
+            self._vp_state_pages[key] = VpStatePageMapping(c.id, location, backing)
             if self.ram is not None:
                 if kind is VpStatePageType.REGISTERS:
                     write_register_page(self.ram, backing, vp.registers, vp.suspended)
                 else:
                     write_message_page(self.ram, backing, b"")
-            return requested_map_location
+            return location
+
+    def _take_pool_page(self, p: PartitionRecord, caller: int) -> Deposit:
+        """An available page of p's pool (the caller's newest deposit first), out of the pool while it
+        serves as a state page (so it counts as used); INSUFFICIENT_MEMORY when none is free."""
+        if p.pages_available < 1 or not p.pool:
+            raise HvError(HvStatus.INSUFFICIENT_MEMORY, f"partition {p.id:#x} has no free pool page")
+        mine = [i for i, d in enumerate(p.pool) if d.depositor == caller]
+        return p.pool.pop(mine[-1] if mine else len(p.pool) - 1)
+
+    def _release_state_page(self, key: tuple[int, int, VpStatePageType]) -> None:
+        m = self._vp_state_pages.pop(key)
+        d = self._state_page_deposits.pop(key, None)
+        if d is None:
+            self._unref_backing(m.backing)
+            return
+        p = self._partitions.get(key[0])
+        if p is not None:
+            p.pool.append(d)  # back in the pool: withdrawable, or returned by DeletePartition
+        else:
+            self._return_deposit(d)
 
     def unmap_vp_state_page(
         self, caller: int, partition_id: int, vp_index: int, type: int, input_vtl: int, reserved0: int = 0
@@ -1140,10 +1165,9 @@ class Hypervisor:
             if reserved0:
                 raise HvError(HvStatus.INVALID_PARAMETER, "Reserved0 must be 0")
             kind = self._state_page_type(type, input_vtl)
-            m = self._vp_state_pages.pop((p.id, vp_index, kind), None)
-            if m is None:
+            if (p.id, vp_index, kind) not in self._vp_state_pages:
                 raise HvError(HvStatus.INVALID_PARAMETER, f"VP {vp_index} has no {kind.name} page mapped")
-            self._unref_backing(m.backing)
+            self._release_state_page((p.id, vp_index, kind))
 
     @staticmethod
     def _state_page_type(type: int, input_vtl: int) -> VpStatePageType:

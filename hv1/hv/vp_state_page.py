@@ -15,11 +15,13 @@ child without a GetVpRegisters call per register. The TLFS names three types:
   (`Hypervisor.write_intercept_message_page`).
 - HvVpVtlStatePageGhcb (2): AMD SEV-SNP only: INVALID_PARAMETER (hv1 has no isolated partitions).
 
-hv1's choices: the caller must say where (MapLocationProvided: the md page requires it of a layered
-host, and hv1's virtualization host always is one, running on KVM or the emulator); the location is a
-page of the caller's RAM, which cannot be deposited or mapped again as a state page while the state
-page is there (the backing root page is reference-counted like a GPA mapping); a second map of the same
-(VP, type) is OBJECT_IN_USE; deleting the VP or finalizing the partition unmaps its pages.
+Where the page is (the md page's Flags.MapLocationProvided): a layered host names one of its own RAM
+pages (RequestedMapLocation), which then cannot be deposited or show another state or stats page
+while it is mapped (its root RAM page is reference-counted like a GPA mapping); without the flag the
+hypervisor supplies the page from the child's memory pool, as Linux's mshv_root expects (it deposits
+and retries on INSUFFICIENT_MEMORY), and MapLocation is that page's number in its depositor's GPA
+space. A second map of the same (VP, type) is OBJECT_IN_USE; deleting the VP or finalizing the
+partition unmaps its pages (a pool page goes back to the pool).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class Children:
     def slot(self, cid: int, sint: int) -> tuple[int, bytes]:
         raw = self.parts[cid].memory.read(SIMP + sint * 256, 256)
         msg_type, size = struct.unpack_from("<IB", raw)
-        return msg_type, raw[16 : 16 + size]
+        return (msg_type, raw[16 : 16 + size]) if msg_type else (0, b"")
 
     def consume(self, cid: int, sint: int) -> None:
         """What the guest does: empty the slot, then EOM."""
@@ -205,8 +205,11 @@ class CrossPartitionMessages(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.k = Children()
-        self.ports: dict[int, int] = {}  # port id -> SINT
-        self.connections: dict[int, int] = {}  # connection id -> port id
+        self.ports: dict[int, tuple[int, int]] = {}  # port id -> (SINT, generation)
+        # connection id -> (port id, generation): a connection is bound to the port object it was
+        # connected to; a port deleted and created again under the same ID is another port.
+        self.connections: dict[int, tuple[int, int]] = {}
+        self.generation = 0
         self.expected: dict[int, list[tuple[int, bytes]]] = {s: [] for s in range(4)}  # (port, payload)
         self.serial = 0
 
@@ -219,7 +222,8 @@ class CrossPartitionMessages(RuleBasedStateMachine):
             assert port_id in self.ports and e.status == S.INVALID_PORT_ID
             return
         assert port_id not in self.ports
-        self.ports[port_id] = sint
+        self.generation += 1
+        self.ports[port_id] = (sint, self.generation)
 
     @rule(connection_id=st.integers(1, 3), port_id=st.integers(1, 3))
     def connect(self, connection_id: int, port_id: int) -> None:
@@ -232,22 +236,24 @@ class CrossPartitionMessages(RuleBasedStateMachine):
             else:
                 assert connection_id in self.connections and e.status == S.INVALID_CONNECTION_ID
             return
-        self.connections[connection_id] = port_id
+        self.connections[connection_id] = (port_id, self.ports[port_id][1])
 
     @rule(connection_id=st.integers(1, 3))
     def post(self, connection_id: int) -> None:
         self.serial += 1
         payload = self.serial.to_bytes(4, "little")
         got = self.k.post(self.k.a, connection_id, payload)
-        port_id = self.connections.get(connection_id)
-        if port_id is None:
+        bound = self.connections.get(connection_id)
+        if bound is None:
             assert got == S.INVALID_CONNECTION_ID
-        elif port_id not in self.ports:
+            return
+        port_id, generation = bound
+        if self.ports.get(port_id, (0, 0))[1] != generation:
             assert got == S.INVALID_PORT_ID
         elif got == S.SUCCESS:
-            self.expected[self.ports[port_id]].append((port_id, payload))
+            self.expected[self.ports[port_id][0]].append((port_id, payload))
         else:
-            sint = self.ports[port_id]
+            sint = self.ports[port_id][0]
             queued_for_port = sum(1 for p, _ in self.expected[sint][1:] if p == port_id)
             assert got == S.INSUFFICIENT_BUFFERS
             assert queued_for_port >= PORT_MESSAGE_BUFFERS or len(self.expected[sint]) > DEFAULT_QUEUE_DEPTH
@@ -266,7 +272,7 @@ class CrossPartitionMessages(RuleBasedStateMachine):
         except HvError as e:
             assert port_id not in self.ports and e.status == S.INVALID_PORT_ID
             return
-        sint = self.ports.pop(port_id)
+        sint, _ = self.ports.pop(port_id)
         q = self.expected[sint]
         # The message in the slot was delivered; the queued ones of this port are freed.
         self.expected[sint] = q[:1] + [m for m in q[1:] if m[0] != port_id]

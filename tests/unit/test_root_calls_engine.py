@@ -352,7 +352,6 @@ def test_a_mapped_state_page_cannot_be_deposited_until_it_is_unmapped() -> None:
 def test_map_vp_state_page_statuses() -> None:
     hv, c, _ = engine()
     m = hv.map_vp_state_page
-    assert status_of(m, ROOT, c, 0, REGS, 0, 0, 0x30) == S.INVALID_PARAMETER  # no MapLocationProvided
     assert status_of(m, ROOT, c, 0, REGS, 0, 3, 0x30) == S.INVALID_PARAMETER  # undefined flag
     assert status_of(m, ROOT, c, 0, 2, 0, 1, 0x30) == S.INVALID_PARAMETER  # GHCB
     assert status_of(m, ROOT, c, 0, 3, 0, 1, 0x30) == S.INVALID_PARAMETER  # no such type
@@ -367,6 +366,23 @@ def test_map_vp_state_page_statuses() -> None:
     u = hv.unmap_vp_state_page
     assert status_of(u, ROOT, c, 0, MSG, 0) == S.INVALID_PARAMETER  # not mapped
     assert status_of(u, ROOT, c, 0, REGS, 0, 1) == S.INVALID_PARAMETER  # Reserved0
+
+
+def test_without_a_location_the_state_page_comes_from_the_childs_pool() -> None:
+    hv, c, ram = engine()  # 50 pages deposited: 16 + 2 * 4 in use
+    free = hv.get_memory_balance(ROOT, c)[0]
+    page = hv.map_vp_state_page(ROOT, c, 0, REGS, 0, 0, 0)
+    assert 200 <= page < 250 and hv.get_memory_balance(ROOT, c)[0] == free - 1
+    assert REGISTER_PAGE_HEADER.unpack(ram.read(page << 12, 8))[0] == 1  # the page shows VP 0
+    assert page not in hv.withdraw_memory(ROOT, c, 100)  # in use: not withdrawable
+    assert status_of(hv.map_vp_state_page, ROOT, c, 1, REGS, 0, 0, 0) == S.INSUFFICIENT_MEMORY
+    hv.deposit_memory(ROOT, c, [0x60])  # what mshv_root does: deposit, retry
+    assert hv.map_vp_state_page(ROOT, c, 1, REGS, 0, 0, 0) == 0x60
+    hv.unmap_vp_state_page(ROOT, c, 0, REGS, 0)
+    assert page in hv.withdraw_memory(ROOT, c, 100)  # back in the pool
+    hv.finalize_partition(ROOT, c)
+    hv.delete_partition(ROOT, c)  # the pool page of VP 1 went back to the pool, then to the root
+    assert hv.partition(ROOT).gpa.get(0x60) is not None
 
 
 def test_deleting_the_vp_or_finalizing_unmaps_its_state_pages() -> None:

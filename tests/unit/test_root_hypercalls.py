@@ -166,8 +166,10 @@ def test_map_and_unmap_vp_state_page_layouts() -> None:
     put(p, IN, "<QIHBB", c, 0, 0, 0, 0)
     assert status(call(p, C.HvCallUnmapVpStatePage)) == S.SUCCESS
     assert status(call(p, C.HvCallUnmapVpStatePage)) == S.INVALID_PARAMETER
+    put(p, IN, "<QIHBBQ", c, 1, 1, 0, 0, 0)  # an intercept-message page from the child's pool
+    assert status(call(p, C.HvCallMapVpStatePage)) == S.SUCCESS and 0xC0 <= get(p, OUT, "<Q")[0] < 0xF0
     for fields, want in (
-        ((c, 0, 0, 0, 0, 0x30), S.INVALID_PARAMETER),  # MapLocationProvided clear
+        ((c, 0, 0, 0, 2, 0x30), S.INVALID_PARAMETER),  # undefined flag
         ((c, 0, 2, 0, 1, 0x30), S.INVALID_PARAMETER),  # GHCB
         ((c, 0, 0, 1, 1, 0x30), S.INVALID_PARAMETER),  # InputVtl
         ((c, 5, 0, 0, 1, 0x30), S.INVALID_VP_INDEX),
