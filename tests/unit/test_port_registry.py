@@ -163,6 +163,29 @@ def test_a_busy_lower_partition_gets_the_delivery_queued_in_order_then_flushed()
     assert k.slot(a, 3) == (MSG_TYPE, b"two")
 
 
+def test_the_hypercall_flushes_its_queued_delivery_once_it_has_left_its_own_lock() -> None:
+    k = Children()
+    hv, a, b = k.hv, k.a, k.b
+    hv.create_port(ROOT, a, 0x14, 0, 0, b, MESSAGE, target_vp=0, target_sint=1)
+    hv.connect_port(ROOT, b, 0x42, 0, a, 0x14, MESSAGE)
+    held = threading.Event()
+
+    def holder() -> None:
+        with k.parts[a].lock:
+            held.set()
+            while not hv.port_registry.has_pending():  # until child 3's post has been queued
+                threading.Event().wait(0.001)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    held.wait()
+    pb = k.parts[b]
+    pb.memory.write(IN, struct.pack("<IIII", 0x42, 0, MSG_TYPE, 3) + b"abc")
+    assert status(call(pb, C.HvCallPostMessage)) == S.SUCCESS  # queued, then flushed after the call
+    t.join()
+    assert k.slot(a, 1) == (MSG_TYPE, b"abc") and not hv.port_registry.has_pending()
+
+
 def test_a_delivery_holds_the_target_lock_but_never_the_engine_lock() -> None:
     k = Children()
     hv, a, b = k.hv, k.a, k.b
