@@ -26,8 +26,10 @@ Answers to what the pages leave open (each an hv1 choice, listed in docs/partiti
   before it initializes a partition, creates a VP or maps GPA pages, and gets INSUFFICIENT_MEMORY
   otherwise, exactly the path Linux's mshv_root exercises (deposit and retry).
 
-Lock order: `Hypervisor.lock` is taken before any `hv1.hv.partition.Partition.lock` and never
-while one is held.
+Lock order (docs/partitions.md "Locks"): partition locks (`hv1.hv.partition.Partition.lock`) in
+ascending partition ID, then `Hypervisor.lock`, which is innermost: a hypercall handler holds its
+partition's lock when it calls in, and the engine never waits for a partition lock while it holds its
+own (deliveries into another partition and the assert-interrupt hook run after it is released).
 """
 
 from __future__ import annotations
@@ -1326,8 +1328,13 @@ class Hypervisor:
         and its guest's HvCallPostMessage / SignalEvent on a registry connection come here."""
         with self.lock:
             self._lookup(partition_id)
-            self.port_registry.attach(partition_id, table)
+            waiting = self.port_registry.attach(partition_id, table)
             table.remote = RemoteEnd(partition_id, self.deliver_message, self.deliver_event)
+        for port in waiting:  # the table's lock, after the engine's (docs/partitions.md "Locks")
+            st = self.port_registry.materialize(port, table)
+            if st != HvStatus.SUCCESS:  # the guest took the ID meanwhile: the registry's port goes
+                with self.lock:
+                    self.port_registry.remove_port(port.partition_id, port.port_id)
 
     def create_port(
         self, caller: int, port_partition_id: int, port_id: int, port_vtl: int, min_connection_vtl: int,
@@ -1369,6 +1376,17 @@ class Hypervisor:
             st = self.port_registry.add_port(port)
             if st != HvStatus.SUCCESS:
                 raise HvError(st, f"port {port_id:#x} of partition {pp.id:#x}")
+            table = self.port_registry.tables.get(pp.id)
+        if table is None:
+            return  # materialized when the partition's SynICs are attached
+        # Without the engine lock: the port partition is the caller or its child, so its ID is not
+        # below the caller's (ascending order).
+        st = self.port_registry.materialize(port, table)
+        if st != HvStatus.SUCCESS:
+            with self.lock:
+                if self.port_registry.ports.get((pp.id, port_id)) is port:
+                    self.port_registry.remove_port(pp.id, port_id)
+            raise HvError(st, f"port {port_id:#x} of partition {pp.id:#x}")
 
     def delete_port(self, caller: int, port_partition_id: int, port_id: int) -> None:
         """HvCallDeletePort: the creator deletes; queued messages are freed, connections stay, useless
@@ -1383,6 +1401,9 @@ class Hypervisor:
             if port.created_by != c.id:
                 raise HvError(HvStatus.ACCESS_DENIED, "only the creator deletes a port")
             self.port_registry.remove_port(pp.id, port_id)
+            table = self.port_registry.tables.get(pp.id)
+        if table is not None:
+            self.port_registry.unmaterialize(port, table)
 
     def connect_port(
         self, caller: int, connection_partition_id: int, connection_id: int, connection_vtl: int,

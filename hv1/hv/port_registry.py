@@ -100,25 +100,14 @@ class PortRegistry:
         self.pending: dict[int, deque[tuple[str, Delivery]]] = {}
         self.dropped = 0  # queued deliveries that failed when they were finally made
 
-    # --- tables (under the engine lock) -----------------------------------------------------------
-    def attach(self, partition_id: int, table: PartitionPorts) -> None:
-        """`table` holds partition_id's SynICs: materialize the ports registered for it so far."""
+    # --- records (under the engine lock) ---------------------------------------------------------
+    # These never touch a partition's table: the engine lock is innermost. The table operations
+    # (`materialize`, `unmaterialize`) run after the engine has released its lock.
+    def attach(self, partition_id: int, table: PartitionPorts) -> list[RegistryPort]:
+        """`table` holds partition_id's SynICs; returns the ports registered for it so far, which the
+        caller then materializes (without the engine lock)."""
         self.tables[partition_id] = table
-        for port in self.ports.values():
-            if port.partition_id == partition_id and not port.materialized:
-                self._materialize(port, table)
-
-    def _materialize(self, port: RegistryPort, table: PartitionPorts) -> HvStatus:
-        try:
-            table.create_port(
-                port.port_id, port.port_type, port.target_vp, port.target_sint,
-                base_flag_number=port.base_flag_number, flag_count=port.flag_count or 1,
-                monitor_address=port.monitor_address,
-            )  # fmt: skip
-        except PortError as e:
-            return HvStatus(e.status)
-        port.materialized = True
-        return S.SUCCESS
+        return [p for p in self.ports.values() if p.partition_id == partition_id and not p.materialized]
 
     def port_id_taken(self, partition_id: int, port_id: int) -> bool:
         table = self.tables.get(partition_id)
@@ -133,35 +122,51 @@ class PortRegistry:
     def add_port(self, port: RegistryPort) -> HvStatus:
         if port.port_id & ~HV_PORT_ID_MASK or self.port_id_taken(port.partition_id, port.port_id):
             return S.INVALID_PORT_ID
-        table = self.tables.get(port.partition_id)
-        if table is not None:
-            st = self._materialize(port, table)
-            if st != S.SUCCESS:
-                return st
         self.ports[(port.partition_id, port.port_id)] = port
         return S.SUCCESS
 
     def remove_port(self, partition_id: int, port_id: int) -> RegistryPort | None:
+        """Forget the port (its connections stay, answering INVALID_PORT_ID); the caller then
+        unmaterializes it."""
         port = self.ports.pop((partition_id, port_id), None)
-        if port is None:
-            return None
-        port.deleted = True
-        table = self.tables.get(partition_id)
-        if table is not None and port.materialized:
-            # "Deleting the port will always free all of the port's message buffers", queued ones
-            # included: PartitionPorts drops them from the SynIC queues.
-            with contextlib.suppress(PortError):  # already gone from its table: nothing to free
-                table.delete_port(port_id)
+        if port is not None:
+            port.deleted = True
         return port
 
     def drop_partition(self, partition_id: int) -> None:
-        """FinalizePartition: its ports (and every connection to them) and its connections go."""
+        """FinalizePartition: its ports (and every connection to them) and its connections go. Its
+        table is forgotten, not edited: the partition's SynICs do not run again."""
         for key in [k for k in self.ports if k[0] == partition_id]:
             self.remove_port(*key)
         for key in [k for k, c in self.connections.items() if k[0] == partition_id or c.port.deleted]:
             del self.connections[key]
         self.tables.pop(partition_id, None)
         self.pending.pop(partition_id, None)
+
+    # --- table operations (without the engine lock; they take the table's partition lock) ---------
+    @staticmethod
+    def materialize(port: RegistryPort, table: PartitionPorts) -> HvStatus:
+        """Create the port in its partition's table, as a root-owned port (the guest cannot delete it;
+        its buffers and target checks are the table's)."""
+        try:
+            table.create_port(
+                port.port_id, port.port_type, port.target_vp, port.target_sint,
+                base_flag_number=port.base_flag_number, flag_count=port.flag_count or 1,
+                monitor_address=port.monitor_address,
+            )  # fmt: skip
+        except PortError as e:
+            return HvStatus(e.status)
+        port.materialized = True
+        return S.SUCCESS
+
+    @staticmethod
+    def unmaterialize(port: RegistryPort, table: PartitionPorts) -> None:
+        """ "Deleting the port will always free all of the port's message buffers", queued ones
+        included: the table drops them from the SynIC queues."""
+        if port.materialized:
+            with contextlib.suppress(PortError):  # already gone from its table: nothing to free
+                table.delete_port(port.port_id)
+            port.materialized = False
 
     # --- delivery (called with no engine lock held) -----------------------------------------------
     def deliver(self, sender: int, target: int, what: str, action: Delivery) -> HvStatus:

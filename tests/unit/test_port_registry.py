@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 import threading
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -320,3 +321,77 @@ class CrossPartitionMessages(RuleBasedStateMachine):
 
 TestCrossPartitionMessages = CrossPartitionMessages.TestCase
 TestCrossPartitionMessages.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+
+
+class OrderedLock:
+    """An RLock that checks the lock order of docs/partitions.md on every blocking acquisition:
+    a thread holding a lock of a higher rank (the engine's is the highest: innermost) must not block
+    on one of a lower rank. Try-locks (blocking=False) may go against the order: they cannot
+    deadlock."""
+
+    held = threading.local()
+
+    def __init__(self, real: threading.RLock, violations: list[tuple[str, str]]) -> None:
+        self._lock = real
+        self.rank: int | None = None
+        self.name = "?"
+        self.violations = violations
+
+    def _stack(self) -> list[OrderedLock]:
+        if not hasattr(self.held, "stack"):
+            self.held.stack = []
+        stack: list[OrderedLock] = self.held.stack
+        return stack
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        stack = self._stack()
+        if blocking and self.rank is not None and self not in stack:
+            for other in stack:
+                if other.rank is not None and other.rank > self.rank:
+                    self.violations.append((other.name, self.name))
+        ok = self._lock.acquire(blocking, timeout)
+        if ok:
+            stack.append(self)
+        return ok
+
+    def release(self) -> None:
+        stack = self._stack()
+        del stack[len(stack) - 1 - stack[::-1].index(self)]
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_the_lock_order_holds_through_create_connect_post_delete_and_finalize(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    violations: list[tuple[str, str]] = []
+    real_rlock = threading.RLock
+    monkeypatch.setattr(threading, "RLock", lambda: OrderedLock(real_rlock(), violations))
+    k = Children()
+    monkeypatch.setattr(threading, "RLock", real_rlock)
+    hv, a, b = k.hv, k.a, k.b
+    engine_lock = hv.lock
+    assert isinstance(engine_lock, OrderedLock)
+    engine_lock.rank, engine_lock.name = 1 << 30, "engine"
+    for cid, p in k.parts.items():
+        assert isinstance(p.lock, OrderedLock)
+        p.lock.rank, p.lock.name = cid, f"partition {cid}"
+    hv.create_port(ROOT, b, 1, 0, 0, a, MESSAGE, target_vp=0, target_sint=0)
+    hv.create_port(ROOT, a, 2, 0, 0, b, EVENT, target_vp=0, target_sint=1, flag_count=4)
+    hv.connect_port(ROOT, a, 10, 0, b, 1, MESSAGE)
+    hv.connect_port(ROOT, b, 11, 0, a, 2, EVENT)
+    for payload in (b"1", b"2"):
+        k.parts[a].memory.write(IN, struct.pack("<IIII", 10, 0, MSG_TYPE, 1) + payload)
+        assert status(call(k.parts[a], C.HvCallPostMessage)) == S.SUCCESS  # 2 -> 3: ascending
+    k.parts[b].memory.write(IN, struct.pack("<IHH", 11, 2, 0))
+    assert status(call(k.parts[b], C.HvCallSignalEvent)) == S.SUCCESS  # 3 -> 2: a try-lock
+    assert k.flag(a, 1, 2)
+    hv.delete_port(ROOT, b, 1)
+    hv.disconnect_port(ROOT, b, 11)
+    hv.finalize_partition(ROOT, a)
+    assert violations == []
