@@ -846,6 +846,7 @@ class Hypervisor:
         self._vp_state_pages: dict[tuple[int, int, VpStatePageType], VpStatePageMapping] = {}
         self._state_page_deposits: dict[tuple[int, int, VpStatePageType], Deposit] = {}  # pool-supplied
         self._stats_pages: dict[tuple[int, StatsObject, int], StatsMapping] = {}
+        self._stats_page_deposits: dict[tuple[int, StatsObject, int], Deposit] = {}  # HvCallMapStatsPage's
 
     def _ref_backing(self, backing: int) -> None:
         self._refs[backing] = self._refs.get(backing, 0) + 1
@@ -877,7 +878,7 @@ class Hypervisor:
         for stats_key in [
             k for k, m in self._stats_pages.items() if m.obj[1] == partition_id or m.caller == partition_id
         ]:
-            self._unref_backing(self._stats_pages.pop(stats_key).backing)
+            self._release_stats_page(stats_key)
         self._intercept_results.pop(partition_id, None)
         self.asserted_interrupts.pop(partition_id, None)
         self.counters.drop(partition_id)
@@ -889,7 +890,7 @@ class Hypervisor:
         for stats_key in [
             k for k, m in self._stats_pages.items() if m.obj == (StatsObjectType.VP, partition_id, vp_index)
         ]:
-            self._unref_backing(self._stats_pages.pop(stats_key).backing)
+            self._release_stats_page(stats_key)
         results = self._intercept_results.get(partition_id)
         if results is not None:
             results.drop_vp(vp_index)
@@ -1311,16 +1312,55 @@ class Hypervisor:
             if self.ram is not None:
                 self.ram.write(backing << PAGE_SHIFT, render_stats(self.stats_values(obj)))
 
-    def unmap_stats_page(self, caller: int, stats_type: int, object_identity: StatsIdentity) -> None:
-        """HvCallUnmapStatsPage: the page stops being updated (its last contents stay in the RAM)."""
+    def map_stats_page(self, caller: int, stats_type: int, object_identity: StatsIdentity) -> int:
+        """HvCallMapStatsPage (0x006C, undocumented, superseded by MapStatsPage2; the layout of
+        Linux's hvhdk_mini.h) -> MapLocation: the hypervisor supplies the page, from the caller's own
+        pool (INSUFFICIENT_MEMORY: Linux's mshv_root deposits into itself and retries)."""
         with self.lock:
             c = self._caller(caller)
             self._need(c, PartitionPrivilege.AccessStats)
             obj, area = self._stats_object(caller, stats_type, object_identity)
-            m = self._stats_pages.pop((c.id, obj, area), None)
-            if m is None:
+            key = (c.id, obj, area)
+            if key in self._stats_pages:
+                raise HvError(HvStatus.OBJECT_IN_USE, "that stats page is already mapped")
+            d = self._take_pool_page(c, c.id)
+            self._stats_page_deposits[key] = d
+            self._stats_pages[key] = StatsMapping(c.id, obj, area, d.page, d.mapping.backing)
+            if self.ram is not None:
+                self.ram.write(d.mapping.backing << PAGE_SHIFT, render_stats(self.stats_values(obj)))
+            return d.page
+
+    def unmap_stats_page(self, caller: int, stats_type: int, object_identity: StatsIdentity) -> None:
+        """HvCallUnmapStatsPage: the page stops being updated (its last contents stay in the RAM; a
+        page the hypervisor supplied goes back to the caller's pool)."""
+        with self.lock:
+            c = self._caller(caller)
+            self._need(c, PartitionPrivilege.AccessStats)
+            obj, area = self._stats_object(caller, stats_type, object_identity)
+            if (c.id, obj, area) not in self._stats_pages:
                 raise HvError(HvStatus.INVALID_PARAMETER, "that stats page is not mapped")
+            self._release_stats_page((c.id, obj, area))
+
+    def stats_page_mapped(self, caller: int, stats_type: int, object_identity: StatsIdentity) -> bool:
+        """Whether `caller` has that stats page mapped (the ABI layer's check of a layout)."""
+        with self.lock:
+            try:
+                obj, area = self._stats_object(caller, stats_type, object_identity)
+            except HvError:
+                return False
+            return (caller, obj, area) in self._stats_pages
+
+    def _release_stats_page(self, key: tuple[int, StatsObject, int]) -> None:
+        m = self._stats_pages.pop(key)
+        d = self._stats_page_deposits.pop(key, None)
+        if d is None:
             self._unref_backing(m.backing)
+            return
+        owner = self._partitions.get(m.caller)
+        if owner is not None:
+            owner.pool.append(d)
+        else:
+            self._return_deposit(d)
 
     # ---- ports and connections between partitions (0x0095, 0x0058, 0x0096, 0x005B) ----------------
     def attach_ports(self, partition_id: int, table: PartitionPorts) -> None:

@@ -209,9 +209,14 @@ class VpStatePageType(enum.IntEnum):
 
 # HvCallMapStatsPage2: StatsType u32 @0, Reserved u32 @4, ObjectIdentity 16 B @8, MapLocation u64 @24.
 MAP_STATS_PAGE2_INPUT = struct.Struct("<II16sQ")
-# HvCallUnmapStatsPage (md page): StatsType u32 @0, ObjectIdentity 16 B @4 (Linux's hvhdk_mini.h pads
-# to @8; hv1 follows the md page, hv1 info --hv root deviations).
+# HvCallUnmapStatsPage (md page): StatsType u32 @0, ObjectIdentity 16 B @4. Linux's hvhdk_mini.h pads
+# to @8 (StatsType, padding, ObjectIdentity): hv1 reads the md layout, and the padded one when the md
+# reading names no mapped page and bytes 4-7 are zero (no md PartitionId has a zero low half).
 UNMAP_STATS_PAGE_INPUT = struct.Struct("<I16s")
+UNMAP_STATS_PAGE_INPUT_PADDED = struct.Struct("<I4x16s")
+# HvCallMapStatsPage (0x006C, no md page; Linux's hvhdk_mini.h): StatsType u32 @0, padding u32 @4,
+# ObjectIdentity 16 B @8; output MapLocation u64 (the hypervisor supplies the page).
+MAP_STATS_PAGE_INPUT = struct.Struct("<II16s")
 # HV_STATS_OBJECT_IDENTITY: PartitionId u64 @0 (ReservedZ0 for the hypervisor), VpIndex u32 @8
 # (ReservedZ1 for partition and hypervisor), ReservedZ2 u16 @12, ReservedZ3 u8 @14, StatsAreaType u8 @15.
 STATS_OBJECT_IDENTITY = struct.Struct("<QIHBB")

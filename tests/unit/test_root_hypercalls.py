@@ -268,3 +268,22 @@ def test_ports_of_the_callers_own_partition_keep_the_single_partition_path() -> 
     assert status(call(p, C.HvCallDisconnectPort)) == S.SUCCESS
     put(p, IN, "<QII", HV_PARTITION_ID_SELF, 0x10, 0)
     assert status(call(p, C.HvCallDeletePort)) == S.SUCCESS
+
+
+def test_map_stats_page_supplies_a_page_from_the_callers_pool_and_linux_can_unmap_it() -> None:
+    """HvCallMapStatsPage (0x006C, Linux's layout) as mshv_root uses it: INSUFFICIENT_MEMORY, deposit
+    into itself, retry; then HvCallUnmapStatsPage with Linux's padded layout (identity @8)."""
+    p, hv, c = root_with_child()
+    identity = struct.pack("<QIHBB", HV_PARTITION_ID_SELF, 0, 0, 0, 0)
+    put(p, IN, "<II16s", StatsObjectType.PARTITION, 0, identity)
+    assert status(call(p, C.HvCallMapStatsPage)) == S.INSUFFICIENT_MEMORY
+    hv.deposit_memory(ROOT, HV_PARTITION_ID_SELF, [0x70])
+    assert status(call(p, C.HvCallMapStatsPage)) == S.SUCCESS and get(p, OUT, "<Q") == (0x70,)
+    assert u64(p, 0x70000 + 8 * PartitionCounter.PartitionPartitionId) == ROOT
+    assert hv.get_memory_balance(ROOT, HV_PARTITION_ID_SELF)[0] == 0  # the page is in use
+    put(p, IN, "<II16s", StatsObjectType.PARTITION, 1, identity)
+    assert status(call(p, C.HvCallMapStatsPage)) == S.INVALID_PARAMETER  # padding
+    put(p, IN, "<I4x16s", StatsObjectType.PARTITION, identity)  # Linux: StatsType, padding, identity
+    assert status(call(p, C.HvCallUnmapStatsPage)) == S.SUCCESS
+    assert hv.get_memory_balance(ROOT, HV_PARTITION_ID_SELF)[0] == 1  # back in the pool
+    assert status(call(p, C.HvCallUnmapStatsPage)) == S.INVALID_PARAMETER

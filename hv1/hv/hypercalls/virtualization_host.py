@@ -495,10 +495,25 @@ def map_stats_page2(ctx: HypercallContext) -> int:
     return _call(lambda: hv.map_stats_page2(caller, stats_type, _identity(identity), location, reserved))
 
 
+def map_stats_page(ctx: HypercallContext) -> int:
+    stats_type, padding, identity = vh.MAP_STATS_PAGE_INPUT.unpack_from(ctx.input)
+    if padding:
+        return HvStatus.INVALID_PARAMETER
+    hv, caller = _engine(ctx), ctx.partition.partition_id
+    return _call(
+        lambda: U64.pack_into(ctx.output, 0, hv.map_stats_page(caller, stats_type, _identity(identity)))
+    )
+
+
 def unmap_stats_page(ctx: HypercallContext) -> int:
     stats_type, identity = vh.UNMAP_STATS_PAGE_INPUT.unpack_from(ctx.input)
     hv, caller = _engine(ctx), ctx.partition.partition_id
-    return _call(lambda: hv.unmap_stats_page(caller, stats_type, _identity(identity)))
+    obj = _identity(identity)
+    if bytes(ctx.input[4:8]) == bytes(4) and not hv.stats_page_mapped(caller, stats_type, obj):
+        _, padded = vh.UNMAP_STATS_PAGE_INPUT_PADDED.unpack_from(ctx.input)
+        if hv.stats_page_mapped(caller, stats_type, _identity(padded)):
+            obj = _identity(padded)  # Linux's layout (hv1/tlfs/virtualization_host.py)
+    return _call(lambda: hv.unmap_stats_page(caller, stats_type, obj))
 
 
 # ---- ports between partitions: replace hypercalls/synic_calls.py's single-partition entries -----------
@@ -654,9 +669,17 @@ ROOT_CALL_DEFS: tuple[HypercallDef, ...] = (
         doc="a stats page of self, a child or its VP",
     ),  # fmt: skip
     _simple(
+        C.HvCallMapStatsPage,
+        map_stats_page,
+        vh.MAP_STATS_PAGE_INPUT.size,
+        8,
+        gate=STATS,
+        doc="a stats page the hypervisor supplies",
+    ),  # fmt: skip
+    _simple(
         C.HvCallUnmapStatsPage,
         unmap_stats_page,
-        vh.UNMAP_STATS_PAGE_INPUT.size,
+        vh.UNMAP_STATS_PAGE_INPUT_PADDED.size,
         gate=STATS,
         doc="unmap a stats page",
     ),  # fmt: skip
