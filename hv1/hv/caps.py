@@ -121,11 +121,11 @@ DEVIATIONS: tuple[tuple[str, str], ...] = (
         "with GpaPage @16 (hvhdk.h: 40-byte EventInfo, GpaPage @48; hv1's EventInfo is always 0); "
         "HvCallGetVpCpuidValues takes 8-byte leaf/subleaf elements (hvhdk.h: 24, with XFEM/XSS; "
         "UseVpXfemXss is accepted and changes nothing); HvCallUnmapStatsPage's ObjectIdentity is @4 "
-        "(hvhdk_mini.h: @8, read when @4 names no mapped page). Where the md page is incomplete hv1 "
-        "takes the header: HvCallRegisterInterceptResult's CPUID parameters start with the Input half "
-        "{leaf, subleaf, SubleafSpecific, AlwaysOverride} that the md page omits. HvCallAssertVirtualInterrupt refuses "
-        "SMI, RemoteRead and LocalInt0/1 (INVALID_PARAMETER), and a child VP's APIC ID is its VP index. "
-        "Stats pages are RAM pages hv1 rewrites (on map, on a counter bump, after each "
+        "(hvhdk_mini.h: @8, read when @4 names no mapped page). Where the md page is incomplete hv1 takes"
+        " the header: HvCallRegisterInterceptResult's CPUID parameters start with the Input half {leaf, "
+        "subleaf, SubleafSpecific, AlwaysOverride} that the md page omits. HvCallAssertVirtualInterrupt "
+        "refuses SMI, RemoteRead and LocalInt0/1 (INVALID_PARAMETER), and a child VP's APIC ID is its VP "
+        "index. Stats pages are RAM pages hv1 rewrites (on map, on a counter bump, after each "
         "virtualization-host call), not overlays; VP register pages hold only the GPRs, RIP and RFLAGS "
         "(docs/partitions.md).",
     ),
