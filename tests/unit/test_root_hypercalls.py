@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import struct
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from hv1.hv.hypervisor import ROOT_PARTITION_ID, Hypervisor
 from hv1.hv.partition import Partition
 from hv1.hv.synic import synic_of
@@ -15,6 +18,7 @@ from hv1.tlfs.intercepts import InterceptType
 from hv1.tlfs.partition import HV_PARTITION_ID_SELF, PartitionPrivilege
 from hv1.tlfs.registers import HvRegisterName
 from hv1.tlfs.stats import PartitionCounter, StatsObjectType, VpCounter
+from hv1.tlfs.status import STATUS_VALUES
 from hv1.tlfs.status import HvStatus as S
 from hv1.tlfs.virtualization_host import UnimplementedMsrAction
 from tests.unit.test_hypercalls_support import IN, OUT, call, make, reps, status
@@ -287,3 +291,40 @@ def test_map_stats_page_supplies_a_page_from_the_callers_pool_and_linux_can_unma
     assert status(call(p, C.HvCallUnmapStatsPage)) == S.SUCCESS
     assert hv.get_memory_balance(ROOT, HV_PARTITION_ID_SELF)[0] == 1  # back in the pool
     assert status(call(p, C.HvCallUnmapStatsPage)) == S.INVALID_PARAMETER
+
+
+ISSUE11_CODES = [
+    C.HvCallGetVpCpuidValues, C.HvCallCheckForIoIntercept, C.HvCallRegisterInterceptResult,
+    C.HvCallUnregisterInterceptResult, C.HvCallTranslateVirtualAddressEx, C.HvCallAssertVirtualInterrupt,
+    C.HvCallMapVpStatePage, C.HvCallUnmapVpStatePage, C.HvCallMapStatsPage2, C.HvCallMapStatsPage,
+    C.HvCallUnmapStatsPage, C.HvCallCreatePort, C.HvCallConnectPort, C.HvCallDeletePort,
+    C.HvCallDisconnectPort,
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.sampled_from(ISSUE11_CODES),
+            st.integers(0, 3),
+            st.lists(
+                st.one_of(st.integers(0, 8), st.just(HV_PARTITION_ID_SELF), st.integers(0, (1 << 64) - 1)),
+                min_size=10,
+                max_size=10,
+            ),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_random_root_calls_always_answer_a_status(calls: list[tuple[int, int, list[int]]]) -> None:
+    """Whatever a guest host puts in the input block, the answer is a TLFS status (the child is ID 2,
+    so small numbers hit real partitions, VPs and pages)."""
+    p, hv, c = root_with_child()
+    for code, reps_, words in calls:
+        p.memory.write(IN, struct.pack("<10Q", *words))
+        r = call(p, code, rep_count=reps_ if code == C.HvCallGetVpCpuidValues else 0)
+        assert status(r) in STATUS_VALUES, (hex(code), words)
+    hv.finalize_partition(ROOT, c)  # and the state they left behind tears down cleanly
+    hv.delete_partition(ROOT, c)
