@@ -35,6 +35,7 @@ own (deliveries into another partition and the assert-interrupt hook run after i
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -97,6 +98,7 @@ ROOT_RAM_FLAGS = int(
 )
 MAX_PARTITION_DEPTH = 2  # root (0) -> child (1) -> grandchild (2); deeper is PARTITION_TOO_DEEP
 MAX_VPS_PER_PARTITION = 64  # the machine's --cpus limit
+ASSERTED_INTERRUPTS_KEPT = 256  # per partition, when no running layer takes them (assert_virtual_interrupt)
 
 # Pool pages each object costs the partition it belongs to (hv1's accounting, see module doc).
 POOL_COSTS = {
@@ -837,9 +839,10 @@ class Hypervisor:
         # Called without the engine lock (the running layer injects into a child VP, which takes that
         # partition's lock) for every interrupt HvCallAssertVirtualInterrupt accepts; it may answer
         # an HV_STATUS (e.g. ACKNOWLEDGED for a second ExtInt). Without it the interrupt is recorded
-        # in `asserted_interrupts[partition_id]`.
+        # in `asserted_interrupts[partition_id]` (the last ASSERTED_INTERRUPTS_KEPT: a guest host
+        # asserting in a loop must not grow the VMM without bound).
         self.on_assert_virtual_interrupt: Callable[[AssertedInterrupt], int | None] | None = None
-        self.asserted_interrupts: dict[int, list[AssertedInterrupt]] = {}
+        self.asserted_interrupts: dict[int, deque[AssertedInterrupt]] = {}
         self.counters = Counters()
         self.port_registry = PortRegistry(self.lock)
         self._intercept_results: dict[int, InterceptResults] = {}
@@ -1095,7 +1098,7 @@ class Hypervisor:
             if irq is None:
                 return
             if hook is None:
-                self.asserted_interrupts.setdefault(p.id, []).append(irq)
+                self.asserted_interrupts.setdefault(p.id, deque(maxlen=ASSERTED_INTERRUPTS_KEPT)).append(irq)
                 return
         st = hook(irq)
         if st is not None and st != HvStatus.SUCCESS:

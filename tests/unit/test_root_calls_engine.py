@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from hv1.hv.cpuid import default_vp_cpuid
-from hv1.hv.hypervisor import ROOT_PARTITION_ID, HvError, Hypervisor
+from hv1.hv.hypervisor import ASSERTED_INTERRUPTS_KEPT, ROOT_PARTITION_ID, HvError, Hypervisor
 from hv1.hv.intercept_results import (
     CpuidResultParameters,
     CpuidUnregisterParameters,
@@ -476,3 +476,11 @@ def test_finalize_releases_stats_pages_and_counters() -> None:
     assert hv.backing_refs(0x40) == 0 and hv.backing_refs(0x41) == 1
     hv.finalize_partition(ROOT, c)
     assert hv.backing_refs(0x41) == 0 and hv.stats_values((StatsObjectType.VP, c, 0)) == {}
+
+
+def test_recorded_interrupts_are_bounded() -> None:
+    hv, c, _ = engine()
+    for i in range(ASSERTED_INTERRUPTS_KEPT + 10):
+        hv.assert_virtual_interrupt(ROOT, c, FIXED, 0, 0x20 + i % 200)
+    assert len(hv.asserted_interrupts[c]) == ASSERTED_INTERRUPTS_KEPT
+    assert hv.asserted_interrupts[c][-1].vector == 0x20 + (ASSERTED_INTERRUPTS_KEPT + 9) % 200
