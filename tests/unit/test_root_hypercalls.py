@@ -328,3 +328,10 @@ def test_random_root_calls_always_answer_a_status(calls: list[tuple[int, int, li
         assert status(r) in STATUS_VALUES, (hex(code), words)
     hv.finalize_partition(ROOT, c)  # and the state they left behind tears down cleanly
     hv.delete_partition(ROOT, c)
+
+
+def test_install_intercept_ex_is_arm64_only_so_the_x64_root_has_no_such_call() -> None:
+    """HvCallInstallInterceptEx.md: "Architecture: ARM64 only"."""
+    p, _, c = root_with_child()
+    put(p, IN, "<QB3xI32x", c, 0, int(InterceptType.Register))
+    assert status(call(p, C.HvCallInstallInterceptEx, rep_count=1)) == S.INVALID_HYPERCALL_CODE
