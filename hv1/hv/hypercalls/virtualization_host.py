@@ -1,5 +1,8 @@
 """The virtualization-host hypercalls (TLFS virtualization-host.md; hypercalls/HvCallCreatePartition.md
-... HvCallTranslateVirtualAddress.md): the hypercall ABI in front of the partition engine
+... HvCallTranslateVirtualAddress.md, and the rest of the root-partition calls of issue 11:
+HvCallGetVpCpuidValues, CheckForIoIntercept, Register/UnregisterInterceptResult,
+TranslateVirtualAddressEx, AssertVirtualInterrupt, Map/UnmapVpStatePage, MapStatsPage(2) /
+UnmapStatsPage and the ports between partitions): the hypercall ABI in front of the partition engine
 (hv1/hv/hypervisor.py).
 
 A partition that issues them is the caller; the engine decides everything (privileges beyond the
