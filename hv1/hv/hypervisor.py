@@ -834,7 +834,8 @@ class Hypervisor:
     # (_drop_vp_root_calls) or the partition (_finalize_root_calls).
     def _init_root_calls(self) -> None:
         # (partition id, VP index, leaf, subleaf) -> (eax, ebx, ecx, edx): what a child VP's CPUID
-        # returns before intercepts and registered results; the machine or a Python host sets it.
+        # returns before intercepts and registered results; the machine or a Python host sets it
+        # (called without the engine lock, so it may ask the engine).
         self.cpuid_provider: CpuidProvider = default_vp_cpuid
         # Called without the engine lock (the running layer injects into a child VP, which takes that
         # partition's lock) for every interrupt HvCallAssertVirtualInterrupt accepts; it may answer

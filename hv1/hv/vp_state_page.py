@@ -8,8 +8,11 @@ child without a GetVpRegisters call per register. The TLFS names three types:
   `hv_vp_register_page`): Version u16 = 1 @0, IsValid u8 @2, RsvdZ u8 @3, Dirty u32 @4, then RAX RCX
   RDX RBX RSP RBP RSI RDI R8-R15 RIP RFLAGS as u64 from @8 (the register classes General, IP and
   Flags). Later header versions disagree on what follows (XMM, segments, control registers), so hv1
-  leaves the rest of the page zero. The parent may write registers back: it sets the class bits in
-  Dirty (0 general, 1 IP, 4 flags) and hv1 loads them into the VP before it next runs.
+  leaves the rest of the page zero. IsValid is 1 while the VP is stopped (then the register file is
+  its state; the running layer rewrites the page when the VP stops, `Hypervisor.sync_vp_state_page`).
+  The parent may write registers back: it sets the class bits in Dirty (0 general, 1 IP, 4 flags) and
+  they are loaded into the VP before it runs again (`Hypervisor.load_vp_state_page`, the running
+  layer's call).
 - HvVpStatePageInterceptMessage (1): the last intercept message of the VP (an HV_MESSAGE, 256 bytes
   @0), for partitions created with INTERCEPT_MESSAGE_PAGE_ENABLED; the running layer writes it
   (`Hypervisor.write_intercept_message_page`).
