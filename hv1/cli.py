@@ -259,14 +259,17 @@ def _cmd_info(a: argparse.Namespace) -> int:
         return EXIT_OK
     if a.hypercalls:
         from hv1.hv.enlightenments import ENLIGHTENMENT_HYPERCALLS
-        from hv1.hv.hypercalls import core_table, format_table
+        from hv1.hv.hypercalls import core_table, format_table, virtualization_host
         from hv1.hv.hypercalls.synic_calls import DEFS as SYNIC_HYPERCALLS
 
-        # Every hypercall a partition can have: the core ones plus what the subsystems register.
+        # Every hypercall a partition can have: the core ones plus what the subsystems register, and
+        # the virtualization-host calls of a partition attached to the engine (docs/partitions.md).
         table = core_table()
-        for d in (*SYNIC_HYPERCALLS, *ENLIGHTENMENT_HYPERCALLS):
+        for d in (*SYNIC_HYPERCALLS, *ENLIGHTENMENT_HYPERCALLS, *virtualization_host.DEFS):
             if table.get(d.code) is None:
                 table.register(d)
+        for d in virtualization_host.PORT_DEFS:  # same gates, the engine's handlers
+            table.replace(d)
         try:
             caps = capsmod.parse_profile(a.hv, apic_mode=a.apic) if a.hv else None
         except ValueError as e:

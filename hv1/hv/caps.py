@@ -115,6 +115,21 @@ DEVIATIONS: tuple[tuple[str, str], ...] = (
         "machine' and then expects the hypervisor's own hypercall page and root-only interfaces.",
     ),
     (
+        "root-partition calls (--hv root)",
+        "Where a md page and Microsoft's published headers (Linux include/hyperv/hvhdk.h) disagree, hv1 "
+        "takes the md page: HvCallTranslateVirtualAddressEx returns a 16-byte HV_TRANSLATE_GVA_RESULT_EX "
+        "with GpaPage @16 (hvhdk.h: 40-byte EventInfo, GpaPage @48; hv1's EventInfo is always 0); "
+        "HvCallGetVpCpuidValues takes 8-byte leaf/subleaf elements (hvhdk.h: 24, with XFEM/XSS; "
+        "UseVpXfemXss is accepted and changes nothing); HvCallUnmapStatsPage's ObjectIdentity is @4 "
+        "(hvhdk_mini.h: @8, read when @4 names no mapped page). Where the md page is incomplete hv1 takes"
+        " the header: HvCallRegisterInterceptResult's CPUID parameters start with the Input half {leaf, "
+        "subleaf, SubleafSpecific, AlwaysOverride} that the md page omits. HvCallAssertVirtualInterrupt "
+        "refuses SMI, RemoteRead and LocalInt0/1 (INVALID_PARAMETER), and a child VP's APIC ID is its VP "
+        "index. Stats pages are RAM pages hv1 rewrites (on map, on a counter bump, after each "
+        "virtualization-host call), not overlays; VP register pages hold only the GPRs, RIP and RFLAGS "
+        "(docs/partitions.md).",
+    ),
+    (
         "HvCallGetPartitionProperty",
         "The TLFS allows it to the parent or root partition. hv1 runs one partition with no parent "
         "visible to it; the partition may query its own properties when granted `partition-properties` "
@@ -387,6 +402,13 @@ FEATURES: tuple[Feature, ...] = (
         default=False,
     ),
     Feature(
+        "access-stats",
+        "HvCallMapStatsPage2 / UnmapStatsPage (hv1/hv/stats_pages.py)",
+        privileges=P.AccessStats,
+        implemented_in=_BOTH,
+        default=False,
+    ),
+    Feature(
         "address-space-switch",
         "recommend HvCallSwitchVirtualAddressSpace",
         recommendations=REC.UseHypercallForAddressSpaceSwitch,
@@ -420,7 +442,9 @@ FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
 PROFILES = ("minimal", "default", "root")
 # `root`: a virtualization host (virtualization-host.md): `default` plus the privileges that let a
 # guest kernel create and manage child partitions, and its own ID and properties.
-ROOT_FEATURES = ("create-partitions", "memory-pool", "create-port", "partition-id", "partition-properties")
+ROOT_FEATURES = (
+    "create-partitions", "memory-pool", "create-port", "access-stats", "partition-id", "partition-properties",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,17 @@ Requirements doc recommends "return 0 for all CPUID leaves except those ... requ
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from hv1.hv.caps import Caps
 from hv1.tlfs.feature_discovery import CPUID_1_ECX_HYPERVISOR_PRESENT
 
 HYPERVISOR_RANGE = range(0x40000000, 0x50000000)
+
+# (partition id, VP index, leaf, subleaf) -> (eax, ebx, ecx, edx): the CPUID a VP sees
+# (Hypervisor.cpuid_provider).
+CpuidProvider = Callable[[int, int, int, int], tuple[int, int, int, int]]
 
 
 @dataclass(frozen=True)
@@ -43,3 +47,30 @@ def compose(host: Iterable[CpuidEntry], caps: Caps, guest_os_id_set: bool = Fals
         out.append(CpuidEntry(leaf, 0, 0, a, b, c, d))
     out.sort(key=lambda e: (e.function, e.index))
     return out
+
+
+def default_vp_cpuid(partition_id: int, vp_index: int, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+    """The CPUID a child VP sees when no host supplied a `Hypervisor.cpuid_provider`: hv1's Hv#1 leaves
+    of the default profile (an ordinary enlightened guest), leaf 0 reporting basic leaf 1 as the
+    highest, leaf 1 with only the hypervisor-present bit and the initial APIC ID (= the VP index, hv1's
+    choice for children) and every other leaf zero, as the Requirements doc recommends for leaves a
+    hypervisor does not define. (eax, ebx, ecx, edx)."""
+    if leaf in HYPERVISOR_RANGE:
+        a, b, c, d = _default_hv_leaves().get(leaf, (0, 0, 0, 0))
+        return a, b, c, d
+    if leaf == 0:
+        return 1, 0, 0, 0
+    if leaf == 1:
+        return 0, (vp_index & 0xFF) << 24, CPUID_1_ECX_HYPERVISOR_PRESENT, 0
+    return 0, 0, 0, 0
+
+
+_DEFAULT_HV_LEAVES: dict[int, tuple[int, int, int, int]] = {}
+
+
+def _default_hv_leaves() -> dict[int, tuple[int, int, int, int]]:
+    if not _DEFAULT_HV_LEAVES:
+        from hv1.hv.caps import parse_profile
+
+        _DEFAULT_HV_LEAVES.update(parse_profile("default").cpuid_leaves())
+    return _DEFAULT_HV_LEAVES

@@ -26,22 +26,44 @@ Answers to what the pages leave open (each an hv1 choice, listed in docs/partiti
   before it initializes a partition, creates a VP or maps GPA pages, and gets INSUFFICIENT_MEMORY
   otherwise, exactly the path Linux's mshv_root exercises (deposit and retry).
 
-Lock order: `Hypervisor.lock` is taken before any `hv1.hv.partition.Partition.lock` and never
-while one is held.
+Lock order (docs/partitions.md "Locks"): partition locks (`hv1.hv.partition.Partition.lock`) in
+ascending partition ID, then `Hypervisor.lock`, which is innermost: a hypercall handler holds its
+partition's lock when it calls in, and the engine never waits for a partition lock while it holds its
+own (deliveries into another partition and the assert-interrupt hook run after it is released).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from hv1.hv.cpuid import CpuidProvider, default_vp_cpuid
 from hv1.hv.gpa_map import GpaMap, GpaMapping, rights_valid, special_backing
 from hv1.hv.gpa_memory import PartitionMemory
+from hv1.hv.intercept_results import (
+    CpuidResult,
+    CpuidResultParameters,
+    CpuidUnregisterParameters,
+    InterceptResults,
+    MsrResultParameters,
+    MsrUnregisterParameters,
+)
 from hv1.hv.intercepts import InterceptError, InterceptTable
 from hv1.hv.interfaces import GuestMemory
+from hv1.hv.port_registry import PortRegistry, RegistryConnection, RegistryPort, RemoteEnd
+from hv1.hv.ports import HV_PORT_ID_MASK, PartitionPorts, PortType
+from hv1.hv.stats_pages import Counters, StatsMapping, StatsObject
+from hv1.hv.stats_pages import render as render_stats
+from hv1.hv.synic import HV_EVENT_FLAGS_COUNT, SINT_COUNT
 from hv1.hv.translate import PagingState, flags_error, translate_gva
+from hv1.hv.virtual_interrupt import AssertedInterrupt, AssertError
+from hv1.hv.virtual_interrupt import validate as validate_interrupt
 from hv1.hv.vp_registers import RegisterError, VpRegisterFile
+from hv1.hv.vp_state_page import VpStatePageMapping, load_dirty, write_message_page, write_register_page
+from hv1.tlfs.intercepts import InterceptAccess, InterceptType
+from hv1.tlfs.messages import HV_MESSAGE_PAYLOAD_SIZE, HV_MESSAGE_TYPE_HYPERVISOR_MASK
 from hv1.tlfs.partition import (
     HV_PARTITION_ID_INVALID,
     HV_PARTITION_ID_SELF,
@@ -49,16 +71,24 @@ from hv1.tlfs.partition import (
     PartitionPropertyCode,
 )
 from hv1.tlfs.registers import HvRegisterName
+from hv1.tlfs.stats import HypervisorCounter, PartitionCounter, StatsAreaType, StatsObjectType
 from hv1.tlfs.status import HvStatus
 from hv1.tlfs.virtualization_host import (
+    GET_VP_CPUID_VALUES_FLAGS_DEFINED,
+    IO_ACCESS_SIZES,
     LARGE_PAGE_PAGES,
     MAP_GPA_FLAGS_DEFINED,
     MAP_GPA_PERMISSIONS,
+    MAP_VP_STATE_PAGE_LOCATION_PROVIDED,
+    PAGE_SHIFT,
     PARTITION_CREATION_FLAGS_DEFINED,
     UNMAP_GPA_FLAGS_DEFINED,
+    GetVpCpuidValuesFlags,
     MapGpaFlags,
     PartitionState,
+    UnimplementedMsrAction,
     UnmapGpaFlags,
+    VpStatePageType,
 )
 from hv1.tlfs.vp import HV_ANY_VP, HV_VP_INDEX_SELF
 
@@ -68,6 +98,7 @@ ROOT_RAM_FLAGS = int(
 )
 MAX_PARTITION_DEPTH = 2  # root (0) -> child (1) -> grandchild (2); deeper is PARTITION_TOO_DEEP
 MAX_VPS_PER_PARTITION = 64  # the machine's --cpus limit
+ASSERTED_INTERRUPTS_KEPT = 256  # per partition, when no running layer takes them (assert_virtual_interrupt)
 
 # Pool pages each object costs the partition it belongs to (hv1's accounting, see module doc).
 POOL_COSTS = {
@@ -75,6 +106,10 @@ POOL_COSTS = {
     "vp": 4,  # per VP, charged by CreateVp
     "gpa_table": 1,  # per 512-page group of the GPA map in use, charged by the map calls
 }
+
+# HV_STATS_OBJECT_IDENTITY as the engine takes it: (PartitionId or ReservedZ0, VpIndex or ReservedZ1,
+# ReservedZ2, ReservedZ3, StatsAreaType).
+StatsIdentity = tuple[int, int, int, int, int]
 
 # The synthetic-MSR privileges an ordinary guest has (the Requirements doc set plus the common
 # enlightenments).
@@ -234,6 +269,7 @@ class Hypervisor:
         for page in range(root_pages):
             root.gpa.map(page, GpaMapping(page, ROOT_RAM_FLAGS))
         self.root_id = root.id
+        self._init_root_calls()
 
     # ---- inspection (for tests, tracing and the machine) ----------------------------------------
     def partition(self, partition_id: int) -> PartitionRecord:
@@ -305,6 +341,7 @@ class Hypervisor:
                 self._unref(m)
             p.initialized = False  # its structures are gone: the whole pool is available again
             p.state = PartitionState.FINALIZED
+            self._finalize_root_calls(p.id)
 
     def delete_partition(self, caller: int, partition_id: int) -> None:
         """HvCallDeletePartition (0x0043): Finalized -> Deleted; pages still deposited go back to
@@ -581,6 +618,7 @@ class Hypervisor:
             if vp_index not in p.vps:
                 raise HvError(HvStatus.INVALID_VP_INDEX, f"no VP {vp_index}")
             del p.vps[vp_index]
+            self._drop_vp_root_calls(p.id, vp_index)
 
     def set_explicit_suspend(self, caller: int, partition_id: int, vp_index: int, suspended: bool) -> None:
         """HvRegisterExplicitSuspend: the first resume makes the partition Active."""
@@ -790,3 +828,725 @@ class Hypervisor:
             owner.gpa.map(d.page, d.mapping)
         else:
             self._unref(d.mapping)
+
+    # ==== issue 11: the rest of the root-partition hypercalls ======================================
+    # Appended sections; the state they keep is created by _init_root_calls and released with the VP
+    # (_drop_vp_root_calls) or the partition (_finalize_root_calls).
+    def _init_root_calls(self) -> None:
+        # (partition id, VP index, leaf, subleaf) -> (eax, ebx, ecx, edx): what a child VP's CPUID
+        # returns before intercepts and registered results; the machine or a Python host sets it
+        # (called without the engine lock, so it may ask the engine).
+        self.cpuid_provider: CpuidProvider = default_vp_cpuid
+        # Called without the engine lock (the running layer injects into a child VP, which takes that
+        # partition's lock) for every interrupt HvCallAssertVirtualInterrupt accepts; it may answer
+        # an HV_STATUS (e.g. ACKNOWLEDGED for a second ExtInt). Without it the interrupt is recorded
+        # in `asserted_interrupts[partition_id]` (the last ASSERTED_INTERRUPTS_KEPT: a guest host
+        # asserting in a loop must not grow the VMM without bound).
+        self.on_assert_virtual_interrupt: Callable[[AssertedInterrupt], int | None] | None = None
+        self.asserted_interrupts: dict[int, deque[AssertedInterrupt]] = {}
+        self.counters = Counters()
+        self.port_registry = PortRegistry(self.lock)
+        self._intercept_results: dict[int, InterceptResults] = {}
+        self._vp_state_pages: dict[tuple[int, int, VpStatePageType], VpStatePageMapping] = {}
+        self._state_page_deposits: dict[tuple[int, int, VpStatePageType], Deposit] = {}  # pool-supplied
+        self._stats_pages: dict[tuple[int, StatsObject, int], StatsMapping] = {}
+        self._stats_page_deposits: dict[tuple[int, StatsObject, int], Deposit] = {}  # HvCallMapStatsPage's
+
+    def _ref_backing(self, backing: int) -> None:
+        self._refs[backing] = self._refs.get(backing, 0) + 1
+
+    def _unref_backing(self, backing: int) -> None:
+        left = self._refs.get(backing, 0) - 1
+        if left > 0:
+            self._refs[backing] = left
+        else:
+            self._refs.pop(backing, None)
+
+    def _caller_page(self, c: PartitionRecord, gpa_page: int) -> int:
+        """The root RAM page behind a page of the caller's RAM it can read and write (where a state
+        or stats page goes), or INVALID_PARAMETER."""
+        m = c.gpa.get(gpa_page)
+        rw = int(MapGpaFlags.READABLE | MapGpaFlags.WRITABLE)
+        if m is None or m.backing < 0 or m.flags & rw != rw:
+            raise HvError(HvStatus.INVALID_PARAMETER, f"page {gpa_page:#x} is not RAM the caller can write")
+        if any(s.backing == m.backing for s in self._vp_state_pages.values()) or any(
+            s.backing == m.backing for s in self._stats_pages.values()
+        ):
+            raise HvError(HvStatus.OBJECT_IN_USE, f"page {gpa_page:#x} already shows a state or stats page")
+        return m.backing
+
+    def _finalize_root_calls(self, partition_id: int) -> None:
+        """FinalizePartition: "clean up VPs, ports, connections, and resources" of issue 11 too."""
+        for vp_key in [k for k in self._vp_state_pages if k[0] == partition_id]:
+            self._release_state_page(vp_key)
+        for stats_key in [
+            k for k, m in self._stats_pages.items() if m.obj[1] == partition_id or m.caller == partition_id
+        ]:
+            self._release_stats_page(stats_key)
+        self._intercept_results.pop(partition_id, None)
+        self.asserted_interrupts.pop(partition_id, None)
+        self.counters.drop(partition_id)
+        self.port_registry.drop_partition(partition_id)
+
+    def _drop_vp_root_calls(self, partition_id: int, vp_index: int) -> None:
+        for vp_key in [k for k in self._vp_state_pages if k[:2] == (partition_id, vp_index)]:
+            self._release_state_page(vp_key)
+        for stats_key in [
+            k for k, m in self._stats_pages.items() if m.obj == (StatsObjectType.VP, partition_id, vp_index)
+        ]:
+            self._release_stats_page(stats_key)
+        results = self._intercept_results.get(partition_id)
+        if results is not None:
+            results.drop_vp(vp_index)
+        self.counters.drop(partition_id, vp_index)
+
+    def _child_vp(self, caller: int, partition_id: int, vp_index: int) -> tuple[PartitionRecord, VpRecord]:
+        p = self._child(caller, partition_id)
+        self._state(p, PartitionState.INITIALIZED, PartitionState.ACTIVE)
+        vp = p.vps.get(vp_index)
+        if vp is None:
+            raise HvError(HvStatus.INVALID_VP_INDEX, f"no VP {vp_index}")
+        return p, vp
+
+    # ---- CPUID values (HvCallGetVpCpuidValues 0x00F4) ---------------------------------------------
+    def get_vp_cpuid_values(
+        self, caller: int, partition_id: int, vp_index: int, flags: int, reserved_z: int,
+        cpuid_leaf_info: Sequence[tuple[int, int]],
+    ) -> list[tuple[int, int, int, int]]:  # fmt: skip
+        """HvCallGetVpCpuidValues (0x00F4, rep): HV_CPUID_RESULT (eax, ebx, ecx, edx) per (leaf,
+        subleaf), from `cpuid_provider`; with ApplyRegisteredValues the registered CPUID intercept
+        results are applied. UseVpXfemXss is accepted: the provider answers for the VP as it is (hv1
+        keeps no per-VP XSS, and XFEM is the VP's register), so the flag changes nothing here."""
+        with self.lock:
+            p, _ = self._child_vp(caller, partition_id, vp_index)
+            if flags & ~GET_VP_CPUID_VALUES_FLAGS_DEFINED:
+                raise HvError(HvStatus.INVALID_PARAMETER, f"undefined flags {flags:#x}")
+            if reserved_z:
+                raise HvError(HvStatus.INVALID_PARAMETER, "ReservedZ must be 0")
+            results = self._intercept_results.get(p.id)
+            provider = self.cpuid_provider
+        out: list[tuple[int, int, int, int]] = []
+        for i, (leaf, subleaf) in enumerate(cpuid_leaf_info):
+            try:
+                a, b, c, d = (x & 0xFFFF_FFFF for x in provider(p.id, vp_index, leaf, subleaf))
+            except Exception as e:  # a host's provider bug must not take the VMM down
+                raise HvError(HvStatus.OPERATION_FAILED, f"cpuid_provider failed: {e!r}", i) from None
+            regs = (a, b, c, d)
+            if flags & GetVpCpuidValuesFlags.APPLY_REGISTERED_VALUES and results is not None:
+                with self.lock:
+                    r = results.cpuid_result(vp_index, leaf, subleaf)
+                if r is not None:
+                    regs = r.apply(regs)
+            out.append(regs)
+        return out
+
+    # ---- intercept queries and results (0x00AD, 0x0091, 0x0092) -----------------------------------
+    def io_intercepted(self, partition_id: int, port: int, is_write: bool, size: int = 1) -> bool:
+        """Does a child's I/O access of `size` bytes at `port` trap to its parent? (Any byte of it
+        on an intercepted port does.) For the running layer, on every I/O exit."""
+        with self.lock:
+            table = self._lookup(partition_id).intercepts
+            return any(table.io_port((port + k) & 0xFFFF, is_write) for k in range(size))
+
+    def msr_intercepted(self, partition_id: int, msr_index: int, is_write: bool) -> bool:
+        with self.lock:
+            return self._lookup(partition_id).intercepts.msr(msr_index, is_write)
+
+    def cpuid_intercepted(self, partition_id: int, leaf: int) -> bool:
+        with self.lock:
+            return self._lookup(partition_id).intercepts.cpuid(leaf)
+
+    def exception_intercepted(self, partition_id: int, vector: int) -> bool:
+        with self.lock:
+            return self._lookup(partition_id).intercepts.exception(vector)
+
+    def intercept_result(
+        self, partition_id: int, kind: InterceptType, vp_index: int, parameter: int, *, subleaf: int = 0,
+        default: tuple[int, int, int, int] = (0, 0, 0, 0), is_write: bool = False,
+    ) -> tuple[int, int, int, int] | UnimplementedMsrAction | None:  # fmt: skip
+        """The registered answer for a child's access, or None (then an installed intercept sends the
+        parent a message, else the VP gets the default). X64Cpuid: `parameter` is the leaf and the
+        answer the (eax, ebx, ecx, edx) to give, `default` patched by the registered masks. X64Msr:
+        `parameter` is the MSR index and the answer the action (fault, or ignore write / read zero)."""
+        with self.lock:
+            self._lookup(partition_id)
+            results = self._intercept_results.get(partition_id)
+            if results is None:
+                return None
+            if kind is InterceptType.X64Cpuid:
+                r = results.cpuid_result(vp_index, parameter, subleaf)
+                return None if r is None else r.apply(default)
+            if kind is InterceptType.X64Msr:
+                return results.msr_action(vp_index, parameter, is_write)
+            return None
+
+    def check_for_io_intercept(
+        self, caller: int, partition_id: int, vp_index: int, target_vtl: int, port: int, size: int,
+        is_write: int,
+    ) -> bool:  # fmt: skip
+        """HvCallCheckForIoIntercept (0x00AD) -> Intercept."""
+        with self.lock:
+            p, _ = self._child_vp(caller, partition_id, vp_index)
+            if target_vtl:
+                raise HvError(HvStatus.INVALID_PARAMETER, f"target VTL {target_vtl}: hv1 has VTL 0 only")
+            if size not in IO_ACCESS_SIZES:
+                raise HvError(HvStatus.INVALID_PARAMETER, f"access size {size}")
+            if is_write not in (0, 1):
+                raise HvError(HvStatus.INVALID_PARAMETER, f"IsWrite {is_write} is not a BOOLEAN")
+            return self.io_intercepted(p.id, port, bool(is_write), size)
+
+    def _results_target(
+        self, caller: int, partition_id: int, vp_index: int, intercept_type: int
+    ) -> PartitionRecord:
+        p = self._child(caller, partition_id)
+        self._state(p, PartitionState.CREATED, PartitionState.INITIALIZED, PartitionState.ACTIVE)
+        if intercept_type not in (InterceptType.X64Cpuid, InterceptType.X64Msr):
+            raise HvError(HvStatus.INVALID_PARAMETER, f"intercept type {intercept_type:#x} takes no results")
+        if vp_index != HV_ANY_VP and vp_index not in p.vps:
+            raise HvError(HvStatus.INVALID_VP_INDEX, f"no VP {vp_index}")
+        return p
+
+    def register_intercept_result(
+        self, caller: int, partition_id: int, vp_index: int, intercept_type: int,
+        parameters: CpuidResultParameters | MsrResultParameters,
+    ) -> None:  # fmt: skip
+        """HvCallRegisterInterceptResult (0x0091)."""
+        with self.lock:
+            p = self._results_target(caller, partition_id, vp_index, intercept_type)
+            results = self._intercept_results.setdefault(p.id, InterceptResults())
+            if intercept_type == InterceptType.X64Cpuid:
+                if not isinstance(parameters, CpuidResultParameters):
+                    raise HvError(HvStatus.INVALID_PARAMETER, "X64Cpuid takes CPUID result parameters")
+                if parameters.subleaf_specific > 1 or parameters.always_override > 1 or parameters.padding:
+                    raise HvError(HvStatus.INVALID_PARAMETER, "SubleafSpecific/AlwaysOverride/padding")
+                subleaf = parameters.subleaf if parameters.subleaf_specific else None
+                results.register_cpuid(
+                    vp_index, parameters.leaf, subleaf,
+                    CpuidResult(parameters.values, parameters.masks, bool(parameters.always_override)),
+                )  # fmt: skip
+                return
+            if not isinstance(parameters, MsrResultParameters):
+                raise HvError(HvStatus.INVALID_PARAMETER, "X64Msr takes MSR result parameters")
+            access = self._msr_result_access(parameters.access_type)
+            try:
+                action = UnimplementedMsrAction(parameters.action)
+            except ValueError:
+                raise HvError(HvStatus.INVALID_PARAMETER, f"MSR action {parameters.action}") from None
+            results.register_msr(vp_index, parameters.msr_index, access, action)
+
+    @staticmethod
+    def _msr_result_access(access_type: int) -> InterceptAccess:
+        rw = int(InterceptAccess.READ | InterceptAccess.WRITE)
+        if not access_type or access_type & ~rw:
+            raise HvError(HvStatus.INVALID_PARAMETER, f"MSR access type {access_type:#x} (read and/or write)")
+        return InterceptAccess(access_type)
+
+    def unregister_intercept_result(
+        self, caller: int, partition_id: int, vp_index: int, intercept_type: int,
+        parameters: CpuidUnregisterParameters | MsrUnregisterParameters,
+    ) -> None:  # fmt: skip
+        """HvCallUnregisterInterceptResult (0x0092): the same pattern as registered; nothing
+        registered under it is INVALID_PARAMETER."""
+        with self.lock:
+            p = self._results_target(caller, partition_id, vp_index, intercept_type)
+            results = self._intercept_results.get(p.id, InterceptResults())
+            if intercept_type == InterceptType.X64Cpuid:
+                if not isinstance(parameters, CpuidUnregisterParameters) or parameters.subleaf_specific > 1:
+                    raise HvError(HvStatus.INVALID_PARAMETER, "X64Cpuid takes CPUID unregister parameters")
+                subleaf = parameters.subleaf if parameters.subleaf_specific else None
+                found = results.unregister_cpuid(vp_index, parameters.leaf, subleaf)
+            else:
+                if not isinstance(parameters, MsrUnregisterParameters):
+                    raise HvError(HvStatus.INVALID_PARAMETER, "X64Msr takes MSR unregister parameters")
+                access = self._msr_result_access(parameters.access_type)
+                found = results.unregister_msr(vp_index, parameters.msr_index, access)
+            if not found:
+                raise HvError(HvStatus.INVALID_PARAMETER, "no such registered result")
+
+    # ---- HvCallTranslateVirtualAddressEx (0x00AC) -------------------------------------------------
+    def translate_virtual_address_ex(
+        self, caller: int, partition_id: int, vp_index: int, control_flags: int, gva_page: int
+    ) -> tuple[int, int, int]:
+        """HvCallTranslateVirtualAddressEx -> (HV_TRANSLATE_GVA_RESULT_EX's ResultCode/CacheType u64,
+        its EventInfo, GpaPage). The walk is TranslateVirtualAddress's; EventInfo is 0: the VP is
+        suspended and hv1 keeps no pending event for it (a pending interruption lives in the running
+        layer, not in the register file)."""
+        result, gpa_page = self.translate_virtual_address(
+            caller, partition_id, vp_index, control_flags, gva_page
+        )
+        return result, 0, gpa_page
+
+    # ---- HvCallAssertVirtualInterrupt (0x0094) ----------------------------------------------------
+    def assert_virtual_interrupt(
+        self, caller: int, target_partition: int, interrupt_control: int, destination_address: int,
+        requested_vector: int, target_vtl: int = 0, reserved_z0: int = 0, reserved_z1: int = 0,
+    ) -> None:  # fmt: skip
+        """HvCallAssertVirtualInterrupt: a parent asserts an interrupt in its child (rules in
+        hv1/hv/virtual_interrupt.py). Accepted interrupts go to `on_assert_virtual_interrupt`, or
+        into `asserted_interrupts` when no running layer is attached."""
+        with self.lock:
+            p = self._child(caller, target_partition)
+            self._state(p, PartitionState.INITIALIZED, PartitionState.ACTIVE)
+            if reserved_z0 or reserved_z1:
+                raise HvError(HvStatus.INVALID_PARAMETER, "ReservedZ0/ReservedZ1 must be 0")
+            try:
+                irq = validate_interrupt(
+                    p.id, interrupt_control, destination_address, requested_vector, target_vtl, p.vps.keys()
+                )
+            except AssertError as e:
+                raise HvError(e.status, str(e)) from None
+            hook = self.on_assert_virtual_interrupt
+            if irq is None:
+                return
+            if hook is None:
+                self.asserted_interrupts.setdefault(p.id, deque(maxlen=ASSERTED_INTERRUPTS_KEPT)).append(irq)
+                return
+        st = hook(irq)
+        if st is not None and st != HvStatus.SUCCESS:
+            try:
+                raise HvError(HvStatus(st), "refused by the running layer")
+            except ValueError:
+                raise HvError(HvStatus.OPERATION_FAILED, f"running layer answered {st!r}") from None
+
+    # ---- VP state pages (HvCallMapVpStatePage 0x00E1 / HvCallUnmapVpStatePage 0x00E2) --------------
+    def map_vp_state_page(
+        self, caller: int, partition_id: int, vp_index: int, type: int, input_vtl: int, flags: int,
+        requested_map_location: int,
+    ) -> int:  # fmt: skip
+        """-> MapLocation (the caller's GPA page now showing the state page; hv1/hv/vp_state_page.py)."""
+        with self.lock:
+            c = self._caller(caller)
+            p, vp = self._child_vp(caller, partition_id, vp_index)
+            kind = self._state_page_type(type, input_vtl)
+            if flags & ~MAP_VP_STATE_PAGE_LOCATION_PROVIDED:
+                raise HvError(HvStatus.INVALID_PARAMETER, f"undefined flags {flags:#x}")
+            key = (p.id, vp_index, kind)
+            if key in self._vp_state_pages:
+                raise HvError(
+                    HvStatus.OBJECT_IN_USE, f"VP {vp_index} already has its {kind.name} page mapped"
+                )
+            if flags & MAP_VP_STATE_PAGE_LOCATION_PROVIDED:
+                # A layered host names the page: one of its own RAM pages shows the state page.
+                backing = self._caller_page(c, requested_map_location)
+                self._ref_backing(backing)
+                location = requested_map_location
+            else:
+                # The hypervisor supplies the page from the child's pool (Linux's mshv_root deposits
+                # and retries on INSUFFICIENT_MEMORY); MapLocation is the page as its depositor knew it.
+                d = self._take_pool_page(p, c.id)
+                self._state_page_deposits[key] = d
+                backing, location = d.mapping.backing, d.page
+            self._vp_state_pages[key] = VpStatePageMapping(c.id, location, backing)
+            if self.ram is not None:
+                if kind is VpStatePageType.REGISTERS:
+                    write_register_page(self.ram, backing, vp.registers, vp.suspended)
+                else:
+                    write_message_page(self.ram, backing, b"")
+            return location
+
+    def _take_pool_page(self, p: PartitionRecord, caller: int) -> Deposit:
+        """An available page of p's pool (the caller's newest deposit first), out of the pool while it
+        serves as a state page (so it counts as used); INSUFFICIENT_MEMORY when none is free."""
+        if p.pages_available < 1 or not p.pool:
+            raise HvError(HvStatus.INSUFFICIENT_MEMORY, f"partition {p.id:#x} has no free pool page")
+        mine = [i for i, d in enumerate(p.pool) if d.depositor == caller]
+        return p.pool.pop(mine[-1] if mine else len(p.pool) - 1)
+
+    def _release_state_page(self, key: tuple[int, int, VpStatePageType]) -> None:
+        m = self._vp_state_pages.pop(key)
+        d = self._state_page_deposits.pop(key, None)
+        if d is None:
+            self._unref_backing(m.backing)
+            return
+        p = self._partitions.get(key[0])
+        if p is not None:
+            p.pool.append(d)  # back in the pool: withdrawable, or returned by DeletePartition
+        else:
+            self._return_deposit(d)
+
+    def unmap_vp_state_page(
+        self, caller: int, partition_id: int, vp_index: int, type: int, input_vtl: int, reserved0: int = 0
+    ) -> None:
+        with self.lock:
+            p, _ = self._child_vp(caller, partition_id, vp_index)
+            if reserved0:
+                raise HvError(HvStatus.INVALID_PARAMETER, "Reserved0 must be 0")
+            kind = self._state_page_type(type, input_vtl)
+            if (p.id, vp_index, kind) not in self._vp_state_pages:
+                raise HvError(HvStatus.INVALID_PARAMETER, f"VP {vp_index} has no {kind.name} page mapped")
+            self._release_state_page((p.id, vp_index, kind))
+
+    @staticmethod
+    def _state_page_type(type: int, input_vtl: int) -> VpStatePageType:
+        if input_vtl:
+            raise HvError(HvStatus.INVALID_PARAMETER, f"input VTL {input_vtl:#x}: hv1 has VTL 0 only")
+        try:
+            kind = VpStatePageType(type)
+        except ValueError:
+            raise HvError(HvStatus.INVALID_PARAMETER, f"state page type {type}") from None
+        if kind is VpStatePageType.GHCB:
+            raise HvError(HvStatus.INVALID_PARAMETER, "GHCB pages are for SEV-SNP partitions")
+        return kind
+
+    def vp_state_page(
+        self, partition_id: int, vp_index: int, type: VpStatePageType
+    ) -> VpStatePageMapping | None:
+        with self.lock:
+            return self._vp_state_pages.get((partition_id, vp_index, type))
+
+    def sync_vp_state_page(self, partition_id: int, vp_index: int) -> None:
+        """The running layer, when a child VP stops: show its registers in the mapped page."""
+        with self.lock:
+            m = self._vp_state_pages.get((partition_id, vp_index, VpStatePageType.REGISTERS))
+            vp = self._lookup(partition_id).vps.get(vp_index)
+            if m is not None and vp is not None and self.ram is not None:
+                write_register_page(self.ram, m.backing, vp.registers, vp.suspended)
+
+    def load_vp_state_page(self, partition_id: int, vp_index: int) -> int:
+        """The running layer, before a child VP runs: take the registers the parent wrote into the page
+        (its Dirty bits) into the VP's register file. Returns the Dirty mask found."""
+        with self.lock:
+            m = self._vp_state_pages.get((partition_id, vp_index, VpStatePageType.REGISTERS))
+            vp = self._lookup(partition_id).vps.get(vp_index)
+            if m is None or vp is None or self.ram is None:
+                return 0
+            return load_dirty(self.ram, m.backing, vp.registers)
+
+    def write_intercept_message_page(self, partition_id: int, vp_index: int, message: bytes) -> bool:
+        """The running layer: put the VP's intercept message (HV_MESSAGE) in its mapped
+        HvVpStatePageInterceptMessage page. False when none is mapped."""
+        with self.lock:
+            m = self._vp_state_pages.get((partition_id, vp_index, VpStatePageType.INTERCEPT_MESSAGE))
+            if m is None or self.ram is None:
+                return False
+            write_message_page(self.ram, m.backing, message)
+            return True
+
+    # ---- statistics (HvCallMapStatsPage2 0x0131 / HvCallUnmapStatsPage 0x006D) ---------------------
+    def count(self, partition_id: int, vp_index: int | None, name: str, n: int = 1) -> int:
+        """Bump counter `name` (hv1/tlfs/stats.py: a VpCounter with a VP index, a PartitionCounter
+        with None) and show it in the pages mapped for its object. Returns the new value."""
+        with self.lock:
+            obj, index, value = self.counters.bump(partition_id, vp_index, name, n)
+            if self.ram is not None:
+                for m in self._stats_pages.values():
+                    if m.obj == obj:
+                        self.ram.write((m.backing << PAGE_SHIFT) + 8 * index, value.to_bytes(8, "little"))
+            return value
+
+    def stats_values(self, obj: StatsObject) -> dict[int, int]:
+        """Every counter of a stats object: the bumped ones and those derived from the engine's state."""
+        with self.lock:
+            kind, pid, vp = obj
+            values = self.counters.values(obj)
+            if kind is StatsObjectType.HYPERVISOR:
+                live = [p for p in self._partitions.values() if p.state is not PartitionState.DELETED]
+                values[HypervisorCounter.HvPartitions] = len(live)
+                values[HypervisorCounter.HvVirtualProcessors] = sum(len(p.vps) for p in live)
+                values[HypervisorCounter.HvTotalPages] = len(self._partitions[self.root_id].gpa) + sum(
+                    len(p.pool) for p in live
+                )
+            elif kind is StatsObjectType.PARTITION:
+                p = self._lookup(pid)
+                values[PartitionCounter.PartitionVirtualProcessors] = len(p.vps)
+                values[PartitionCounter.PartitionDepositedPages] = len(p.pool)
+                values[PartitionCounter.PartitionGpaPages] = len(p.gpa)
+                values[PartitionCounter.PartitionPartitionId] = p.id
+            return values
+
+    def refresh_stats_pages(self) -> None:
+        """Rewrite every mapped stats page (the derived counters change with the engine's state)."""
+        with self.lock:
+            if self.ram is None:
+                return
+            for m in self._stats_pages.values():
+                if m.obj[1] in self._partitions or m.obj[0] is StatsObjectType.HYPERVISOR:
+                    self.ram.write(m.backing << PAGE_SHIFT, render_stats(self.stats_values(m.obj)))
+
+    def _stats_object(
+        self, caller: int, stats_type: int, object_identity: StatsIdentity
+    ) -> tuple[StatsObject, int]:
+        pid, vp_index, rz2, rz3, area = object_identity
+        try:
+            kind = StatsObjectType(stats_type)
+        except ValueError:
+            raise HvError(HvStatus.INVALID_PARAMETER, f"stats object type {stats_type:#x}") from None
+        if area not in tuple(StatsAreaType):
+            raise HvError(HvStatus.INVALID_PARAMETER, f"StatsAreaType {area}")
+        if rz2 or rz3 or (kind is not StatsObjectType.VP and vp_index):
+            raise HvError(HvStatus.INVALID_PARAMETER, "reserved identity fields must be 0")
+        c = self._caller(caller)
+        if kind is StatsObjectType.HYPERVISOR:
+            if pid:
+                raise HvError(HvStatus.INVALID_PARAMETER, "ReservedZ0 must be 0")
+            if c.parent is not None:
+                raise HvError(HvStatus.ACCESS_DENIED, "hypervisor statistics are the root's")
+            return (kind, 0, 0), area
+        # "Parent for its children; partition itself for self" (hv_stats_object_type.md).
+        p = self._self_or_child(caller, pid)
+        self._state(p, PartitionState.CREATED, PartitionState.INITIALIZED, PartitionState.ACTIVE)
+        if kind is StatsObjectType.VP:
+            if vp_index not in p.vps:
+                raise HvError(HvStatus.INVALID_VP_INDEX, f"no VP {vp_index}")
+            return (kind, p.id, vp_index), area
+        return (kind, p.id, 0), area
+
+    def map_stats_page2(
+        self,
+        caller: int,
+        stats_type: int,
+        object_identity: StatsIdentity,
+        map_location: int,
+        reserved: int = 0,
+    ) -> None:
+        """HvCallMapStatsPage2: `object_identity` is HV_STATS_OBJECT_IDENTITY as (PartitionId or
+        ReservedZ0, VpIndex or ReservedZ1, ReservedZ2, ReservedZ3, StatsAreaType); the page appears at
+        the caller's GPA page `map_location`."""
+        with self.lock:
+            c = self._caller(caller)
+            self._need(c, PartitionPrivilege.AccessStats)
+            if reserved:
+                raise HvError(HvStatus.INVALID_PARAMETER, "Reserved must be 0")
+            obj, area = self._stats_object(caller, stats_type, object_identity)
+            if (c.id, obj, area) in self._stats_pages:
+                raise HvError(HvStatus.OBJECT_IN_USE, "that stats page is already mapped")
+            backing = self._caller_page(c, map_location)
+            self._ref_backing(backing)
+            self._stats_pages[(c.id, obj, area)] = StatsMapping(c.id, obj, area, map_location, backing)
+            if self.ram is not None:
+                self.ram.write(backing << PAGE_SHIFT, render_stats(self.stats_values(obj)))
+
+    def map_stats_page(self, caller: int, stats_type: int, object_identity: StatsIdentity) -> int:
+        """HvCallMapStatsPage (0x006C, undocumented, superseded by MapStatsPage2; the layout of
+        Linux's hvhdk_mini.h) -> MapLocation: the hypervisor supplies the page, from the caller's own
+        pool (INSUFFICIENT_MEMORY: Linux's mshv_root deposits into itself and retries)."""
+        with self.lock:
+            c = self._caller(caller)
+            self._need(c, PartitionPrivilege.AccessStats)
+            obj, area = self._stats_object(caller, stats_type, object_identity)
+            key = (c.id, obj, area)
+            if key in self._stats_pages:
+                raise HvError(HvStatus.OBJECT_IN_USE, "that stats page is already mapped")
+            d = self._take_pool_page(c, c.id)
+            self._stats_page_deposits[key] = d
+            self._stats_pages[key] = StatsMapping(c.id, obj, area, d.page, d.mapping.backing)
+            if self.ram is not None:
+                self.ram.write(d.mapping.backing << PAGE_SHIFT, render_stats(self.stats_values(obj)))
+            return d.page
+
+    def unmap_stats_page(self, caller: int, stats_type: int, object_identity: StatsIdentity) -> None:
+        """HvCallUnmapStatsPage: the page stops being updated (its last contents stay in the RAM; a
+        page the hypervisor supplied goes back to the caller's pool)."""
+        with self.lock:
+            c = self._caller(caller)
+            self._need(c, PartitionPrivilege.AccessStats)
+            obj, area = self._stats_object(caller, stats_type, object_identity)
+            if (c.id, obj, area) not in self._stats_pages:
+                raise HvError(HvStatus.INVALID_PARAMETER, "that stats page is not mapped")
+            self._release_stats_page((c.id, obj, area))
+
+    def stats_page_mapped(self, caller: int, stats_type: int, object_identity: StatsIdentity) -> bool:
+        """Whether `caller` has that stats page mapped (the ABI layer's check of a layout)."""
+        with self.lock:
+            try:
+                obj, area = self._stats_object(caller, stats_type, object_identity)
+            except HvError:
+                return False
+            return (caller, obj, area) in self._stats_pages
+
+    def _release_stats_page(self, key: tuple[int, StatsObject, int]) -> None:
+        m = self._stats_pages.pop(key)
+        d = self._stats_page_deposits.pop(key, None)
+        if d is None:
+            self._unref_backing(m.backing)
+            return
+        owner = self._partitions.get(m.caller)
+        if owner is not None:
+            owner.pool.append(d)
+        else:
+            self._return_deposit(d)
+
+    # ---- ports and connections between partitions (0x0095, 0x0058, 0x0096, 0x005B) ----------------
+    def attach_ports(self, partition_id: int, table: PartitionPorts) -> None:
+        """The running layer: partition_id's SynICs are `table`'s; deliveries to its ports go there,
+        and its guest's HvCallPostMessage / SignalEvent on a registry connection come here."""
+        with self.lock:
+            self._lookup(partition_id)
+            waiting = self.port_registry.attach(partition_id, table)
+            table.remote = RemoteEnd(partition_id, self.deliver_message, self.deliver_event)
+        for port in waiting:  # the table's lock, after the engine's (docs/partitions.md "Locks")
+            st = self.port_registry.materialize(port, table)
+            if st != HvStatus.SUCCESS:  # the guest took the ID meanwhile: the registry's port goes
+                with self.lock:
+                    self.port_registry.remove_port(port.partition_id, port.port_id)
+
+    def create_port(
+        self, caller: int, port_partition_id: int, port_id: int, port_vtl: int, min_connection_vtl: int,
+        connection_partition_id: int, port_type: int, target_vp: int = 0, target_sint: int = 0,
+        base_flag_number: int = 0, flag_count: int = 0, monitor_address: int = 0,
+    ) -> None:  # fmt: skip
+        """HvCallCreatePort: a port in port_partition_id (the caller or its child) that
+        connection_partition_id (the caller or its child) may connect to (hv1/hv/port_registry.py)."""
+        with self.lock:
+            c = self._caller(caller)
+            self._need(c, PartitionPrivilege.CreatePort)
+            pp = self._self_or_child(caller, port_partition_id)
+            cp = self._self_or_child(caller, connection_partition_id)
+            for p in (pp, cp):
+                self._state(p, PartitionState.CREATED, PartitionState.INITIALIZED, PartitionState.ACTIVE)
+            if port_vtl or min_connection_vtl:
+                raise HvError(HvStatus.INVALID_PARAMETER, "hv1 has VTL 0 only")
+            if port_type not in (PortType.MESSAGE, PortType.EVENT, PortType.MONITOR):
+                raise HvError(
+                    HvStatus.INVALID_PARAMETER, f"port type {port_type} (doorbells: not implemented)"
+                )
+            if port_type != PortType.MONITOR:
+                if not 0 <= target_sint < SINT_COUNT:
+                    raise HvError(HvStatus.INVALID_PARAMETER, f"SINT {target_sint}")
+                if (
+                    pp.id not in self.port_registry.tables
+                    and target_vp != HV_ANY_VP
+                    and target_vp not in pp.vps
+                ):
+                    raise HvError(HvStatus.INVALID_VP_INDEX, f"no VP {target_vp}")
+            if port_type == PortType.EVENT and (
+                flag_count < 1 or base_flag_number + flag_count > HV_EVENT_FLAGS_COUNT
+            ):
+                raise HvError(HvStatus.INVALID_PARAMETER, f"event flags {base_flag_number}+{flag_count}")
+            port = RegistryPort(
+                pp.id, port_id, PortType(port_type), cp.id, c.id, target_vp, target_sint,
+                base_flag_number, flag_count, monitor_address,
+            )  # fmt: skip
+            st = self.port_registry.add_port(port)
+            if st != HvStatus.SUCCESS:
+                raise HvError(st, f"port {port_id:#x} of partition {pp.id:#x}")
+            table = self.port_registry.tables.get(pp.id)
+        if table is None:
+            return  # materialized when the partition's SynICs are attached
+        # Without the engine lock: the port partition is the caller or its child, so its ID is not
+        # below the caller's (ascending order).
+        st = self.port_registry.materialize(port, table)
+        if st != HvStatus.SUCCESS:
+            with self.lock:
+                if self.port_registry.ports.get((pp.id, port_id)) is port:
+                    self.port_registry.remove_port(pp.id, port_id)
+            raise HvError(st, f"port {port_id:#x} of partition {pp.id:#x}")
+
+    def delete_port(self, caller: int, port_partition_id: int, port_id: int) -> None:
+        """HvCallDeletePort: the creator deletes; queued messages are freed, connections stay, useless
+        (INVALID_PORT_ID), until disconnected."""
+        with self.lock:
+            c = self._caller(caller)
+            self._need(c, PartitionPrivilege.CreatePort)
+            pp = self._self_or_child(caller, port_partition_id)
+            port = self.port_registry.ports.get((pp.id, port_id))
+            if port is None:
+                raise HvError(HvStatus.INVALID_PORT_ID, f"port {port_id:#x} of partition {pp.id:#x}")
+            if port.created_by != c.id:
+                raise HvError(HvStatus.ACCESS_DENIED, "only the creator deletes a port")
+            self.port_registry.remove_port(pp.id, port_id)
+            table = self.port_registry.tables.get(pp.id)
+        if table is not None:
+            self.port_registry.unmaterialize(port, table)
+
+    def connect_port(
+        self, caller: int, connection_partition_id: int, connection_id: int, connection_vtl: int,
+        port_partition_id: int, port_id: int, port_type: int, monitor_address: int = 0,
+    ) -> None:  # fmt: skip
+        """HvCallConnectPort: a connection in connection_partition_id (the caller or its child) to a
+        port that was created for that partition."""
+        with self.lock:
+            c = self._caller(caller)
+            self._need(c, PartitionPrivilege.ConnectPort)
+            cp = self._self_or_child(caller, connection_partition_id)
+            self._state(cp, PartitionState.CREATED, PartitionState.INITIALIZED, PartitionState.ACTIVE)
+            pp = self._lookup(caller if port_partition_id == HV_PARTITION_ID_SELF else port_partition_id)
+            if connection_vtl:
+                raise HvError(HvStatus.INVALID_PARAMETER, "hv1 has VTL 0 only")
+            port = self.port_registry.ports.get((pp.id, port_id))
+            if port is None:
+                raise HvError(HvStatus.INVALID_PORT_ID, f"port {port_id:#x} of partition {pp.id:#x}")
+            if port.connection_partition_id != cp.id:
+                raise HvError(HvStatus.ACCESS_DENIED, f"port {port_id:#x} is not for partition {cp.id:#x}")
+            if port_type != port.port_type:
+                raise HvError(HvStatus.INVALID_PARAMETER, "HV_CONNECTION_INFO.PortType must match the port")
+            if connection_id & ~HV_PORT_ID_MASK or self.port_registry.connection_id_taken(
+                cp.id, connection_id
+            ):
+                raise HvError(HvStatus.INVALID_CONNECTION_ID, f"connection {connection_id:#x}")
+            self.port_registry.connections[(cp.id, connection_id)] = RegistryConnection(
+                cp.id, connection_id, port, c.id, monitor_address
+            )
+
+    def disconnect_port(self, caller: int, connection_partition_id: int, connection_id: int) -> None:
+        """HvCallDisconnectPort: "will not affect undelivered (queued) messages"."""
+        with self.lock:
+            c = self._caller(caller)
+            self._need(c, PartitionPrivilege.ConnectPort)
+            cp = self._self_or_child(caller, connection_partition_id)
+            conn = self.port_registry.connections.get((cp.id, connection_id))
+            if conn is None:
+                raise HvError(HvStatus.INVALID_CONNECTION_ID, f"connection {connection_id:#x}")
+            if conn.created_by != c.id:
+                raise HvError(HvStatus.ACCESS_DENIED, "only the creator removes a connection")
+            del self.port_registry.connections[(cp.id, connection_id)]
+
+    def _connection(
+        self, partition_id: int, connection_id: int, want: PortType
+    ) -> RegistryConnection | HvStatus:
+        conn = self.port_registry.connections.get((partition_id, connection_id))
+        if conn is None:
+            return HvStatus.INVALID_CONNECTION_ID
+        if conn.port.deleted or conn.port.port_type != want:
+            return HvStatus.INVALID_PORT_ID
+        return conn
+
+    def deliver_message(
+        self, partition_id: int, sender_vp: int, connection_id: int, message_type: int,
+        payload: bytes | bytearray | memoryview, payload_size: int | None = None,
+    ) -> HvStatus:  # fmt: skip
+        """HvCallPostMessage of partition_id on a registry connection (the statuses of
+        HvCallPostMessage.md, in its order). Call with no engine lock held."""
+        size = len(payload) if payload_size is None else payload_size
+        with self.lock:
+            conn = self._connection(partition_id, connection_id, PortType.MESSAGE)
+            if isinstance(conn, HvStatus):
+                return conn
+            if (
+                not message_type
+                or message_type & HV_MESSAGE_TYPE_HYPERVISOR_MASK
+                or size > HV_MESSAGE_PAYLOAD_SIZE
+            ):
+                return HvStatus.INVALID_PARAMETER
+            conn.stats["messages"] += 1
+            port = conn.port
+        data = bytes(payload[:size])
+        return self.port_registry.deliver(
+            partition_id, port.partition_id, f"message on connection {connection_id:#x}",
+            lambda table: table.post_to_port(port.port_id, message_type, data),
+        )  # fmt: skip
+
+    def deliver_event(
+        self, partition_id: int, sender_vp: int, connection_id: int, flag_number: int
+    ) -> HvStatus:
+        """HvCallSignalEvent of partition_id on a registry connection."""
+        with self.lock:
+            conn = self._connection(partition_id, connection_id, PortType.EVENT)
+            if isinstance(conn, HvStatus):
+                return conn
+            if not 0 <= flag_number < conn.port.flag_count:
+                return HvStatus.INVALID_PARAMETER
+            conn.stats["events"] += 1
+            port = conn.port
+        return self.port_registry.deliver(
+            partition_id, port.partition_id, f"event on connection {connection_id:#x}",
+            lambda table: table.signal_port(port.port_id, flag_number),
+        )  # fmt: skip
+
+    def flush_port_deliveries(self, partition_id: int | None = None) -> int:
+        """Make deliveries queued because their target's lock was busy (hv1/hv/port_registry.py).
+        Call with no partition lock held."""
+        return self.port_registry.flush(partition_id)
+
+    def stats_pages_mapped(self) -> bool:
+        return bool(self._stats_pages)

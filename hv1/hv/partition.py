@@ -179,6 +179,12 @@ class Partition:
             for d in virtualization_host.DEFS:
                 self.hypercalls.register(d)
             self.hypercalls.replace(virtualization_host.GET_PARTITION_PROPERTY)
+            # Ports between partitions (hv1/hv/port_registry.py): the port calls may name a child, and
+            # connections the engine holds for this partition are reachable from its guest.
+            for d in virtualization_host.PORT_DEFS:
+                self.hypercalls.replace(d)
+            self.ports.partition_id = partition_id
+        hv.attach_ports(partition_id, self.ports)  # engine lock after (never under) the partition lock
 
     def new_overlay(self, *, guest_writable: bool = True) -> OverlayPage:
         return OverlayPage(self.memory, self.overlays, guest_writable=guest_writable)

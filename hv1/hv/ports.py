@@ -43,7 +43,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from hv1.hv.synic import HV_EVENT_FLAGS_COUNT, SINT_COUNT, Synic, SynicTracer
 from hv1.tlfs.messages import HV_MESSAGE_PAYLOAD_SIZE, HV_MESSAGE_TYPE_HYPERVISOR_MASK
@@ -94,6 +94,18 @@ class HostEvent:
 # passes on HV_STATUS_INSUFFICIENT_BUFFERS when its reply cannot be queued).
 MessageCallback = Callable[[HostMessage], int | None]
 EventCallback = Callable[[HostEvent], int | None]
+
+
+class RemoteConnections(Protocol):
+    """Connections of this partition that the partition engine holds (hv1/hv/port_registry.py: a
+    connection a virtualization host made from this partition to a port in another one)."""
+
+    def post_message(
+        self, sender_vp: int, connection_id: int, msg_type: int, payload: bytes | bytearray | memoryview,
+        payload_size: int | None,
+    ) -> HvStatus: ...  # fmt: skip
+
+    def signal_event(self, sender_vp: int, connection_id: int, flag_number: int) -> HvStatus: ...
 
 
 class PortError(ValueError):
@@ -168,6 +180,8 @@ class PartitionPorts:
         self.host_ports: dict[int, Port] = {}
         self.connections: dict[int, Connection] = {}
         self._next_host_port = HOST_PORT_ID_BASE
+        # Set by Hypervisor.attach_ports: where a connection ID these tables do not hold is looked up.
+        self.remote: RemoteConnections | None = None
 
     def _trace(self, vp: int, event: str, **fields: Any) -> None:
         t = self.tracer
@@ -437,6 +451,9 @@ class PartitionPorts:
         it differs from len(payload) (it may exceed 240: INVALID_PARAMETER, checked after the
         connection and port as in the TLFS table)."""
         size = len(payload) if payload_size is None else payload_size
+        remote = self.remote
+        if remote is not None and connection_id not in self.connections:
+            return remote.post_message(sender_vp, connection_id, msg_type, payload, payload_size)
         with self.lock:
             conn = self.connections.get(connection_id)
             if conn is None:
@@ -459,6 +476,9 @@ class PartitionPorts:
 
     def guest_signal_event(self, sender_vp: int, connection_id: int, flag_number: int) -> HvStatus:
         """HvCallSignalEvent after the privilege check."""
+        remote = self.remote
+        if remote is not None and connection_id not in self.connections:
+            return remote.signal_event(sender_vp, connection_id, flag_number)
         with self.lock:
             conn = self.connections.get(connection_id)
             if conn is None:

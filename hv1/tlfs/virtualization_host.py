@@ -107,3 +107,116 @@ PARTITION_AND_DOMAIN = struct.Struct("<QQ")
 MEMORY_BALANCE_OUTPUT = struct.Struct("<QQ")  # PagesAvailable @0, PagesInUse @8 (md shows both @0)
 # HvCallGetNextChildPartition: ParentPartitionId, PreviousChildPartitionId -> NextChildPartitionId.
 GET_NEXT_CHILD_INPUT = struct.Struct("<QQ")
+
+# ---- issue 11: the rest of the root-partition calls (hypercalls/*.md; tlfs-inventory.md §5, §6.4.5) ----
+# HvCallGetVpCpuidValues (rep): header PartitionId u64 @0, VpIndex u32 @8, Flags u32 @12, ReservedZ u32
+# @16 (+4 padding to the 8-aligned list); rep element HV_CPUID_LEAF_INFO {Eax (leaf) u32, Ecx (subleaf)
+# u32} @24; rep output HV_CPUID_RESULT {Eax, Ebx, Ecx, Edx}.
+GET_VP_CPUID_VALUES_HEADER = struct.Struct("<QIII4x")
+CPUID_LEAF_INFO = struct.Struct("<II")
+CPUID_RESULT = struct.Struct("<IIII")
+
+
+class GetVpCpuidValuesFlags(enum.IntFlag):
+    """HV_GET_VP_CPUID_VALUES_FLAGS (u32)."""
+
+    USE_VP_XFEM_XSS = 1 << 0
+    APPLY_REGISTERED_VALUES = 1 << 1
+
+
+GET_VP_CPUID_VALUES_FLAGS_DEFINED = 0x3
+
+# HvCallCheckForIoIntercept: PartitionId u64 @0, VpIndex u32 @8, TargetVtl u8 @12, padding u8 @13,
+# Port u16 @14, Size u8 @16, IsWrite u8 @17; output Intercept u8 (BOOLEAN).
+CHECK_FOR_IO_INTERCEPT_INPUT = struct.Struct("<QIBBHBB")
+CHECK_FOR_IO_INTERCEPT_OUTPUT = struct.Struct("<B")
+IO_ACCESS_SIZES = (1, 2, 4)
+
+# HvCallRegisterInterceptResult / HvCallUnregisterInterceptResult: PartitionId u64 @0, VpIndex u32 @8,
+# InterceptType u32 @12, Parameters @16.
+INTERCEPT_RESULT_HEADER = struct.Struct("<QII")
+# HV_REGISTER_X64_CPUID_RESULT_PARAMETERS. The md page shows only the Result half (Eax, EaxMask, ...
+# EdxMask); without the Input half nothing names the leaf, so hv1 takes the layout of Microsoft's
+# published headers (Linux include/hyperv/hvhdk.h, the one every mshv root sends): Input {Eax (leaf)
+# u32, Ecx (subleaf) u32, SubleafSpecific u8, AlwaysOverride u8, padding u16} @16, then Result {Eax,
+# EaxMask, Ebx, EbxMask, Ecx, EcxMask, Edx, EdxMask} @28 (hv1 info --hv root deviations).
+REGISTER_CPUID_RESULT = struct.Struct("<IIBBH8I")
+# HV_UNREGISTER_X64_CPUID_RESULT_PARAMETERS: Eax (leaf) u32, Ecx (subleaf) u32, SubleafSpecific u8.
+UNREGISTER_CPUID_RESULT = struct.Struct("<IIB3x")
+# HV_REGISTER_X64_MSR_RESULT_PARAMETERS: MsrIndex u32, AccessType u32, Action u32
+# (HV_UNIMPLEMENTED_MSR_ACTION); the unregister form is MsrIndex, AccessType.
+REGISTER_MSR_RESULT = struct.Struct("<III4x")
+UNREGISTER_MSR_RESULT = struct.Struct("<II")
+INTERCEPT_RESULT_INPUT_SIZE = INTERCEPT_RESULT_HEADER.size + REGISTER_CPUID_RESULT.size  # the larger form
+CPUID_ALL_SUBLEAVES = 0  # SubleafSpecific = 0: the result applies to every subleaf of the leaf
+
+
+class UnimplementedMsrAction(enum.IntEnum):
+    """HV_UNIMPLEMENTED_MSR_ACTION."""
+
+    FAULT = 0  # #GP
+    IGNORE_WRITE_READ_ZERO = 1
+
+
+# HvCallTranslateVirtualAddressEx: input as HvCallTranslateVirtualAddress (Reserved u32 @12 must be
+# zero); output HV_TRANSLATE_GVA_RESULT_EX (16 bytes @0 on the md page: ResultCode u32, CacheType:8 /
+# OverlayPage:1 u32, EventInfo (HV_X64_PENDING_EVENT) 8 bytes) and GpaPage @16. Linux's hvhdk.h gives
+# EventInfo 40 bytes (GpaPage @48): hv1 follows the md page (hv1 info --hv root deviations).
+TRANSLATE_EX_INPUT = struct.Struct("<QIIQQ")
+TRANSLATE_EX_OUTPUT = struct.Struct("<QQQ")  # ResultCode|CacheType<<32, EventInfo, GpaPage
+
+# HvCallAssertVirtualInterrupt: TargetPartition u64 @0, InterruptControl u64 @8, DestinationAddress
+# u64 @16, RequestedVector u32 @24, TargetVtl u8 @28, ReservedZ0 u8 @29, ReservedZ1 u16 @30.
+ASSERT_VIRTUAL_INTERRUPT_INPUT = struct.Struct("<QQQIBBH")
+
+
+class InterruptType(enum.IntEnum):
+    """HV_INTERRUPT_TYPE (x64)."""
+
+    FIXED = 0
+    LOWEST_PRIORITY = 1
+    SMI = 2
+    REMOTE_READ = 3
+    NMI = 4
+    INIT = 5
+    SIPI = 6
+    EXT_INT = 7
+    LOCAL_INT0 = 8
+    LOCAL_INT1 = 9
+
+
+# HV_X64_INTERRUPT_CONTROL (u64): InterruptType 31:0, LevelTriggered 32, LogicalDestinationMode 33,
+# Reserved 63:34.
+INTERRUPT_CONTROL_LEVEL = 1 << 32
+INTERRUPT_CONTROL_LOGICAL = 1 << 33
+INTERRUPT_CONTROL_RESERVED = ~((1 << 34) - 1) & ((1 << 64) - 1)
+HV_INTERRUPT_VECTOR_NONE = 0xFFFF_FFFF
+
+# HvCallMapVpStatePage: PartitionId u64 @0, VpIndex u32 @8, Type u16 @12, InputVtl u8 @14, Flags u8
+# @15, RequestedMapLocation u64 @16; output MapLocation u64. HvCallUnmapVpStatePage: the first 16.
+MAP_VP_STATE_PAGE_INPUT = struct.Struct("<QIHBBQ")
+UNMAP_VP_STATE_PAGE_INPUT = struct.Struct("<QIHBB")
+MAP_VP_STATE_PAGE_LOCATION_PROVIDED = 1  # Flags bit 0: MapLocationProvided
+
+
+class VpStatePageType(enum.IntEnum):
+    """HV_VP_STATE_PAGE_TYPE."""
+
+    REGISTERS = 0
+    INTERCEPT_MESSAGE = 1
+    GHCB = 2  # AMD SEV-SNP only
+
+
+# HvCallMapStatsPage2: StatsType u32 @0, Reserved u32 @4, ObjectIdentity 16 B @8, MapLocation u64 @24.
+MAP_STATS_PAGE2_INPUT = struct.Struct("<II16sQ")
+# HvCallUnmapStatsPage (md page): StatsType u32 @0, ObjectIdentity 16 B @4. Linux's hvhdk_mini.h pads
+# to @8 (StatsType, padding, ObjectIdentity): hv1 reads the md layout, and the padded one when the md
+# reading names no mapped page and bytes 4-7 are zero (no md PartitionId has a zero low half).
+UNMAP_STATS_PAGE_INPUT = struct.Struct("<I16s")
+UNMAP_STATS_PAGE_INPUT_PADDED = struct.Struct("<I4x16s")
+# HvCallMapStatsPage (0x006C, no md page; Linux's hvhdk_mini.h): StatsType u32 @0, padding u32 @4,
+# ObjectIdentity 16 B @8; output MapLocation u64 (the hypervisor supplies the page).
+MAP_STATS_PAGE_INPUT = struct.Struct("<II16s")
+# HV_STATS_OBJECT_IDENTITY: PartitionId u64 @0 (ReservedZ0 for the hypervisor), VpIndex u32 @8
+# (ReservedZ1 for partition and hypervisor), ReservedZ2 u16 @12, ReservedZ3 u8 @14, StatsAreaType u8 @15.
+STATS_OBJECT_IDENTITY = struct.Struct("<QIHBB")

@@ -146,3 +146,12 @@ def test_demo_runs_on_the_emulator_when_asked() -> None:
     r = run_hv1("demo", "--backend", "emu", timeout=170)
     assert r.status == 0, r.describe()
     assert "hypercall:" in r.stdout and "status 0x0" in r.stdout, r.describe()
+
+
+def test_emu_root_calls(guest: Guest) -> None:
+    """The root-partition calls of issue 11 from a guest virtualization host (guests/tests/root_calls.c)."""
+    r = emu_run(guest, "root_calls", "--hv", "root")
+    assert_all_pass(r)
+    assert r.results.get("root.state-page.shows-the-reset-vp") == "PASS", r.describe()
+    assert r.results.get("root.stats.a-new-vp-is-counted") == "PASS", r.describe()
+    assert len(r.results) >= 50, r.describe()

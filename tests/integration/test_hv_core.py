@@ -236,3 +236,13 @@ def test_hypercall_from_cpl3_faults_without_a_status(guest: Guest, apic: str) ->
     `out` reaches it; where the CPU refuses the `out` first the guest sees #GP (caps.DEVIATIONS)."""
     r = run_hv1("run", str(guest("hv_cpl")), "--apic", apic, "--timeout", "60")
     assert_all_pass(r)
+
+
+@pytest.mark.parametrize("apic", ["kernel", "user"])
+def test_root_calls(guest: Guest, apic: str) -> None:
+    """guests/tests/root_calls.c as a virtualization host on KVM (the emulator run: test_emu.py)."""
+    r = run_hv1(
+        "run", str(guest("root_calls")), "--hv", "root", "--apic", apic, "--timeout", "60", timeout=90
+    )
+    assert r.results and not r.failed and r.status == 1, r.describe()
+    assert len(r.results) >= 50, r.describe()

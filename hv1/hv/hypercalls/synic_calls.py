@@ -106,14 +106,32 @@ def post_message(ctx: HypercallContext) -> int:
         return S.INVALID_PARAMETER
     off = POST_MESSAGE_INPUT.size
     payload = ctx.input[off : off + min(size, HV_MESSAGE_PAYLOAD_SIZE)]
-    return ports_of(ctx.partition).guest_post_message(ctx.vp.index, connection_id, msg_type, payload, size)
+    st = ports_of(ctx.partition).guest_post_message(ctx.vp.index, connection_id, msg_type, payload, size)
+    _flush_later(ctx)
+    return st
 
 
 def signal_event(ctx: HypercallContext) -> int:
     connection_id, flag_number, rsvd = SIGNAL_EVENT_INPUT.unpack_from(ctx.input)
     if rsvd:
         return S.INVALID_PARAMETER
-    return ports_of(ctx.partition).guest_signal_event(ctx.vp.index, connection_id, flag_number)
+    st = ports_of(ctx.partition).guest_signal_event(ctx.vp.index, connection_id, flag_number)
+    _flush_later(ctx)
+    return st
+
+
+def _flush_later(ctx: HypercallContext) -> None:
+    """A message or event into another partition whose lock was busy is queued by the engine
+    (hv1/hv/port_registry.py): make it once this VP has left the partition lock."""
+    hv = ctx.partition.hypervisor
+    if hv is None or not hv.port_registry.has_pending():
+        return
+    engine = hv
+
+    def flush() -> None:
+        engine.flush_port_deliveries()
+
+    ctx.vp.defer(flush)
 
 
 # --- Direct variants ---------------------------------------------------------------------------------

@@ -1,0 +1,299 @@
+/* The root-partition hypercalls of issue 11, from a guest kernel acting as a virtualization host (`--hv root`):
+ * it creates a child, gives it memory and two VPs, then checks HvCallGetVpCpuidValues, HvCallCheckForIoIntercept,
+ * HvCallRegister/UnregisterInterceptResult, HvCallTranslateVirtualAddressEx, HvCallAssertVirtualInterrupt,
+ * HvCallMap/UnmapVpStatePage, HvCallMapStatsPage2 / UnmapStatsPage and HvCallCreatePort / ConnectPort /
+ * DisconnectPort / DeletePort between itself and the child, with the layouts of the TLFS hypercall pages and
+ * their error statuses, and tears the child down. The child does not run (hv1 runs no child VPs yet), so what is
+ * checked is what the calls answer and what the state and stats pages show.
+ * Rules: root.*. Without CreatePartitions (not the root profile) every check is skipped.
+ *   hv1 run guests/build/root_calls.elf --hv root [--backend emu --apic user] */
+#include "guest.h"
+#include "hv.h"
+
+#define HVCALL_CREATE_PARTITION        0x0040
+#define HVCALL_INITIALIZE_PARTITION    0x0041
+#define HVCALL_FINALIZE_PARTITION      0x0042
+#define HVCALL_DELETE_PARTITION        0x0043
+#define HVCALL_DEPOSIT_MEMORY          0x0048
+#define HVCALL_WITHDRAW_MEMORY         0x0049
+#define HVCALL_INSTALL_INTERCEPT       0x004D
+#define HVCALL_CREATE_VP               0x004E
+#define HVCALL_DELETE_PORT             0x0058
+#define HVCALL_DISCONNECT_PORT         0x005B
+#define HVCALL_UNMAP_STATS_PAGE        0x006D
+#define HVCALL_REGISTER_INTERCEPT_RESULT 0x0091
+#define HVCALL_ASSERT_VIRTUAL_INTERRUPT 0x0094
+#define HVCALL_CREATE_PORT             0x0095
+#define HVCALL_CONNECT_PORT            0x0096
+#define HVCALL_TRANSLATE_VA_EX         0x00AC
+#define HVCALL_CHECK_FOR_IO_INTERCEPT  0x00AD
+#define HVCALL_MAP_VP_STATE_PAGE       0x00E1
+#define HVCALL_UNMAP_VP_STATE_PAGE     0x00E2
+#define HVCALL_GET_VP_CPUID_VALUES     0x00F4
+#define HVCALL_MAP_STATS_PAGE2         0x0131
+
+#define ST_INSUFFICIENT_MEMORY 0x000B
+#define ST_INVALID_VP_INDEX    0x000E
+#define ST_OBJECT_IN_USE       0x0019
+
+#define PRIV_CREATE_PARTITIONS (1ull << 32)
+#define PRIV_ACCESS_STATS      (1ull << 40)
+#define PRIV_CREATE_PORT       (1ull << 38)
+
+#define POOL_PAGES 40
+
+static uint8_t in_page[4096] __attribute__((aligned(4096)));
+static uint8_t out_page[4096] __attribute__((aligned(4096)));
+static uint8_t pool[POOL_PAGES][4096] __attribute__((aligned(4096)));
+static uint8_t state_page[4096] __attribute__((aligned(4096)));
+static uint8_t stats_page[4096] __attribute__((aligned(4096)));
+static uint64_t child;
+
+static uint64_t page_of(const void *p) { return (uint64_t)p >> 12; }
+
+static uint64_t call(uint16_t code, uint32_t reps, const void *in, size_t in_size)
+{
+    memset(in_page, 0, sizeof in_page);
+    memcpy(in_page, in, in_size);
+    return hv_hypercall(hv_control(code, 0, 0, reps, 0), (uint64_t)in_page, (uint64_t)out_page);
+}
+
+static uint64_t out64(size_t off) { uint64_t v; memcpy(&v, out_page + off, 8); return v; }
+static uint32_t out32(size_t off) { uint32_t v; memcpy(&v, out_page + off, 4); return v; }
+
+static void expect_status(uint64_t r, uint16_t want, const char *rule)
+{
+    checkf(hv_status(r) == want, rule, "status 0x%x, expected 0x%x", hv_status(r), want);
+}
+
+/* ------------------------------------------------------------------------------------ a child to work on */
+static bool make_child(void)
+{
+    uint8_t create[56] = { 0 };
+    uint64_t r = call(HVCALL_CREATE_PARTITION, 0, create, sizeof create);
+    if (!check(hv_status(r) == 0, "root.setup.create-partition"))
+        return false;
+    child = out64(0);
+    uint64_t deposit[1 + POOL_PAGES];
+    deposit[0] = child;
+    for (int i = 0; i < POOL_PAGES; i++)
+        deposit[1 + i] = page_of(pool[i]);
+    r = call(HVCALL_DEPOSIT_MEMORY, POOL_PAGES, deposit, sizeof deposit);
+    check(hv_status(r) == 0 && hv_reps(r) == POOL_PAGES, "root.setup.deposit");
+    r = call(HVCALL_INITIALIZE_PARTITION, 0, &child, 8);
+    check(hv_status(r) == 0, "root.setup.initialize");
+    for (uint32_t vp = 0; vp < 2; vp++) {
+        uint64_t cvp[5] = { child, vp, 0, 0, 0 };   /* PartitionId, VpIndex, RsvdZ, SubnodeType, ... Flags */
+        r = call(HVCALL_CREATE_VP, 0, cvp, 40);
+        checkf(hv_status(r) == 0, "root.setup.create-vp", "VP %u: 0x%x", vp, hv_status(r));
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------------------------ GetVpCpuidValues */
+struct cpuid_in { uint64_t partition; uint32_t vp, flags, rsvdz, pad; uint32_t leaf_subleaf[4]; };
+
+static void test_cpuid_values(void)
+{
+    struct cpuid_in in = { child, 1, 0, 0, 0, { 0x40000000, 0, 1, 0 } };
+    uint64_t r = call(HVCALL_GET_VP_CPUID_VALUES, 2, &in, sizeof in);
+    check(hv_status(r) == 0 && hv_reps(r) == 2, "root.cpuid.two-leaves [HvCallGetVpCpuidValues]");
+    check(out32(4) == 0x7263694D && out32(8) == 0x666F736F && out32(12) == 0x76482074,
+          "root.cpuid.hv-vendor-leaf-microsoft-hv [fd]");
+    checkf(out32(16 + 4) >> 24 == 1, "root.cpuid.leaf1-apic-id-is-the-vp-index (hv1)", "EBX 0x%x", out32(20));
+    checkf(out32(16 + 8) & (1u << 31), "root.cpuid.leaf1-hypervisor-present [fd]", "ECX 0x%x", out32(24));
+    in.flags = 4;
+    expect_status(call(HVCALL_GET_VP_CPUID_VALUES, 1, &in, sizeof in), HV_STATUS_INVALID_PARAMETER,
+                  "root.cpuid.undefined-flag-invalid-parameter [dt/hv_get_vp_cpuid_values_flags]");
+    in.flags = 0;
+    in.vp = 7;
+    expect_status(call(HVCALL_GET_VP_CPUID_VALUES, 1, &in, sizeof in), ST_INVALID_VP_INDEX,
+                  "root.cpuid.no-such-vp-invalid-vp-index");
+}
+
+/* ------------------------------------------------------------------------------------ intercepts */
+static void test_intercepts(void)
+{
+    struct { uint64_t partition; uint32_t access, type; uint64_t param; } inst = { child, 2, 0, 0x60 };
+    check(hv_status(call(HVCALL_INSTALL_INTERCEPT, 0, &inst, sizeof inst)) == 0, "root.io.install-write-0x60");
+    struct __attribute__((packed)) { uint64_t partition; uint32_t vp; uint8_t vtl, pad; uint16_t port;
+                                     uint8_t size, is_write; } io = { child, 0, 0, 0, 0x60, 1, 1 };
+    uint64_t r = call(HVCALL_CHECK_FOR_IO_INTERCEPT, 0, &io, sizeof io);
+    check(hv_status(r) == 0 && out_page[0] == 1, "root.io.write-intercepts [HvCallCheckForIoIntercept]");
+    io.is_write = 0;
+    r = call(HVCALL_CHECK_FOR_IO_INTERCEPT, 0, &io, sizeof io);
+    check(hv_status(r) == 0 && out_page[0] == 0, "root.io.read-does-not");
+    io.port = 0x5E;
+    io.size = 4;
+    io.is_write = 1;
+    r = call(HVCALL_CHECK_FOR_IO_INTERCEPT, 0, &io, sizeof io);
+    check(hv_status(r) == 0 && out_page[0] == 1, "root.io.dword-covering-the-port-intercepts");
+    io.size = 3;
+    expect_status(call(HVCALL_CHECK_FOR_IO_INTERCEPT, 0, &io, sizeof io), HV_STATUS_INVALID_PARAMETER,
+                  "root.io.size-3-invalid-parameter");
+
+    /* RegisterInterceptResult (CPUID): Input {leaf 7, subleaf 0, all subleaves}, Result: EDX bit 0 forced on. */
+    struct __attribute__((packed)) { uint64_t partition; uint32_t vp, type; uint32_t eax, ecx; uint8_t specific,
+        override; uint16_t pad; uint32_t res[8]; } reg = { child, 0, 2, 7, 0, 0, 0, 0, { 0, 0, 0, 0, 0, 0, 1, 1 } };
+    check(hv_status(call(HVCALL_REGISTER_INTERCEPT_RESULT, 0, &reg, sizeof reg)) == 0,
+          "root.result.register-cpuid [HvCallRegisterInterceptResult]");
+    struct cpuid_in in = { child, 0, 2, 0, 0, { 7, 0, 0, 0 } };   /* ApplyRegisteredValues */
+    r = call(HVCALL_GET_VP_CPUID_VALUES, 1, &in, sizeof in);
+    check(hv_status(r) == 0 && (out32(12) & 1), "root.result.applied-by-get-vp-cpuid-values");
+    reg.type = 0;   /* X64IoPort takes no results */
+    expect_status(call(HVCALL_REGISTER_INTERCEPT_RESULT, 0, &reg, sizeof reg), HV_STATUS_INVALID_PARAMETER,
+                  "root.result.io-type-invalid-parameter");
+}
+
+/* ------------------------------------------------------------------------------------ TranslateVirtualAddressEx */
+static void test_translate_ex(void)
+{
+    struct { uint64_t partition; uint32_t vp, rsvd; uint64_t flags, gva_page; } t = { child, 0, 0, 1, 0x12 };
+    uint64_t r = call(HVCALL_TRANSLATE_VA_EX, 0, &t, sizeof t);
+    /* the child VP is at RESET (paging off): GVA = GPA; ResultCode 0, CacheType WB, EventInfo 0, GpaPage @16 */
+    check(hv_status(r) == 0 && out32(0) == 0 && (out32(4) & 0xFF) == 6 && out64(8) == 0 && out64(16) == 0x12,
+          "root.translate-ex.paging-off-identity [HvCallTranslateVirtualAddressEx]");
+    t.rsvd = 1;
+    expect_status(call(HVCALL_TRANSLATE_VA_EX, 0, &t, sizeof t), HV_STATUS_INVALID_PARAMETER,
+                  "root.translate-ex.reserved-invalid-parameter");
+}
+
+/* ------------------------------------------------------------------------------------ AssertVirtualInterrupt */
+static void test_assert_interrupt(void)
+{
+    struct { uint64_t partition, control, dest; uint32_t vector; uint8_t vtl, rz0; uint16_t rz1; } a =
+        { child, 0, 1, 0x40, 0, 0, 0 };   /* Fixed, edge, physical APIC ID 1 */
+    expect_status(call(HVCALL_ASSERT_VIRTUAL_INTERRUPT, 0, &a, sizeof a), 0,
+                  "root.assert.fixed-to-vp1 [HvCallAssertVirtualInterrupt]");
+    a.control = 4;   /* NMI takes no vector */
+    expect_status(call(HVCALL_ASSERT_VIRTUAL_INTERRUPT, 0, &a, sizeof a), HV_STATUS_INVALID_PARAMETER,
+                  "root.assert.nmi-with-vector-invalid-parameter [inv §6.4.5]");
+    a.control = 0;
+    a.dest = 7;
+    expect_status(call(HVCALL_ASSERT_VIRTUAL_INTERRUPT, 0, &a, sizeof a), ST_INVALID_VP_INDEX,
+                  "root.assert.no-such-apic-id-invalid-vp-index");
+    a.dest = 1;
+    a.vtl = 1;
+    expect_status(call(HVCALL_ASSERT_VIRTUAL_INTERRUPT, 0, &a, sizeof a), HV_STATUS_INVALID_VTL_STATE,
+                  "root.assert.vtl1-invalid-vtl-state");
+}
+
+/* ------------------------------------------------------------------------------------ VP state page */
+static void test_state_page(void)
+{
+    struct { uint64_t partition; uint32_t vp; uint16_t type; uint8_t vtl, flags; uint64_t location; } m =
+        { child, 1, 0, 0, 1, page_of(state_page) };
+    uint64_t r = call(HVCALL_MAP_VP_STATE_PAGE, 0, &m, sizeof m);
+    check(hv_status(r) == 0 && out64(0) == page_of(state_page), "root.state-page.map-at-location [HvCallMapVpStatePage]");
+    uint16_t version;
+    uint64_t rip;
+    memcpy(&version, state_page, 2);
+    memcpy(&rip, state_page + 8 + 16 * 8, 8);
+    checkf(version == 1 && state_page[2] == 1 && rip == 0xFFF0, "root.state-page.shows-the-reset-vp",
+           "version %u valid %u rip 0x%lx", version, state_page[2], rip);
+    expect_status(call(HVCALL_MAP_VP_STATE_PAGE, 0, &m, sizeof m), ST_OBJECT_IN_USE, "root.state-page.again-object-in-use");
+    uint64_t dep[2] = { child, page_of(state_page) };
+    expect_status(call(HVCALL_DEPOSIT_MEMORY, 1, dep, sizeof dep), ST_OBJECT_IN_USE,
+                  "root.state-page.cannot-be-deposited-while-mapped (hv1)");
+    m.type = 2;
+    expect_status(call(HVCALL_MAP_VP_STATE_PAGE, 0, &m, sizeof m), HV_STATUS_INVALID_PARAMETER, "root.state-page.ghcb-invalid-parameter");
+    m.type = 0;
+    expect_status(call(HVCALL_UNMAP_VP_STATE_PAGE, 0, &m, 16), HV_STATUS_INVALID_PARAMETER,
+                  "root.state-page.unmap-reserved0-invalid-parameter");   /* byte 15: Flags for map, Reserved0 here */
+    m.flags = 0;
+    expect_status(call(HVCALL_UNMAP_VP_STATE_PAGE, 0, &m, 16), 0, "root.state-page.unmap [HvCallUnmapVpStatePage]");
+    expect_status(call(HVCALL_UNMAP_VP_STATE_PAGE, 0, &m, 16), HV_STATUS_INVALID_PARAMETER, "root.state-page.unmap-again-invalid-parameter");
+    /* no location (Flags 0): the hypervisor supplies a page from the child's pool */
+    r = call(HVCALL_MAP_VP_STATE_PAGE, 0, &m, sizeof m);
+    uint64_t got = out64(0);
+    check(hv_status(r) == 0 && got >= page_of(pool[0]) && got <= page_of(pool[POOL_PAGES - 1]),
+          "root.state-page.pool-page-without-location");
+    expect_status(call(HVCALL_UNMAP_VP_STATE_PAGE, 0, &m, 16), 0, "root.state-page.unmap-pool-page");
+}
+
+/* ------------------------------------------------------------------------------------ stats pages */
+static void test_stats(void)
+{
+    if (!hv_has_privilege(PRIV_ACCESS_STATS)) {
+        skip("root.stats.partition-page [HvCallMapStatsPage2]", "no AccessStats");
+        return;
+    }
+    struct { uint32_t type, rsvd; uint64_t partition; uint32_t vp; uint16_t rz2; uint8_t rz3, area; uint64_t loc; } m =
+        { 0x00010001, 0, child, 0, 0, 0, 0, page_of(stats_page) };
+    expect_status(call(HVCALL_MAP_STATS_PAGE2, 0, &m, sizeof m), 0, "root.stats.partition-page [HvCallMapStatsPage2]");
+    uint64_t *counters = (uint64_t *)stats_page;
+    checkf(counters[1] == 2 && counters[5] == POOL_PAGES && counters[26] == child,
+           "root.stats.vps-deposits-partition-id [hvhdk HV_PROCESS_COUNTER]", "vps %lu deposited %lu id %lu",
+           counters[1], counters[5], counters[26]);
+    uint64_t cvp[5] = { child, 2, 0, 0, 0 };
+    call(HVCALL_CREATE_VP, 0, cvp, 40);
+    checkf(counters[1] == 3, "root.stats.a-new-vp-is-counted", "vps %lu", counters[1]);
+    m.area = 2;   /* HV_STATS_AREA_INTERNAL */
+    expect_status(call(HVCALL_MAP_STATS_PAGE2, 0, &m, sizeof m), HV_STATUS_INVALID_PARAMETER, "root.stats.internal-area-invalid-parameter");
+    m.area = 0;
+    struct __attribute__((packed)) { uint32_t type; uint64_t partition; uint32_t vp; uint16_t rz2; uint8_t rz3, area; } u =
+        { 0x00010001, child, 0, 0, 0, 0 };   /* the md page: ObjectIdentity @4 */
+    expect_status(call(HVCALL_UNMAP_STATS_PAGE, 0, &u, sizeof u), 0, "root.stats.unmap [HvCallUnmapStatsPage]");
+    expect_status(call(HVCALL_UNMAP_STATS_PAGE, 0, &u, sizeof u), HV_STATUS_INVALID_PARAMETER, "root.stats.unmap-again-invalid-parameter");
+}
+
+/* ------------------------------------------------------------------------------------ ports */
+static void test_ports(void)
+{
+    if (!hv_has_privilege(PRIV_CREATE_PORT)) {
+        skip("root.port.create-for-child [HvCallCreatePort]", "no CreatePort");
+        return;
+    }
+    /* A message port in the root (SELF) that the child may connect to. */
+    struct { uint64_t partition; uint32_t id; uint8_t vtl, minvtl; uint16_t rz; uint64_t conn_partition;
+             uint32_t type, rsvd, sint, vp; uint64_t rz2, proximity; } cp =
+        { HV_PARTITION_ID_SELF, 0x77, 0, 0, 0, child, 1, 0, 2, 0, 0, 0 };
+    expect_status(call(HVCALL_CREATE_PORT, 0, &cp, sizeof cp), 0, "root.port.create-for-child [HvCallCreatePort]");
+    expect_status(call(HVCALL_CREATE_PORT, 0, &cp, sizeof cp), 0x0011, "root.port.id-taken-invalid-port-id");
+    struct { uint64_t conn_partition; uint32_t id; uint8_t vtl, rz0; uint16_t rz1; uint64_t port_partition;
+             uint32_t port, rz2; uint32_t type, rsvd; uint64_t w1, w2, w3, proximity; } cn =
+        { child, 0x99, 0, 0, 0, HV_PARTITION_ID_SELF, 0x77, 0, 1, 0, 0, 0, 0, 0 };
+    expect_status(call(HVCALL_CONNECT_PORT, 0, &cn, sizeof cn), 0, "root.port.connect-the-child [HvCallConnectPort]");
+    cn.id = 0x9A;
+    cn.type = 2;
+    expect_status(call(HVCALL_CONNECT_PORT, 0, &cn, sizeof cn), HV_STATUS_INVALID_PARAMETER, "root.port.type-mismatch-invalid-parameter");
+    struct { uint64_t partition; uint32_t id, rsvd; } dc = { child, 0x99, 0 };
+    expect_status(call(HVCALL_DISCONNECT_PORT, 0, &dc, sizeof dc), 0, "root.port.disconnect [HvCallDisconnectPort]");
+    expect_status(call(HVCALL_DISCONNECT_PORT, 0, &dc, sizeof dc), 0x0012, "root.port.disconnect-again-invalid-connection-id");
+    struct { uint64_t partition; uint32_t id, rsvd; } dp = { HV_PARTITION_ID_SELF, 0x77, 0 };
+    expect_status(call(HVCALL_DELETE_PORT, 0, &dp, sizeof dp), 0, "root.port.delete [HvCallDeletePort]");
+}
+
+/* ------------------------------------------------------------------------------------ teardown */
+static void teardown(void)
+{
+    check(hv_status(call(HVCALL_FINALIZE_PARTITION, 0, &child, 8)) == 0, "root.teardown.finalize");
+    uint64_t w[2] = { child, 0 };
+    uint64_t r = call(HVCALL_WITHDRAW_MEMORY, POOL_PAGES + 1, w, sizeof w);
+    checkf(hv_reps(r) == POOL_PAGES, "root.teardown.every-page-withdrawn", "reps %u status 0x%x", hv_reps(r), hv_status(r));
+    check(hv_status(call(HVCALL_DELETE_PARTITION, 0, &child, 8)) == 0, "root.teardown.delete");
+}
+
+void kmain(const struct boot_info *bi)
+{
+    if (!hv_present()) {
+        skip("root.setup.create-partition", "no Hv#1");
+        return;
+    }
+    if (!check(hv_enable_hypercalls(NULL), "hv.hypercall-page-enabled [hc]"))
+        return;
+    if (!hv_has_privilege(PRIV_CREATE_PARTITIONS)) {
+        skip("root.setup.create-partition", "not a virtualization host (run with --hv root)");
+        return;
+    }
+    if (!make_child())
+        return;
+    test_cpuid_values();
+    test_intercepts();
+    test_translate_ex();
+    test_assert_interrupt();
+    test_state_page();
+    test_stats();
+    test_ports();
+    teardown();
+}
