@@ -52,7 +52,7 @@ from hv1.tlfs.registers import HvRegisterName
 from hv1.tlfs.status import HvStatus
 from hv1.trace import Tracer
 
-__all__ = ["HvError", "Hypervisor", "InterceptHeader", "Message"]
+__all__ = ["ChildRun", "HvError", "Hypervisor", "InterceptHeader", "Message", "serve_consoles"]
 
 _MESSAGE_HEADER = struct.Struct("<IBBHQ")  # MessageType, PayloadSize, MessageFlags, Reserved, Sender
 
@@ -131,6 +131,12 @@ _INTERCEPTS = {
     HvMessageType.HvMessageTypeExceptionIntercept,
 }
 
+# Messages after which a child's VP does not go on unless its host intervenes.
+_ENDS_A_CHILD = {
+    HvMessageType.HvMessageTypeUnrecoverableException,
+    HvMessageType.HvMessageTypeInvalidVpRegisterValue,
+}
+
 Registers = Mapping[int, int] | Sequence[tuple[int, int]]
 
 FLAT_CODE32 = SegmentRegister(base=0, limit=0xFFFF_FFFF, selector=0x08, attributes=0xC09B)
@@ -141,7 +147,9 @@ def flat_protected_mode(entry: EntryState) -> dict[int, int]:
     """Registers of a Multiboot entry state (Multiboot 0.6.96 §3.2): flat 4 GiB segments, CR0 = PE
     | ET, paging and long mode off, IF = 0, the loader's GPRs."""
     r = HvRegisterName
-    values: dict[int, int] = {r.Cs: encode_segment(dataclasses.replace(FLAT_CODE32, selector=entry.code_selector))}
+    values: dict[int, int] = {
+        r.Cs: encode_segment(dataclasses.replace(FLAT_CODE32, selector=entry.code_selector))
+    }
     data = encode_segment(dataclasses.replace(FLAT_DATA32, selector=entry.data_selector))
     values |= {r.Ds: data, r.Es: data, r.Fs: data, r.Gs: data, r.Ss: data}
     values |= {r.Cr0: 0x11, r.Cr3: 0, r.Cr4: 0, r.Efer: 0, r.Rflags: 2, r.Rip: entry.rip}
@@ -174,6 +182,7 @@ class Hypervisor:
         )
         self._closed = False
         self._lock = threading.Lock()
+        self.consoles: dict[int, ChildRun] = {}  # serve_consoles: what each child printed so far
 
     # ---- the root's own memory ----
     def read(self, gpa: int, length: int) -> bytes:
@@ -521,3 +530,75 @@ def _cross(dst_ports: PartitionPorts, post: Callable[[], HvStatus]) -> int:
                 lock.release()
         time.sleep(0.00005)
     return int(HvStatus.INSUFFICIENT_BUFFERS)
+
+
+# ---- the console a virtualization host gives its children (a convenience on top of the API) ----
+COM1_DATA = 0x3F8
+DEBUG_EXIT_PORT = 0xF4  # hv1 run's isa-debug-exit port: a child's exit code
+
+
+@dataclass
+class ChildRun:
+    """What a child did on the console `serve_consoles` gave it."""
+
+    output: bytearray = dataclasses.field(default_factory=bytearray)
+    exit_status: int | None = None  # (value << 1) | 1 once it wrote the debug-exit port, as hv1 run exits
+    messages: list[Message] = dataclasses.field(default_factory=list)  # anything else for the root
+    failure: str | None = None  # the message that ended it otherwise (an unrecoverable exception, ...)
+
+    @property
+    def done(self) -> bool:
+        return self.exit_status is not None or self.failure is not None
+
+    @property
+    def text(self) -> str:
+        return self.output.decode("utf-8", "replace")
+
+
+def attach_console(hv: Hypervisor, partition_id: int) -> None:
+    """Intercept the child's COM1 data writes and its debug-exit port: the two ports hv1's test
+    kernels talk through (their other port reads, e.g. the UART status, get all-ones: ready)."""
+    for port in (COM1_DATA, DEBUG_EXIT_PORT):
+        hv.install_intercept(
+            partition_id, int(ti.InterceptAccess.WRITE), int(ti.InterceptType.X64IoPort), port
+        )
+
+
+def serve_consoles(
+    hv: Hypervisor,
+    partitions: Sequence[int],
+    *,
+    timeout: float,
+    on_message: Callable[[Message], bool] | None = None,
+) -> dict[int, ChildRun]:
+    """Handle the root's messages until every child in `partitions` has written its debug-exit
+    port (its VP then stays suspended) or `timeout` seconds passed (TimeoutError). Every child's
+    COM1 bytes go to its output, whichever children are waited for (`hv.consoles` keeps them across
+    calls); `on_message` may handle any other message (True: handled); the rest are recorded in the
+    child's `messages` and left as they are."""
+    runs = hv.consoles
+    for pid in partitions:
+        runs.setdefault(pid, ChildRun())
+    deadline = time.monotonic() + timeout
+    while not all(runs[pid].done for pid in partitions):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            waiting = ", ".join(f"{pid:#x}" for pid in partitions if not runs[pid].done)
+            raise TimeoutError("children still running: " + waiting)
+        m = hv.next_message(timeout=left)
+        run = runs.setdefault(m.partition_id, ChildRun())
+        if m.message_type == HvMessageType.HvMessageTypeX64IoPortIntercept:
+            port, size, is_write, rax = m.io_port()
+            if is_write and port == DEBUG_EXIT_PORT:
+                run.exit_status = ((rax & 0xFFFF_FFFF) << 1) | 1
+                continue
+            if is_write and port == COM1_DATA:
+                run.output.append(rax & 0xFF)
+                hv.complete_intercept(m)
+                continue
+        if on_message is not None and on_message(m):
+            continue
+        run.messages.append(m)
+        if m.message_type in _ENDS_A_CHILD:
+            run.failure = m.name
+    return {pid: runs[pid] for pid in partitions}

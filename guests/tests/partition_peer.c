@@ -6,6 +6,9 @@
  *                                 retrying while the port's buffers are all in use
  *   role=receiver sint=S count=K  SynIC on with the SIMP page, SINT S unmasked in polling mode: wait for K
  *                                 messages in slot S, check each, clear it and write EOM
+ *   role=probe addr=A [write=V]   read (or write V to) the 32-bit word at guest-physical A (identity
+ *                                 mapped): the host decides what happens (an unmapped-GPA intercept), and
+ *                                 the value read is printed
  *
  * Both print one line per check and exit through the debug-exit port (0xF4), which the host intercepts.
  * Run as an ordinary guest (hv1 run, QEMU) with no peer, the receiver times out and reports it. */
@@ -14,7 +17,8 @@
 #include "synic_hv.h"
 
 #define PEER_MSG_TYPE 0x4E
-#define WAIT_SPINS    200000000ull
+#define WAIT_SPINS    20000000ull
+#define START_RETRIES 2000000ull   /* the receiver may not have its SynIC on yet */
 
 static uint8_t hc_page[4096] __attribute__((aligned(4096)));
 static uint8_t hc_in[4096] __attribute__((aligned(4096)));
@@ -31,12 +35,16 @@ static void sender(uint32_t conn, long count)
         in->message_type = PEER_MSG_TYPE;
         int n = snprintf((char *)in->payload, sizeof(in->payload), "ping %ld", i);
         in->payload_size = (uint32_t)n + 1;
-        uint64_t r;
+        uint64_t r, not_yet = 0;
         for (;;) {
             r = hv_hypercall(hv_control(HVS_CALL_POST_MESSAGE, 0, 0, 0, 0), (uint64_t)in, 0);
-            if (hv_status(r) != HVS_INSUFFICIENT_BUFFERS)
+            if (hv_status(r) == HVS_INSUFFICIENT_BUFFERS) {
+                busy++;   /* the receiver has not taken the earlier ones yet: "the caller should retry" */
+            } else if (hv_status(r) == HVS_INVALID_SYNIC_STATE && sent == 0 && not_yet < START_RETRIES) {
+                not_yet++;   /* no SynIC can take it yet: the receiving partition is still starting */
+            } else {
                 break;
-            busy++;   /* the receiver has not taken the earlier ones yet: "the caller should retry" */
+            }
             __asm__ volatile("pause");
         }
         if (!checkf(hv_status(r) == HVS_SUCCESS, "ipc.post-message.cross-partition",
@@ -78,6 +86,17 @@ static void receiver(uint32_t sint, long count)
     printf("receiver: %ld messages received\n", got);
 }
 
+static void probe(uint64_t addr)
+{
+    volatile uint32_t *p = (volatile uint32_t *)addr;
+    if (cmdline_flag("write")) {
+        *p = (uint32_t)cmdline_int("write", 0);
+        printf("probe: wrote 0x%lx to 0x%lx\n", cmdline_int("write", 0), (unsigned long)addr);
+    }
+    uint32_t v = *p;
+    printf("probe: read 0x%x at 0x%lx\n", v, (unsigned long)addr);
+}
+
 void kmain(const struct boot_info *bi)
 {
     if (!check(hv_present(), "discovery.hv1-present"))
@@ -87,6 +106,8 @@ void kmain(const struct boot_info *bi)
         sender((uint32_t)cmdline_int("conn", 1), cmdline_int("count", 1));
     else if (cmdline_flag("role=receiver"))
         receiver((uint32_t)cmdline_int("sint", 2), cmdline_int("count", 1));
+    else if (cmdline_flag("role=probe"))
+        probe((uint64_t)cmdline_int("addr", 0));
     else
         printf("partition_peer: give role=sender or role=receiver\n");
     exit_with_summary();
