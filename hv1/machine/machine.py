@@ -69,9 +69,11 @@ from hv1.tlfs.partition import PartitionPrivilege
 from hv1.trace import Tracer
 
 if TYPE_CHECKING:
+    from hv1.machine.child import ChildRuntime
     from hv1.machine.debug import MachineDebugTarget
 
 APIC_MODES = ("kernel", "user")
+INTERCEPTION_SINT = 0  # HV_SYNIC_INTERCEPTION_SINT_INDEX: where a parent's intercept messages arrive
 MAX_CPUS = 64
 MIN_MEMORY = 2 << 20
 MAX_MEMORY = 3 << 30  # below the PCI/APIC hole at 3 GiB: one RAM slot, no remapping
@@ -811,9 +813,21 @@ class Machine(VpHost):
         # A partition that may manage others (`--hv root`, or +create-partitions / +memory-pool) is the
         # root of a partition engine whose RAM is this machine's (docs/partitions.md).
         self.hypervisor: Hypervisor | None = None
+        self.child_runtime: ChildRuntime | None = None
         if caps.privileges & (PartitionPrivilege.CreatePartitions | PartitionPrivilege.AccessMemoryPool):
             self.hypervisor = Hypervisor(cfg.memory >> 12, root_privileges=caps.privileges, ram=self.ram)
             self.partition.attach_hypervisor(self.hypervisor, self.hypervisor.root_id)
+            # Its children run on the same backend; their intercepts reach this guest's SynIC.
+            from hv1.machine.child import ChildRuntime
+
+            self.child_runtime = ChildRuntime(
+                self.hypervisor,
+                self.ram,
+                self._deliver_to_root,
+                backend=backend,
+                tracer=self.tracer,
+                diag=self.diag,
+            )
         if injector is not None:
             self.partition.set_injection(injector)
         self._reset_requested = False
@@ -901,6 +915,23 @@ class Machine(VpHost):
         self.bus.register(TimeTestPort(self.partition.time, self.tracer), TIME_TESTDEV_PORT, 4)
         self.bench_dev = BenchDev(self.partition.ports, self.reftime.now, self.request_interrupt)
         self.bus.register(self.bench_dev, BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT)
+
+    def _deliver_to_root(
+        self, parent_id: int, partition_id: int, vp_index: int, kind: int, payload: bytes
+    ) -> None:
+        """A message for the root guest from one of its children (an intercept, a failure): to
+        SINT 0 of the root's first VP (HV_SYNIC_INTERCEPTION_SINT_INDEX; hv1 names no other VP:
+        docs/partitions.md). A SINT that cannot take it drops it, traced."""
+        st = self.partition.ports.post_message(self.vp_indexes[0], INTERCEPTION_SINT, kind, payload[:240])
+        self.tracer.emit(
+            "partitions",
+            -1,
+            "to-root",
+            partition=partition_id,
+            vp_index=vp_index,
+            type=f"{kind:#x}",
+            status=int(st),
+        )
 
     def _activate_kvm_synic(self, vcpus: list[Vcpu]) -> bool:
         """Turn on KVM's SynIC on every vCPU, for its AutoEOI bitmap only (hv1/machine/auto_eoi.py).
@@ -1175,6 +1206,9 @@ class Machine(VpHost):
                 vp.thread.join(timeout=0.05)
 
     def close(self) -> None:
+        if self.child_runtime is not None and self.hypervisor is not None:
+            with self.hypervisor.lock:
+                self.child_runtime.close()
         if self.debugger is not None:
             self.debugger.close()
         self.scheduler.stop()

@@ -80,8 +80,9 @@ def new_child(hv: Hypervisor, pages: Pages, *, vps: int = 1) -> tuple[int, list[
 
 def real_mode_program(text: bytes) -> bytes:
     """16-bit real mode at 0:0: print `text` byte by byte to COM1, then write the debug-exit port."""
-    # mov si, msg; mov dx, 0x3f8; l: lodsb; test al, al; jz e; out dx, al; jmp l; e: mov al, 5; out 0xf4, al; hlt
-    code = bytes.fromhex("be2000" "baf803" "ac" "84c0" "7403" "ee" "ebf8" "b005" "e6f4" "f4")
+    # mov si, msg; mov dx, 0x3f8; l: lodsb; test al, al; jz e; out dx, al; jmp l
+    # e: mov al, 5; out 0xf4, al; hlt
+    code = bytes.fromhex("be2000 baf803 ac 84c0 7403 ee ebf8 b005 e6f4 f4")
     return code.ljust(0x20, b"\x90") + text + b"\0"
 
 
