@@ -2,6 +2,11 @@
 
 __version__ = "0.1.0"
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hv1.host import HvError, Hypervisor, Message
+
 __all__ = ["HvError", "Hypervisor", "Message"]
 
 

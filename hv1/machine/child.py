@@ -42,6 +42,7 @@ from hv1.hv.apic import ApicRouter, LocalApic
 from hv1.hv.caps import Caps, parse_profile
 from hv1.hv.guest_cpu import GuestCpu
 from hv1.hv.hypercall_page import HYPERCALL_PORT
+from hv1.hv.hypercalls.vp_calls import InitialVpContext
 from hv1.hv.hypervisor import Hypervisor, VpRecord
 from hv1.hv.intercepts import InterceptContext, io_port_message, memory_message, msr_message
 from hv1.hv.interfaces import GuestMemory
@@ -115,6 +116,7 @@ class ChildVp(Vp):
         # before the next entry the register file the parent left is loaded (rip written only if the
         # parent did something else than step over the instruction).
         self._reload_after: int | None = None
+        self._saved: tuple[InitialVpContext, dict[str, int]] = (InitialVpContext(), {})
 
     @property
     def record(self) -> VpRecord:
@@ -129,6 +131,9 @@ class ChildVp(Vp):
         for name in rec.registers.gprs:
             rec.registers.gprs[name] = self.vcpu.get(name)
         rec.running = False
+        # What the file held when the VP stopped: after an intercept only what the parent changed
+        # is written back (_apply_file), so nothing depends on where the backend stops next.
+        self._saved = (ctx, dict(rec.registers.gprs))
 
     def _load(self, rec: VpRecord) -> bool:
         """Load the register file into the vCPU. False (and the VP stays stopped, the parent told
@@ -148,17 +153,25 @@ class ChildVp(Vp):
         return True
 
     def _apply_file(self, rec: VpRecord, expected_rip: int) -> None:
-        """After an intercept: what the parent left in the register file, on top of the completed
-        instruction (the backend already moved RIP to `expected_rip`)."""
+        """After an intercept: what the parent changed in the register file since the VP stopped,
+        on top of the completed instruction (the backend moved RIP to `expected_rip` itself: a
+        parent that stepped over the instruction changes nothing here). The common completion
+        (RIP, and RAX through the instruction's own result) writes no register at all."""
         ctx = rec.registers.ctx
-        current = self.vcpu.get_context()
-        if dataclasses.replace(current, rip=ctx.rip, rflags=ctx.rflags, rsp=ctx.rsp) != ctx:
+        saved_ctx, saved_gprs = self._saved
+        moved = dataclasses.replace(ctx, rip=saved_ctx.rip, rflags=saved_ctx.rflags, rsp=saved_ctx.rsp)
+        if moved != saved_ctx:
             self.vcpu.set_initial_context(ctx)  # the parent changed segments or control registers
-        elif ctx.rip != expected_rip:
-            self.vcpu.set("rip", ctx.rip)
-        self.vcpu.set("rflags", ctx.rflags)
+        else:
+            if ctx.rip != expected_rip:
+                self.vcpu.set("rip", ctx.rip)
+            if ctx.rflags != saved_ctx.rflags:
+                self.vcpu.set("rflags", ctx.rflags)
+            if ctx.rsp != saved_ctx.rsp:
+                self.vcpu.set("rsp", ctx.rsp)
         for name, value in rec.registers.gprs.items():
-            self.vcpu.set(name, value)
+            if value != saved_gprs.get(name):
+                self.vcpu.set(name, value)
 
     def _engine_locked(self, fn: Callable[[], T], gone: T) -> T:
         """`fn()` under the engine lock, serving this VP's work while waiting for it; `gone` if the
@@ -173,9 +186,10 @@ class ChildVp(Vp):
         finally:
             lock.release()
 
-    def _wait_resumed(self) -> bool:
+    def _wait_resumed(self, load: bool = True) -> bool:
         """Wait (serving work: the engine may park this VP meanwhile) until no suspension reason
-        is left, then load the register file. False: the VP is being stopped for good."""
+        is left, then load the register file (`load` False: the caller applies it later, outside
+        the instruction being intercepted). False: the VP is being stopped for good."""
         while True:
             if self.vcpu.stop_requested:
                 return False
@@ -185,6 +199,9 @@ class ChildVp(Vp):
                 if rec is None:
                     return None
                 if not rec.suspended:
+                    if not load:
+                        rec.running = True
+                        return True
                     return self._load(rec)
                 return False
 
@@ -212,7 +229,7 @@ class ChildVp(Vp):
         if self._engine_locked(check, False):
             self._wait_resumed()
 
-    def _intercept(self, kind: int, payload: bytes, rip: int, expected_rip: int | None) -> bool:
+    def _intercept(self, kind: int, payload: bytes, rip: int, expected_rip: int) -> bool:
         """Suspend for the parent: save the state with RIP on the instruction, send the message,
         wait for the parent to clear InterceptSuspend. True when it did (the register file then
         holds its answer); False when the VP is being stopped."""
@@ -232,11 +249,10 @@ class ChildVp(Vp):
             return False
         tracer = self.host.tracer
         tracer.emit("partitions", self.index, "intercept", partition=self.host.id, type=f"{kind:#x}", rip=rip)
-        if not self._wait_resumed():
+        if not self._wait_resumed(load=False):
             return False
         self._reload_after = expected_rip
-        if expected_rip is not None:
-            self.vcpu.kick()  # the emulator: stop after this instruction, so before_entry runs
+        self.vcpu.kick()  # the emulator: stop soon after this instruction, so before_entry runs
         return True
 
     def _context(self, rip: int, length: int, insn: bytes = b"") -> InterceptContext:
@@ -336,10 +352,9 @@ class ChildVp(Vp):
         mapped = self.host.memory_mapped(addr)
         access = InterceptAccessType.WRITE if is_write else InterceptAccessType.READ
         kind, payload = memory_message(self._context(rip, 0, insn), addr, access, mapped)
-        if not self._intercept(kind, payload, rip, None):
-            return
-        self._reload_after = -1  # always load the whole file: the instruction did not really happen
-        self.vcpu.kick()
+        # The access did not happen (the emulator stops before it; KVM completes it with all-ones,
+        # docs/partitions.md): RIP stays on the instruction unless the parent moves it.
+        self._intercept(kind, payload, rip, rip)
 
     def mmio_read(self, addr: int, size: int) -> int:
         apic = self.apic

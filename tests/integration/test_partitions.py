@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import struct
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -259,3 +261,21 @@ def test_finalize_stops_a_spinning_child(hv: Hypervisor, guest: Guest) -> None:
     hv.finalize_partition(c)
     hv.delete_partition(c)
     assert hv.get_next_child_partition(0) == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="unicorn not installed")
+def test_example_virtualization_host_runs(guest: Guest) -> None:
+    """examples/virtualization_host.py, as the README shows it (the emulator: it runs everywhere)."""
+    guest("partition_peer")
+    root = Path(__file__).resolve().parents[2]
+    cmd = [
+        sys.executable,
+        str(root / "examples" / "virtualization_host.py"),
+        "--backend",
+        "emu",
+        "--messages",
+        "4",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=root)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "receiver: 4 messages received" in p.stdout and "SUMMARY: 6 passed, 0 failed" in p.stdout

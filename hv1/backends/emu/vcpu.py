@@ -688,7 +688,10 @@ class EmuVcpu:
         assert self._h is not None
         self._ctx_valid = False  # a handler that reads registers sees them at this instruction
         self._h.count_exit(EXIT_IO)
-        return self._h.io_in(port, size) & ((1 << (8 * size)) - 1)
+        try:
+            return self._h.io_in(port, size) & ((1 << (8 * size)) - 1)
+        finally:
+            self._ctx_valid = False  # what it read is stale once the instruction completes
 
     def _on_out(self, uc: Uc, port: int, size: int, value: int, _: object) -> None:
         assert self._h is not None
@@ -699,7 +702,10 @@ class EmuVcpu:
             return
         self._ctx_valid = False
         self._h.count_exit(EXIT_IO)
-        self._h.io_out(port, size, value)
+        try:
+            self._h.io_out(port, size, value)
+        finally:
+            self._ctx_valid = False
 
     def _on_intr(self, uc: Uc, intno: int, _: object) -> None:
         self._intr = intno
