@@ -37,6 +37,7 @@ CATEGORIES = (
     "vp",  # VP lifecycle: start, INIT/SIPI, halt, stop
     "crash",  # guest crash notifications
     "inject",  # fault injection: every injected failure or delay (hv/inject.py)
+    "partitions",  # child partitions: running, memory layout, intercepts, failures (hv1/machine/child.py)
 )
 
 RING_SIZE = 64

@@ -57,6 +57,21 @@ EXIT_NAMES: Mapping[int, str] = {
 }  # fmt: skip
 
 
+@dataclass(frozen=True)
+class MemoryRegion:
+    """A range of guest-physical addresses backed by host memory of this process (zero copy): how
+    a child partition's GPA map (hv1/hv/gpa_map.py GpaRun) becomes memory slots. `host_address` is
+    where the first byte lives (inside the root's GuestRam mapping); not `writable`: a guest write
+    exits as MMIO (read-only slot); not `executable`: advisory (KVM slots cannot forbid execution;
+    the emulator enforces it)."""
+
+    gpa: int
+    host_address: int
+    size: int
+    writable: bool = True
+    executable: bool = True
+
+
 class ExitHandler(Protocol):
     """What the run loop asks of the machine for each kind of exit."""
 
@@ -117,6 +132,9 @@ class Vcpu(VpRegisters, Protocol):
     """One virtual processor of a backend VM. Everything but `kick` runs on the vCPU's own thread."""
 
     stop_requested: bool
+    # Where RIP is when io_in/io_out run: past the instruction (True: this host's KVM, host-kvm.md;
+    # the hypercall `out` relies on it) or still on it (the emulator's instruction hooks).
+    io_rip_after: bool
 
     @property
     def thread_id(self) -> int | None: ...  # the thread inside run() now, or None
@@ -145,6 +163,9 @@ class Vcpu(VpRegisters, Protocol):
     def flush_tlb(self) -> None: ...
     def reset(self, bsp: bool) -> None: ...  # partition reset: nothing pending, power-on APIC state
     def snapshot(self) -> CpuSnapshot: ...
+    # The architectural state as an HV_INITIAL_VP_CONTEXT (segments with their cached attributes):
+    # what a child VP's register file keeps while it is suspended (hv/vp_registers.py).
+    def get_context(self) -> InitialVpContext: ...
 
     def run(self, h: ExitHandler) -> None: ...
     def close(self) -> None: ...
@@ -158,6 +179,13 @@ class Vm(Protocol):
     tsc_hz: int  # guest TSC frequency (after the first vCPU exists)
 
     def add_ram(self, ram: GuestRam) -> None: ...
+    # A child partition's layout instead of add_ram: every region at once, replacing the previous
+    # layout (every vCPU out of run()). A GPA in no region is an MMIO exit (mmio_read/mmio_write):
+    # completed afterwards on KVM; on the emulator, outside the (start, end) ranges of `mmio`, it
+    # stops before the instruction, RIP on it (the unmapped-GPA intercept the TLFS describes).
+    def set_memory_regions(
+        self, regions: Sequence[MemoryRegion], mmio: Sequence[tuple[int, int]] | None = None
+    ) -> None: ...
     def set_readonly_pages(self, pages: tuple[int, ...] | list[int]) -> None: ...
     def use_kernel_apic(self) -> None: ...  # --apic kernel (KVM only)
     def route_msrs_to_userspace(self, ranges: list[tuple[int, int]]) -> None: ...

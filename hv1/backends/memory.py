@@ -7,6 +7,7 @@ through the bounds checks below, so a guest-supplied GPA can never reach a guard
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import mmap
 import os
@@ -97,3 +98,61 @@ class GuestRam:
             self._mv.release()
             _libc.munmap(self._base, self._total)
             self._base = 0
+
+
+class RegionMemory:
+    """GuestMemory over a child partition's memory regions (hv1/backends/base.py MemoryRegion): the
+    backend's own view of a GPA space whose pages live in the root's RAM, for the reads a backend
+    makes on its own (page walks, exception delivery, instruction bytes). Bytes outside every region
+    raise GpaError. The regions are (gpa, host_address, size) triples, sorted and disjoint."""
+
+    def __init__(self, regions: list[tuple[int, int, int]]) -> None:
+        self._regions = sorted(regions)
+        self._starts = [r[0] for r in self._regions]
+        self._size = max((g + n for g, _h, n in self._regions), default=0)
+
+    @property
+    def size(self) -> int:
+        return self._size  # the end of the highest region (not the amount mapped)
+
+    def _pieces(self, gpa: int, length: int) -> list[tuple[int, int]] | None:
+        """(host address, length) pieces of [gpa, gpa+length), or None if a byte is unmapped."""
+        out: list[tuple[int, int]] = []
+        while length > 0:
+            i = bisect.bisect_right(self._starts, gpa) - 1
+            if i < 0:
+                return None
+            start, host, size = self._regions[i]
+            if gpa >= start + size:
+                return None
+            n = min(length, start + size - gpa)
+            out.append((host + gpa - start, n))
+            gpa += n
+            length -= n
+        return out
+
+    def contains(self, gpa: int, length: int) -> bool:
+        return gpa >= 0 and length >= 0 and self._pieces(gpa, length) is not None
+
+    def read(self, gpa: int, length: int) -> bytes:
+        pieces = self._pieces(gpa, length) if gpa >= 0 and length >= 0 else None
+        if pieces is None:
+            raise GpaError(gpa, length)
+        return b"".join(ctypes.string_at(h, n) for h, n in pieces)
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        data = bytes(data)
+        pieces = self._pieces(gpa, len(data)) if gpa >= 0 else None
+        if pieces is None:
+            raise GpaError(gpa, len(data))
+        pos = 0
+        for h, n in pieces:
+            ctypes.memmove(h, data[pos : pos + n], n)
+            pos += n
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        pieces = self._pieces(gpa, length) if gpa >= 0 and length >= 0 else None
+        if pieces is None or len(pieces) > 1:
+            raise GpaError(gpa, length)  # a zero-copy view cannot span two regions
+        h, n = pieces[0] if pieces else (0, 0)
+        return memoryview((ctypes.c_char * n).from_address(h)).cast("B") if n else memoryview(b"")

@@ -34,10 +34,12 @@ own (deliveries into another partition and the assert-interrupt hook run after i
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from hv1.hv.cpuid import CpuidProvider, default_vp_cpuid
 from hv1.hv.gpa_map import GpaMap, GpaMapping, rights_valid, special_backing
@@ -144,6 +146,20 @@ DEFAULT_CHILD_PRIVILEGES = GUEST_PRIVILEGES | int(
 )
 
 
+class PartitionRuntime(Protocol):
+    """What runs the partitions (hv1/machine/child.py): the engine tells it when a VP must start or
+    stop running and when a partition's memory or existence changes. vp_resumed, vp_suspended and
+    vp_deleted are called under `Hypervisor.lock` and must not block; memory_changed and
+    partition_stopping are called after the lock is released, before the engine call returns, and
+    may park or stop the partition's VPs."""
+
+    def vp_resumed(self, partition_id: int, vp_index: int) -> None: ...
+    def vp_suspended(self, partition_id: int, vp_index: int) -> None: ...
+    def vp_deleted(self, partition_id: int, vp_index: int) -> None: ...
+    def memory_changed(self, partition_id: int) -> None: ...
+    def partition_stopping(self, partition_id: int) -> None: ...
+
+
 class HvError(Exception):
     """A hypercall's failure: `status` is the HV_STATUS; `reps_done` the elements a rep call
     completed before the failing one."""
@@ -195,6 +211,17 @@ class VpRecord:
     explicit_suspend: bool = True
     intercept_suspend: bool = False
     registers: VpRegisterFile = field(default_factory=VpRegisterFile)
+    # The runtime holds the VP's state in a backend vCPU (set by hv1/machine/child.py): `registers` is
+    # stale until the runtime has stopped the VP and saved its state back, which it does as soon as
+    # a suspension reason is set.
+    running: bool = False
+    # The message of the intercept that suspended the VP, if one did: (message type, payload).
+    intercept: tuple[int, bytes] | None = None
+
+    @property
+    def stopped(self) -> bool:
+        """Suspended and its state saved: registers may be read and written."""
+        return self.suspended and not self.running
 
     @property
     def suspended(self) -> bool:
@@ -262,6 +289,9 @@ class Hypervisor:
         # Called (under `lock`: it must not block) when a VP's last suspension reason is cleared, with
         # (partition id, VP index): the machine starts or resumes running it.
         self.on_vp_resumed: Callable[[int, int], None] | None = None
+        # What runs the partitions' VPs (hv1/machine/child.py), if anything does.
+        self.runtime: PartitionRuntime | None = None
+        self._tls = threading.local()  # runtime calls queued until the engine lock is released
         self._next_id = ROOT_PARTITION_ID
         self._partitions: dict[int, PartitionRecord] = {}
         self._refs: dict[int, int] = {}  # backing page -> mappings in children that use it
@@ -278,6 +308,12 @@ class Hypervisor:
             if p is None:
                 raise HvError(HvStatus.INVALID_PARTITION_ID, f"no partition {partition_id:#x}")
             return p
+
+    def peek(self, partition_id: int) -> PartitionRecord | None:
+        """The record without taking `lock`: for the runtime's VP threads, which must never wait
+        for the lock where the engine may hold it while it waits for them (a dict read is atomic;
+        what the record says may change right after, as for any running VP)."""
+        return self._partitions.get(partition_id)
 
     def partition_ids(self) -> list[int]:
         with self.lock:
@@ -333,9 +369,13 @@ class Hypervisor:
     def finalize_partition(self, caller: int, partition_id: int) -> None:
         """HvCallFinalizePartition (0x0042): delete the VPs, unmap the GPA space; afterwards only
         WithdrawMemory and DeletePartition are allowed."""
-        with self.lock:
+        with self._then_runtime():
             p = self._child(caller, partition_id)
             self._state(p, PartitionState.CREATED, PartitionState.INITIALIZED, PartitionState.ACTIVE)
+            runtime = self.runtime
+            if runtime is not None:
+                pid = p.id
+                self._after_unlock(lambda: runtime.partition_stopping(pid))  # no VP runs once this returns
             p.vps.clear()
             for m in p.gpa.clear():
                 self._unref(m)
@@ -502,7 +542,7 @@ class Hypervisor:
     ) -> int:
         """HvCallModifySparseGpaPages (0x0090, rep): new rights for mapped pages. The rights stay
         within what the source page allows the caller."""
-        with self.lock:
+        with self._then_runtime():
             p = self._child(caller, target_partition_id)
             self._state(p, PartitionState.CREATED, PartitionState.INITIALIZED, PartitionState.ACTIVE)
             self._check_map_flags(map_flags, modify=True)
@@ -523,6 +563,7 @@ class Hypervisor:
                     if map_flags & MAP_GPA_PERMISSIONS & ~limit:
                         raise HvError(HvStatus.ACCESS_DENIED, f"rights beyond the source page {page:#x}", i)
                 p.gpa.modify(page, map_flags)
+                self._memory_changed(p)
             return len(gpa_page_list)
 
     def unmap_gpa_pages(
@@ -530,7 +571,7 @@ class Hypervisor:
     ) -> int:
         """HvCallUnmapGpaPages (0x004C, rep, no list): unmap `count` pages (2 MiB pages with
         HV_UNMAP_GPA_LARGE_PAGE) from target_gpa_base on."""
-        with self.lock:
+        with self._then_runtime():
             p = self._child(caller, target_partition_id)
             self._state(p, PartitionState.CREATED, PartitionState.INITIALIZED, PartitionState.ACTIVE)
             if unmap_flags & ~UNMAP_GPA_FLAGS_DEFINED:
@@ -538,13 +579,16 @@ class Hypervisor:
             step = LARGE_PAGE_PAGES if unmap_flags & UnmapGpaFlags.LARGE_PAGE else 1
             if step > 1 and target_gpa_base % step:
                 raise HvError(HvStatus.INVALID_PARAMETER, "large-page unmap of an unaligned base")
-            for i in range(count):
-                first = target_gpa_base + i * step
-                pages = range(first, first + step)
-                if any(pg not in p.gpa for pg in pages):
-                    raise HvError(HvStatus.INVALID_PARAMETER, f"target page {first:#x} is not mapped", i)
-                for pg in pages:
-                    self._unref(p.gpa.unmap(pg))
+            try:
+                for i in range(count):
+                    first = target_gpa_base + i * step
+                    pages = range(first, first + step)
+                    if any(pg not in p.gpa for pg in pages):
+                        raise HvError(HvStatus.INVALID_PARAMETER, f"target page {first:#x} is not mapped", i)
+                    for pg in pages:
+                        self._unref(p.gpa.unmap(pg))
+            finally:
+                self._memory_changed(p)  # what was unmapped is gone for the VPs before this returns
             return count
 
     def partition_memory(self, partition_id: int) -> GuestMemory:
@@ -570,7 +614,7 @@ class Hypervisor:
             why = flags_error(control_flags)
             if why is not None:
                 raise HvError(HvStatus.INVALID_PARAMETER, why)
-            if not vp.suspended:
+            if not vp.stopped:
                 raise HvError(HvStatus.INVALID_VP_STATE, f"VP {vp_index} is running")
             if gva_page >> 52:
                 raise HvError(HvStatus.INVALID_PARAMETER, f"GVA page {gva_page:#x}")
@@ -617,6 +661,8 @@ class Hypervisor:
             self._state(p, PartitionState.INITIALIZED, PartitionState.ACTIVE)
             if vp_index not in p.vps:
                 raise HvError(HvStatus.INVALID_VP_INDEX, f"no VP {vp_index}")
+            if self.runtime is not None:
+                self.runtime.vp_deleted(p.id, vp_index)
             del p.vps[vp_index]
             self._drop_vp_root_calls(p.id, vp_index)
 
@@ -641,7 +687,7 @@ class Hypervisor:
                 elif name == HvRegisterName.InterceptSuspend:
                     out.append(int(vp.intercept_suspend))
                 else:
-                    if not vp.suspended:
+                    if not vp.stopped:
                         raise HvError(HvStatus.INVALID_VP_STATE, f"VP {vp_index} is running", i)
                     try:
                         out.append(vp.registers.get(name))
@@ -663,7 +709,7 @@ class Hypervisor:
         with self.lock:
             p = self._partitions.get(partition_id if partition_id != HV_PARTITION_ID_SELF else caller)
             vp = self._vp_for_registers(caller, partition_id, vp_index, input_vtl)
-            resumed = False
+            resumed = suspended = False
             for i, (name, value) in enumerate(values):
                 if name in (HvRegisterName.ExplicitSuspend, HvRegisterName.InterceptSuspend):
                     if value & ~1 or (name == HvRegisterName.InterceptSuspend and value):
@@ -673,19 +719,25 @@ class Hypervisor:
                         vp.explicit_suspend = bool(value)
                     else:
                         vp.intercept_suspend = False
+                        vp.intercept = None
                     resumed |= was and not vp.suspended
+                    suspended |= not was and vp.suspended
                     continue
-                if not vp.suspended:
+                if not vp.stopped:
                     raise HvError(HvStatus.INVALID_VP_STATE, f"VP {vp_index} is running", i)
                 try:
                     vp.registers.set(name, value)
                 except RegisterError as e:
                     raise HvError(e.status, str(e), i) from None
-            if resumed and p is not None:
+            if p is not None and suspended and vp.suspended and self.runtime is not None:
+                self.runtime.vp_suspended(p.id, vp_index)  # it stops and saves its state soon
+            if resumed and p is not None and not vp.suspended:
                 if p.state is PartitionState.INITIALIZED:
                     p.state = PartitionState.ACTIVE
                 if self.on_vp_resumed is not None:
                     self.on_vp_resumed(p.id, vp_index)
+                if self.runtime is not None:
+                    self.runtime.vp_resumed(p.id, vp_index)
             return len(values)
 
     def _vp_for_registers(self, caller: int, partition_id: int, vp_index: int, input_vtl: int) -> VpRecord:
@@ -767,7 +819,7 @@ class Hypervisor:
             raise HvError(HvStatus.INVALID_PARAMETER, "special encodings are for map, not modify")
 
     def _map(self, caller: int, target: int, flags: int, pairs: Iterable[tuple[int, int]]) -> int:
-        with self.lock:
+        with self._then_runtime():
             c = self._caller(caller)
             p = self._child(caller, target)
             self._state(p, PartitionState.CREATED, PartitionState.INITIALIZED, PartitionState.ACTIVE)
@@ -776,40 +828,77 @@ class Hypervisor:
             large = bool(flags & MapGpaFlags.LARGE_PAGE)
             step = LARGE_PAGE_PAGES if large else 1
             done = 0
-            for target_page, source_page in pairs:
-                if large and (target_page % step or source_page % step):
-                    raise HvError(HvStatus.INVALID_PARAMETER, "large page not 2 MiB aligned", done)
-                plan: list[tuple[int, GpaMapping]] = []
-                for k in range(step):
-                    tp = target_page + k
-                    if tp in p.gpa:
-                        raise HvError(
-                            HvStatus.INVALID_PARAMETER, f"target page {tp:#x} is already mapped", done
-                        )
-                    if special is not None:
-                        plan.append((tp, GpaMapping(special, flags)))
-                        continue
-                    src = c.gpa.get(source_page + k)
-                    if src is None or src.backing < 0:
-                        raise HvError(
-                            HvStatus.INVALID_PARAMETER,
-                            f"source page {source_page + k:#x} is not the caller's",
-                            done,
-                        )
-                    if flags & MAP_GPA_PERMISSIONS & ~(src.flags & MAP_GPA_PERMISSIONS):
-                        raise HvError(
-                            HvStatus.ACCESS_DENIED,
-                            f"rights beyond the source page {source_page + k:#x}",
-                            done,
-                        )
-                    plan.append((tp, GpaMapping(src.backing, flags, (c.id, source_page + k))))
-                self._charge(p, p.gpa.new_tables_for([tp for tp, _ in plan]) * POOL_COSTS["gpa_table"], done)
-                for tp, m in plan:
-                    p.gpa.map(tp, m)
-                    if m.backing >= 0:
-                        self._refs[m.backing] = self._refs.get(m.backing, 0) + 1
-                done += 1
+            try:
+                for target_page, source_page in pairs:
+                    if large and (target_page % step or source_page % step):
+                        raise HvError(HvStatus.INVALID_PARAMETER, "large page not 2 MiB aligned", done)
+                    plan: list[tuple[int, GpaMapping]] = []
+                    for k in range(step):
+                        tp = target_page + k
+                        if tp in p.gpa:
+                            raise HvError(
+                                HvStatus.INVALID_PARAMETER, f"target page {tp:#x} is already mapped", done
+                            )
+                        if special is not None:
+                            plan.append((tp, GpaMapping(special, flags)))
+                            continue
+                        src = c.gpa.get(source_page + k)
+                        if src is None or src.backing < 0:
+                            raise HvError(
+                                HvStatus.INVALID_PARAMETER,
+                                f"source page {source_page + k:#x} is not the caller's",
+                                done,
+                            )
+                        if flags & MAP_GPA_PERMISSIONS & ~(src.flags & MAP_GPA_PERMISSIONS):
+                            raise HvError(
+                                HvStatus.ACCESS_DENIED,
+                                f"rights beyond the source page {source_page + k:#x}",
+                                done,
+                            )
+                        plan.append((tp, GpaMapping(src.backing, flags, (c.id, source_page + k))))
+                    self._charge(
+                        p, p.gpa.new_tables_for([tp for tp, _ in plan]) * POOL_COSTS["gpa_table"], done
+                    )
+                    for tp, m in plan:
+                        p.gpa.map(tp, m)
+                        if m.backing >= 0:
+                            self._refs[m.backing] = self._refs.get(m.backing, 0) + 1
+                    done += 1
+
+            finally:
+                if done:
+                    self._memory_changed(p)  # the new pages are there for the VPs before this returns
             return done
+
+    def _memory_changed(self, p: PartitionRecord) -> None:
+        runtime, pid = self.runtime, p.id
+        if runtime is not None:
+            self._after_unlock(lambda: runtime.memory_changed(pid), key=("memory", pid))
+
+    def _after_unlock(self, fn: Callable[[], None], key: object = None) -> None:
+        """Queue a runtime call for when this thread leaves `_then_runtime` (once per `key`)."""
+        tls = self._tls
+        pending: dict[object, Callable[[], None]] = tls.__dict__.setdefault("pending", {})
+        pending[key if key is not None else object()] = fn
+
+    @contextlib.contextmanager
+    def _then_runtime(self) -> Iterator[None]:
+        """The engine lock for a call that changes what a running child may touch. The runtime calls
+        it queues (memory_changed, partition_stopping) run when the lock is released, on this thread,
+        before the call returns: the runtime may then park or stop the child's VPs, which may be
+        waiting for this very lock (docs/partitions.md "Locks")."""
+        tls = self._tls
+        depth = tls.__dict__.get("depth", 0)
+        tls.depth = depth + 1
+        try:
+            with self.lock:
+                yield
+        finally:
+            tls.depth = depth
+            if depth == 0:
+                pending = tls.__dict__.pop("pending", {})
+                for fn in pending.values():
+                    fn()
 
     def _unref(self, m: GpaMapping) -> None:
         if m.backing < 0 or m.source is None:  # special pages and the root's own RAM are not counted

@@ -39,7 +39,7 @@ from hv1.backends.memory import GuestRam
 from hv1.errors import EXIT_GUEST_CRASH, EXIT_GUEST_FATAL, EXIT_INTERNAL, EXIT_TIMEOUT, UsageError
 from hv1.hv import enlightenments
 from hv1.hv.apic import ApicHooks, ApicRouter, DeliveryMode, DestMode, LocalApic, Shorthand, inject_pending
-from hv1.hv.caps import parse_profile, without_auto_eoi
+from hv1.hv.caps import Caps, parse_profile, without_auto_eoi
 from hv1.hv.guest_cpu import GuestCpu
 from hv1.hv.hypercall_page import HYPERCALL_PORT
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
@@ -69,9 +69,11 @@ from hv1.tlfs.partition import PartitionPrivilege
 from hv1.trace import Tracer
 
 if TYPE_CHECKING:
+    from hv1.machine.child import ChildRuntime
     from hv1.machine.debug import MachineDebugTarget
 
 APIC_MODES = ("kernel", "user")
+INTERCEPTION_SINT = 0  # HV_SYNIC_INTERCEPTION_SINT_INDEX: where a parent's intercept messages arrive
 MAX_CPUS = 64
 MIN_MEMORY = 2 << 20
 MAX_MEMORY = 3 << 30  # below the PCI/APIC hole at 3 GiB: one RAM slot, no remapping
@@ -111,6 +113,41 @@ class RunResult:
     exits: dict[str, int] = field(default_factory=dict)
 
 
+def cpuid_template(
+    supported: list[CpuidEntry],
+    caps: Caps,
+    caps_leaves: dict[int, tuple[int, int, int, int]],
+    *,
+    user_apic: bool,
+) -> list[CpuidEntry]:
+    """The guest's CPUID: what the backend's CPU can do, the hypervisor-present bit, and the Hv#1
+    leaves of `caps_leaves` instead of the backend's own signature leaves."""
+    entries = [e for e in supported if not HV_LEAF_FIRST <= e.function <= HV_LEAF_LAST]
+    for e in entries:
+        if e.function == 0x80000007 and "ref-tsc" in caps.features:
+            e.edx |= 1 << 8  # invariant TSC: advertised with the reference TSC page (TLFS timers.md)
+        if e.function == 1:
+            e.ecx |= CPUID1_ECX_HYPERVISOR
+            if user_apic:
+                e.ecx &= ~CPUID1_ECX_TSC_DEADLINE  # hv1's APIC model has no TSC-deadline mode
+    for leaf, (a, b, c, d) in sorted(caps_leaves.items()):
+        entries.append(CpuidEntry(leaf, 0, a, b, c, d))
+    return entries
+
+
+def cpuid_for_apic_id(template: list[CpuidEntry], apic_id: int) -> list[CpuidEntry]:
+    """One VP's copy of the table: its initial APIC ID in leaves 1, 0xB and 0x1F."""
+    out = []
+    for e in template:
+        c = e.copy()
+        if c.function == 1:
+            c.ebx = (c.ebx & 0x00FFFFFF) | (apic_id << 24)
+        elif c.function in (0xB, 0x1F):
+            c.edx = apic_id
+        out.append(c)
+    return out
+
+
 class SynicEoiHook(ApicHooks):
     """User APIC mode: an EOI of a SINT vector lets the SynIC retry messages queued on that SINT
     (TLFS inter-partition-communication.md, "SynIC Message Flags": EOI and EOM both prompt redelivery)."""
@@ -132,7 +169,7 @@ class Vp:
     """One virtual processor: its KVM vCPU, its thread, and (user mode) its local APIC.
     Implements the backend's ExitHandler."""
 
-    def __init__(self, machine: Machine, index: int, vcpu: Vcpu, apic: LocalApic | None) -> None:
+    def __init__(self, machine: VpHost, index: int, vcpu: Vcpu, apic: LocalApic | None) -> None:
         self.m = machine
         self.index = index
         self.vp_index = machine.vp_indexes[index]  # HV_VP_INDEX: what hv1/hv and the hooks use
@@ -549,7 +586,129 @@ class Vp:
             )
 
 
-class Machine:
+class VpHost:
+    """A partition that runs: its VPs and what the partition (hv1/hv) asks of them as a set, the
+    Kicker, InterruptSink and EnlightenmentHooks side. The Machine (the partition hv1 boots) and
+    each child partition a virtualization host runs (hv1/machine/child.py) are one. The attributes
+    below are what a Vp uses of its host."""
+
+    partition: Partition
+    vp_indexes: list[int]
+    vps: list[Vp]
+    vp_by_index: dict[int, Vp]
+    kernel_auto_eoi: bool
+    tracer: Tracer
+    bus: IoBus
+    ioapic: IoApic
+    debugger: MachineDebugTarget | None
+    hypercall_page_gpa: int | None
+    hypercall_page_writes: int
+    reftime: ReferenceTime
+    scheduler: Scheduler
+    start_lock: threading.Lock
+    _stop: threading.Event
+    _park_lock: threading.Lock
+
+    def fatal(self, vp: Vp, kind: str, detail: str, status: int) -> None:
+        raise NotImplementedError
+
+    def request_interrupt(self, vp_index: int, vector: int, auto_eoi: bool = False) -> None:
+        """A fixed interrupt into hv1's local APIC of the VP (user APIC mode)."""
+        vp = self.vp_by_index[vp_index]
+        assert vp.apic is not None
+        vp.apic.accept(vector, auto_eoi=auto_eoi)
+        vp.kick()
+
+    def kick(self, vp_index: int) -> None:
+        self.vp_by_index[vp_index].kick()
+
+    def guest_idle(self, vp_index: int) -> None:
+        """HV_X64_MSR_GUEST_IDLE read (user APIC mode): the VP idles until an interrupt arrives."""
+        vp = self.vp_by_index[vp_index]
+        if vp.apic is not None:
+            vp.sleep(wake_with_if_clear=True)
+
+    def start_vp(self, vp_index: int, ctx: InitialVpContext) -> bool:
+        """HvCallStartVirtualProcessor (under the partition lock: must not block)."""
+        vp = self.vp_by_index.get(vp_index)
+        return vp is not None and vp.try_start(ctx)
+
+    def yield_vp(self, vp_index: int) -> None:
+        os.sched_yield()
+
+    def _current_vp(self) -> Vp | None:
+        me = threading.get_ident()
+        return next((vp for vp in self.vps if vp.vcpu.thread_id == me), None)
+
+    def _with_vps_parked(self, fn: Callable[[], None]) -> None:
+        """Run `fn` while every other VP waits outside KVM_RUN. One parker at a time; a VP waiting
+        for its turn (or for the others) keeps serving its own work queue, so it can be parked by
+        the current parker meanwhile and two parkers cannot deadlock."""
+        me = self._current_vp()
+
+        def serve_while(wait: Callable[[], bool]) -> bool:
+            while not wait():
+                if me is not None:
+                    me.service_work()
+                # The run is ending or being reset (VP threads stop without serving work; a reset
+                # lays the slots out again itself): give up rather than wait for parkers that left.
+                if self._stop.is_set() or (me is not None and me.vcpu.stop_requested):
+                    return False
+            return True
+
+        if not serve_while(lambda: self._park_lock.acquire(timeout=0.0002)):
+            return
+        release = threading.Event()
+        try:
+            parked: list[threading.Event] = []
+            for vp in self.vps:
+                if vp is me or vp.thread is None or not vp.thread.is_alive():
+                    continue
+                ev = threading.Event()
+
+                def park(ev: threading.Event = ev) -> None:
+                    ev.set()
+                    release.wait()
+
+                vp.post_work(park)
+                parked.append(ev)
+            for ev in parked:
+                if not serve_while(lambda ev=ev: ev.wait(0.0002)):  # type: ignore[misc]
+                    return
+            fn()
+        finally:
+            release.set()
+            self._park_lock.release()
+
+    def flush_tlb(self, src_vp: int, targets: Iterable[int]) -> None:
+        """Flush the guest TLB of every target VP and return only when all are done (TLFS
+        virtual-mmu.md: the flush hypercalls complete when the flush has happened on each target).
+        Running targets are kicked out of guest mode and flush before they re-enter. While it waits,
+        the caller services its own queue, so two VPs flushing each other cannot deadlock. Callers
+        must not hold the partition lock."""
+        pending: list[threading.Event] = []
+        for t in set(targets):
+            vp = self.vp_by_index[t]
+            if t == src_vp:
+                vp.flush_tlb()
+                continue
+            done = threading.Event()
+
+            def work(vp: Vp = vp, done: threading.Event = done) -> None:
+                vp.flush_tlb()
+                done.set()
+
+            vp.post_work(work)
+            pending.append(done)
+        me = self.vp_by_index[src_vp]
+        for done in pending:
+            while not done.wait(0.0002):
+                me.service_work()
+                if self._stop.is_set():
+                    return
+
+
+class Machine(VpHost):
     def __init__(
         self,
         cfg: MachineConfig,
@@ -654,9 +813,21 @@ class Machine:
         # A partition that may manage others (`--hv root`, or +create-partitions / +memory-pool) is the
         # root of a partition engine whose RAM is this machine's (docs/partitions.md).
         self.hypervisor: Hypervisor | None = None
+        self.child_runtime: ChildRuntime | None = None
         if caps.privileges & (PartitionPrivilege.CreatePartitions | PartitionPrivilege.AccessMemoryPool):
             self.hypervisor = Hypervisor(cfg.memory >> 12, root_privileges=caps.privileges, ram=self.ram)
             self.partition.attach_hypervisor(self.hypervisor, self.hypervisor.root_id)
+            # Its children run on the same backend; their intercepts reach this guest's SynIC.
+            from hv1.machine.child import ChildRuntime
+
+            self.child_runtime = ChildRuntime(
+                self.hypervisor,
+                self.ram,
+                self._deliver_to_root,
+                backend=backend,
+                tracer=self.tracer,
+                diag=self.diag,
+            )
         if injector is not None:
             self.partition.set_injection(injector)
         self._reset_requested = False
@@ -710,7 +881,7 @@ class Machine:
         )
         for i in range(cfg.cpus):
             vcpu = vcpus[i]
-            vcpu.set_cpuid(self._cpuid_for(cpuid, self.apic_ids[i]))
+            vcpu.set_cpuid(cpuid_for_apic_id(cpuid, self.apic_ids[i]))
             self.vps.append(Vp(self, i, vcpu, apics[i]))
             if self.workarounds.enabled and isinstance(vcpu, KvmVcpu):
                 vcpu.on_emulation_failure = self._emulation_failure_handler(self.vps[-1])
@@ -744,6 +915,23 @@ class Machine:
         self.bus.register(TimeTestPort(self.partition.time, self.tracer), TIME_TESTDEV_PORT, 4)
         self.bench_dev = BenchDev(self.partition.ports, self.reftime.now, self.request_interrupt)
         self.bus.register(self.bench_dev, BENCH_DEV_PORT, BENCH_DEV_PORT_COUNT)
+
+    def _deliver_to_root(
+        self, parent_id: int, partition_id: int, vp_index: int, kind: int, payload: bytes
+    ) -> None:
+        """A message for the root guest from one of its children (an intercept, a failure): to
+        SINT 0 of the root's first VP (HV_SYNIC_INTERCEPTION_SINT_INDEX; hv1 names no other VP:
+        docs/partitions.md). A SINT that cannot take it drops it, traced."""
+        st = self.partition.ports.post_message(self.vp_indexes[0], INTERCEPTION_SINT, kind, payload[:240])
+        self.tracer.emit(
+            "partitions",
+            -1,
+            "to-root",
+            partition=partition_id,
+            vp_index=vp_index,
+            type=f"{kind:#x}",
+            status=int(st),
+        )
 
     def _activate_kvm_synic(self, vcpus: list[Vcpu]) -> bool:
         """Turn on KVM's SynIC on every vCPU, for its AutoEOI bitmap only (hv1/machine/auto_eoi.py).
@@ -824,31 +1012,11 @@ class Machine:
 
     # ---- CPUID ----
     def _cpuid_template(self, caps_leaves: dict[int, tuple[int, int, int, int]]) -> list[CpuidEntry]:
-        entries = [e for e in self.vm.supported_cpuid() if not HV_LEAF_FIRST <= e.function <= HV_LEAF_LAST]
-        for e in entries:
-            if e.function == 0x80000007 and "ref-tsc" in self.partition.caps.features:
-                e.edx |= 1 << 8  # invariant TSC: advertised with the reference TSC page (TLFS timers.md)
-            if e.function == 1:
-                e.ecx |= CPUID1_ECX_HYPERVISOR
-                if self.cfg.apic == "user":
-                    e.ecx &= ~CPUID1_ECX_TSC_DEADLINE  # hv1's APIC model has no TSC-deadline mode
+        entries = cpuid_template(self.vm.supported_cpuid(), self.partition.caps, caps_leaves,
+                                 user_apic=self.cfg.apic == "user")  # fmt: skip
         if isinstance(self.vm, KvmVm):
             host_workarounds.adjust_cpuid(self.workarounds, entries)
-        for leaf, (a, b, c, d) in sorted(caps_leaves.items()):
-            entries.append(CpuidEntry(leaf, 0, a, b, c, d))
         return entries
-
-    @staticmethod
-    def _cpuid_for(template: list[CpuidEntry], apic_id: int) -> list[CpuidEntry]:
-        out = []
-        for e in template:
-            c = e.copy()
-            if c.function == 1:
-                c.ebx = (c.ebx & 0x00FFFFFF) | (apic_id << 24)
-            elif c.function in (0xB, 0x1F):
-                c.edx = apic_id
-            out.append(c)
-        return out
 
     def _boot_zeroed_ranges(self) -> list[tuple[int, int]]:
         """RAM the loader did not write: still zero since boot (HvExtCallGetBootZeroedMemory)."""
@@ -879,13 +1047,7 @@ class Machine:
         if self.cfg.apic == "kernel":
             self.vm.signal_msi(self.apic_id_of[vp_index], vector)
             return
-        vp = self.vp_by_index[vp_index]
-        assert vp.apic is not None
-        vp.apic.accept(vector, auto_eoi=auto_eoi)
-        vp.kick()
-
-    def kick(self, vp_index: int) -> None:
-        self.vp_by_index[vp_index].kick()
+        super().request_interrupt(vp_index, vector, auto_eoi)
 
     def request_reset(self) -> None:
         """HV_X64_MSR_RESET: reset the partition — every VP, guest RAM and all Hv state — and boot
@@ -908,20 +1070,6 @@ class Machine:
         if self.cfg.on_crash == "stop":
             self.stop(EXIT_GUEST_CRASH, "guest crash notification")
 
-    def guest_idle(self, vp_index: int) -> None:
-        """HV_X64_MSR_GUEST_IDLE read (user APIC mode): the VP idles until an interrupt arrives."""
-        vp = self.vp_by_index[vp_index]
-        if vp.apic is not None:
-            vp.sleep(wake_with_if_clear=True)
-
-    def start_vp(self, vp_index: int, ctx: InitialVpContext) -> bool:
-        """HvCallStartVirtualProcessor (under the partition lock: must not block)."""
-        vp = self.vp_by_index.get(vp_index)
-        return vp is not None and vp.try_start(ctx)
-
-    def yield_vp(self, vp_index: int) -> None:
-        os.sched_yield()
-
     def hypercall_page_moved(self, gpa: int | None) -> None:
         """Keep the hypercall page read/execute-only for the guest: a read-only memory slot over
         its GPA (TLFS hypercall-interface.md "Hypercall Page"). Memory slots change with every other
@@ -930,77 +1078,6 @@ class Machine:
         self._with_vps_parked(lambda: self.vm.set_readonly_pages(pages))
         self.hypercall_page_gpa = gpa
         self.tracer.emit("vp", -1, "hypercall-page-readonly", gpa=gpa if gpa is not None else -1)
-
-    def _current_vp(self) -> Vp | None:
-        me = threading.get_ident()
-        return next((vp for vp in self.vps if vp.vcpu.thread_id == me), None)
-
-    def _with_vps_parked(self, fn: Callable[[], None]) -> None:
-        """Run `fn` while every other VP waits outside KVM_RUN. One parker at a time; a VP waiting
-        for its turn (or for the others) keeps serving its own work queue, so it can be parked by
-        the current parker meanwhile and two parkers cannot deadlock."""
-        me = self._current_vp()
-
-        def serve_while(wait: Callable[[], bool]) -> bool:
-            while not wait():
-                if me is not None:
-                    me.service_work()
-                # The run is ending or being reset (VP threads stop without serving work; a reset
-                # lays the slots out again itself): give up rather than wait for parkers that left.
-                if self._stop.is_set() or (me is not None and me.vcpu.stop_requested):
-                    return False
-            return True
-
-        if not serve_while(lambda: self._park_lock.acquire(timeout=0.0002)):
-            return
-        release = threading.Event()
-        try:
-            parked: list[threading.Event] = []
-            for vp in self.vps:
-                if vp is me or vp.thread is None or not vp.thread.is_alive():
-                    continue
-                ev = threading.Event()
-
-                def park(ev: threading.Event = ev) -> None:
-                    ev.set()
-                    release.wait()
-
-                vp.post_work(park)
-                parked.append(ev)
-            for ev in parked:
-                if not serve_while(lambda ev=ev: ev.wait(0.0002)):  # type: ignore[misc]
-                    return
-            fn()
-        finally:
-            release.set()
-            self._park_lock.release()
-
-    def flush_tlb(self, src_vp: int, targets: Iterable[int]) -> None:
-        """Flush the guest TLB of every target VP and return only when all are done (TLFS
-        virtual-mmu.md: the flush hypercalls complete when the flush has happened on each target).
-        Running targets are kicked out of guest mode and flush before they re-enter. While it waits,
-        the caller services its own queue, so two VPs flushing each other cannot deadlock. Callers
-        must not hold the partition lock."""
-        pending: list[threading.Event] = []
-        for t in set(targets):
-            vp = self.vp_by_index[t]
-            if t == src_vp:
-                vp.flush_tlb()
-                continue
-            done = threading.Event()
-
-            def work(vp: Vp = vp, done: threading.Event = done) -> None:
-                vp.flush_tlb()
-                done.set()
-
-            vp.post_work(work)
-            pending.append(done)
-        me = self.vp_by_index[src_vp]
-        for done in pending:
-            while not done.wait(0.0002):
-                me.service_work()
-                if self._stop.is_set():
-                    return
 
     # ---- running ----
     def _debug_exit(self, status: int) -> None:
@@ -1129,6 +1206,9 @@ class Machine:
                 vp.thread.join(timeout=0.05)
 
     def close(self) -> None:
+        if self.child_runtime is not None and self.hypervisor is not None:
+            with self.hypervisor.lock:
+                self.child_runtime.close()
         if self.debugger is not None:
             self.debugger.close()
         self.scheduler.stop()

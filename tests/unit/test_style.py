@@ -19,14 +19,14 @@ def _run(*cmd: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed (pip install '.[test]')")
 def test_ruff_lint_and_format() -> None:
-    lint = _run("ruff", "check", "hv1", "tests", "bench")
+    lint = _run("ruff", "check", "hv1", "tests", "bench", "examples")
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    fmt = _run("ruff", "format", "--check", "hv1", "tests", "bench")
+    fmt = _run("ruff", "format", "--check", "hv1", "tests", "bench", "examples")
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
 @pytest.mark.timeout(300)
 def test_mypy_strict() -> None:
     pytest.importorskip("mypy", reason="mypy not installed (pip install '.[test]')")
-    r = _run(sys.executable, "-m", "mypy", "hv1")
+    r = _run(sys.executable, "-m", "mypy", "hv1", "examples")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -47,25 +47,31 @@ from __future__ import annotations
 import ctypes
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from unicorn import (
     UC_ARCH_X86,
+    UC_ERR_FETCH_UNMAPPED,
     UC_ERR_INSN_INVALID,
+    UC_ERR_READ_UNMAPPED,
     UC_ERR_WRITE_PROT,
+    UC_ERR_WRITE_UNMAPPED,
     UC_HOOK_BLOCK,
     UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_HOOK_MEM_READ,
+    UC_HOOK_MEM_UNMAPPED,
     UC_HOOK_MEM_WRITE,
     UC_HOOK_MEM_WRITE_PROT,
     UC_MEM_WRITE,
+    UC_MEM_WRITE_UNMAPPED,
     UC_MODE_32,
     UC_PROT_ALL,
     UC_PROT_EXEC,
     UC_PROT_READ,
+    UC_PROT_WRITE,
     Uc,
     UcError,
 )
@@ -108,14 +114,14 @@ from hv1.backends.base import (
     CpuidEntry,
     CpuSnapshot,
     ExitHandler,
+    MemoryRegion,
 )
 from hv1.backends.emu import idt
 from hv1.backends.emu.codescan import PAGE, TAIL, Stop, scan_page
 from hv1.backends.emu.msrs import emulated
-from hv1.backends.memory import GuestRam
 from hv1.hv.hypercall_page import HYPERCALL_PORT
-from hv1.hv.hypercalls.vp_calls import InitialVpContext
-from hv1.hv.interfaces import GPR_NAMES, CpuMode
+from hv1.hv.hypercalls.vp_calls import InitialVpContext, SegmentRegister, TableRegister
+from hv1.hv.interfaces import GPR_NAMES, CpuMode, GuestMemory
 from hv1.machine import paging
 from hv1.machine.entry_state import EntryMode, EntryState
 
@@ -149,7 +155,7 @@ CTX_CR = CTX_IDT + 24
 # second exception is reported as #DF and the third ends emulation silently as a triple fault
 # (unicorn issue #1883). Found by diffing the context around a #GP (-1 before, 13 after).
 CTX_OLD_EXCEPTION = 5536
-SEG_ES, SEG_CS, SEG_SS, SEG_DS, SEG_FS, SEG_GS, SEG_LDT, SEG_TR = range(8)
+SEG_ES, SEG_CS, SEG_SS, SEG_DS, SEG_FS, SEG_GS, SEG_LDT, SEG_TR, SEG_GDT, SEG_IDT = range(10)
 HF_CPL_MASK = 3
 HF_INHIBIT_IRQ = 1 << 3  # QEMU: the instruction after STI / MOV SS / POP SS is in the interrupt shadow
 HF_LMA = 1 << 14
@@ -177,16 +183,44 @@ APIC_BASE_EN = 1 << 11
 # ModRM r/m (with REX.B) -> register name.
 _MODRM_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
+_UNMAPPED_ERRORS = (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED)
 
 
 # uc_cb_hookcode_t: void (uc_engine *uc, uint64_t address, uint32_t size, void *user_data)
 _BLOCK_HOOK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p)
 
 
+def _descriptor(s: SegmentRegister) -> int:
+    """The GDT descriptor whose cache is `s` (Intel SDM Vol. 3A §3.4.5)."""
+    limit = s.limit >> 12 if s.granularity else s.limit
+    a = s.attributes | (1 if s.attributes & 0x10 else 0)  # code/data: Accessed (the page is read-only)
+    return (
+        (limit & 0xFFFF) | ((s.base & 0xFFFFFF) << 16) | ((a & 0xFF) << 40) | (((limit >> 16) & 0xF) << 48)
+        | (((a >> 12) & 0xF) << 52) | (((s.base >> 24) & 0xFF) << 56)
+    )  # fmt: skip
+
+
+def _scratch_gdt(segs: Iterable[SegmentRegister]) -> list[int] | None:
+    """A GDT that holds each segment's descriptor at its selector's index (null selectors need
+    none), or None when that cannot be (an LDT selector, an index past one page, or two segments
+    with one selector and different descriptors)."""
+    table: dict[int, int] = {}
+    for s in segs:
+        index = s.selector >> 3
+        if not index:
+            continue
+        if s.selector & 4 or index >= 512 or table.get(index, _descriptor(s)) != _descriptor(s):
+            return None
+        table[index] = _descriptor(s)
+    if not table:
+        return None
+    return [table.get(i, 0) for i in range(max(table) + 1)]
+
+
 class _LinearMemory:
     """Guest linear memory for idt.py: the page-table walk of hv1/machine/paging.py over RAM."""
 
-    def __init__(self, ram: GuestRam, cr0: int, cr3: int, cr4: int, efer: int) -> None:
+    def __init__(self, ram: GuestMemory, cr0: int, cr3: int, cr4: int, efer: int) -> None:
         self.ram, self.cr = ram, (cr0, cr3, cr4, efer)
 
     def read(self, la: int, n: int) -> bytes | None:
@@ -221,15 +255,21 @@ def _stop_kind(err: UcError | None, intr: int | None, stop: int | None) -> str:
 class EmuVcpu:
     """Implements the backend interface's Vcpu (hv1/backends/base.py) on one Unicorn instance."""
 
-    def __init__(self, vm: EmuVm, index: int, ram: GuestRam) -> None:
+    io_rip_after = False  # an I/O handler runs inside the instruction hook: RIP is still on it
+
+    def __init__(
+        self, vm: EmuVm, index: int, ram: GuestMemory, regions: Sequence[MemoryRegion],
+        mmio: Sequence[tuple[int, int]] | None = None,
+    ) -> None:  # fmt: skip
         self.vm = vm
         self.id = index
-        self.ram = ram
+        self.ram = ram  # what the backend reads and writes on its own (page walks, IDT delivery)
         self.stop_requested = False
         self.thread_id: int | None = None
-        self.uc = uc = Uc(UC_ARCH_X86, UC_MODE_32)
-        uc.mem_map_ptr(0, ram.size, UC_PROT_ALL, ram.host_address)
-        self._map_mmio()
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
+        self._regions: tuple[MemoryRegion, ...] = ()
+        self._holes: list[tuple[int, int]] = []
+        uc = self.uc
         self._ctx = uc.context_save()
         self._ctx_ptr = ctypes.cast(self._ctx.context, ctypes.c_void_p).value
         self._ctx_buf = (ctypes.c_char * self._ctx.size).from_address(self._ctx_ptr or 0)
@@ -245,6 +285,7 @@ class EmuVcpu:
         self._stop: int | None = None  # an EXIT_* kind when a hook stopped emulation
         self._intr: int | None = None
         self._wp: tuple[int, int, int] | None = None
+        self._unmapped: tuple[int, int, int, int] | None = None  # (access, address, size, value)
         self._kicked = False
         self._preempted = False
         self._window = False
@@ -265,6 +306,7 @@ class EmuVcpu:
         self._block_hooks: list[int] = []
         self._pending: list[tuple[int, int | None, bool]] = []  # (vector, error code, software)
         self._lock = threading.Lock()
+        self.set_layout(regions, mmio)
         self._add_block_hook()
         uc.hook_add(UC_HOOK_INSN, self._on_cpuid, None, 1, 0, UC_X86_INS_CPUID)
         # The per-exit profile (hv1/profiler.py), when on: this thread's clock, and the kind of the
@@ -275,11 +317,57 @@ class EmuVcpu:
         uc.hook_add(UC_HOOK_INSN, self._on_out, None, 1, 0, UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INTR, self._on_intr)
         uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_write_prot)
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
+
+    def set_layout(
+        self, regions: Sequence[MemoryRegion], mmio: Sequence[tuple[int, int]] | None = None
+    ) -> None:
+        """Map `regions` (host memory, zero copy) and make every other page below 4 GiB MMIO to the
+        machine (`mmio` None: for the root machine that is [RAM end, 4 GiB), the xAPIC page among
+        it), or only the (start, end) ranges of `mmio` (a child partition: its xAPIC page), leaving
+        the rest unmapped: an access there stops before the instruction completes and reaches the
+        machine as mmio_read/mmio_write with RIP on it (an unmapped-GPA intercept). This vCPU is
+        outside emulation. Read-only pages set by protect_pages are laid on again by the VM."""
+        self._unmap_mmio()
+        for r in self._regions:
+            self.uc.mem_unmap(r.gpa, r.size)
+        self._regions = tuple(sorted(regions, key=lambda r: r.gpa))
+        holes: list[tuple[int, int]] = []
+        cursor = 0
+        for r in self._regions:
+            if r.gpa % 0x1000 or r.size % 0x1000 or r.gpa < cursor or r.gpa + r.size > MMIO_END:
+                raise ValueError(f"memory region {r.gpa:#x}+{r.size:#x} is not page-aligned below 4 GiB")
+            perms = (
+                UC_PROT_READ | (UC_PROT_WRITE if r.writable else 0) | (UC_PROT_EXEC if r.executable else 0)
+            )
+            self.uc.mem_map_ptr(r.gpa, r.size, perms, r.host_address)
+            if r.gpa > cursor:
+                holes.append((cursor, r.gpa))
+            cursor = r.gpa + r.size
+        if cursor < MMIO_END:
+            holes.append((cursor, MMIO_END))
+        if mmio is not None:
+            holes = [(max(a, ma), min(b, mb)) for a, b in holes for ma, mb in mmio if max(a, ma) < min(b, mb)]
+        self._holes = holes
+        self._map_mmio()
+        self.uc.ctl_flush_tb()
+        self._forget_code()  # code scans are by linear page: what a page holds may have changed
 
     def _map_mmio(self) -> None:
-        """[RAM end, 4 GiB) goes to the machine: the xAPIC page, and all-ones for the unassigned."""
-        size = MMIO_END - self.ram.size
-        self.uc.mmio_map(self.ram.size, size, self._mmio_read, None, self._mmio_write, None)
+        for start, end in self._holes:
+            self.uc.mmio_map(
+                start, end - start, self._mmio_reader(start), None, self._mmio_writer(start), None
+            )
+
+    def _unmap_mmio(self) -> None:
+        for start, end in self._holes:
+            self.uc.mem_unmap(start, end - start)
+
+    def _mmio_reader(self, base: int) -> Callable[[Uc, int, int, object], int]:
+        return lambda uc, offset, size, data: self._mmio_read(base + offset, size)
+
+    def _mmio_writer(self, base: int) -> Callable[[Uc, int, int, int, object], None]:
+        return lambda uc, offset, size, value, data: self._mmio_write(base + offset, size, value)
 
     # ---- the saved CPU context: 64-bit registers, segment caches, CPL ----
     def _load(self) -> None:
@@ -448,7 +536,7 @@ class EmuVcpu:
         guest RAM), then leave GDTR as the guest expects it (base 0, limit 0xFFFF at power-on)."""
         page = MMIO_END - 0x1000
         # The CPU reads descriptors from memory: a private page, mapped only while loading.
-        self.uc.mem_unmap(self.ram.size, MMIO_END - self.ram.size)
+        self._unmap_mmio()
         self.uc.mem_map(page, 0x1000, UC_PROT_READ)
         try:
             self.uc.mem_write(page, b"".join(d.to_bytes(8, "little") for d in descs))
@@ -495,11 +583,17 @@ class EmuVcpu:
         self._reg_write(UC_X86_REG_CR3, ctx.cr3)
         self._reg_write(UC_X86_REG_MSR, (MSR_EFER, ctx.efer & ~EFER_LMA))
         self._reg_write(UC_X86_REG_CR0, ctx.cr0)
-        self._reg_write(UC_X86_REG_GDTR, (0, ctx.gdtr.base, ctx.gdtr.limit, 0))
         self._reg_write(UC_X86_REG_IDTR, (0, ctx.idtr.base, ctx.idtr.limit, 0))
-        self._load_segments({UC_X86_REG_CS: ctx.cs.selector, UC_X86_REG_SS: ctx.ss.selector,
-                             UC_X86_REG_DS: ctx.ds.selector, UC_X86_REG_ES: ctx.es.selector,
-                             UC_X86_REG_FS: ctx.fs.selector, UC_X86_REG_GS: ctx.gs.selector})  # fmt: skip
+        segs = {UC_X86_REG_CS: ctx.cs, UC_X86_REG_SS: ctx.ss, UC_X86_REG_DS: ctx.ds, UC_X86_REG_ES: ctx.es,
+                UC_X86_REG_FS: ctx.fs, UC_X86_REG_GS: ctx.gs}  # fmt: skip
+        table = _scratch_gdt(segs.values()) if ctx.cr0 & CR0_PE else None
+        if table is not None:
+            # The context's own descriptors, from a scratch GDT (the guest's GDT may not hold them:
+            # a virtualization host sets a child's segments without one).
+            self._with_scratch_gdt(table, {reg: s.selector for reg, s in segs.items()})
+        self._reg_write(UC_X86_REG_GDTR, (0, ctx.gdtr.base, ctx.gdtr.limit, 0))
+        if table is None:
+            self._load_segments({reg: s.selector for reg, s in segs.items()})
         for reg, s in ((UC_X86_REG_TR, ctx.tr), (UC_X86_REG_LDTR, ctx.ldtr)):
             flags = s.type | (int(s.s) << 4) | (s.dpl << 5) | (int(s.present) << 7) | (int(s.avl) << 12)
             flags |= (int(s.long) << 13) | (int(s.db) << 14) | (int(s.granularity) << 15)
@@ -545,6 +639,26 @@ class EmuVcpu:
             gprs={n: self.get(n) for n in GPR_NAMES}, cr0=cr0, cr2=self._q(CTX_CR + 16), cr3=cr3, cr4=cr4,
             efer=self._efer(), cs_selector=cs_sel, cs_base=cs_base, cs_l=bool(cs_flags & DESC_L),
             cs_db=bool(cs_flags & DESC_B), cs_dpl=(cs_flags >> 13) & 3, ss_selector=self._seg(SEG_SS)[0],
+        )  # fmt: skip
+
+    def _segment(self, seg: int) -> SegmentRegister:
+        """A QEMU segment cache as HV_X64_SEGMENT_REGISTER: the flags word holds the descriptor's
+        second dword bits 8-23 (type, S, DPL, P at 8-15; AVL, L, D/B, G at 20-23)."""
+        sel, base, limit, flags = self._seg(seg)
+        attrs = ((flags >> 8) & 0xFF) | (((flags >> 20) & 0xF) << 12)
+        return SegmentRegister(base=base, limit=limit, selector=sel & 0xFFFF, attributes=attrs)
+
+    def get_context(self) -> InitialVpContext:
+        cr0, cr3, cr4, _ = self._crs()
+        _, gdt_base, gdt_limit, _ = self._seg(SEG_GDT)
+        _, idt_base, idt_limit, _ = self._seg(SEG_IDT)
+        return InitialVpContext(
+            rip=self.get("rip"), rsp=self.get("rsp"), rflags=self.get("rflags"), cs=self._segment(SEG_CS),
+            ds=self._segment(SEG_DS), es=self._segment(SEG_ES), fs=self._segment(SEG_FS),
+            gs=self._segment(SEG_GS), ss=self._segment(SEG_SS), tr=self._segment(SEG_TR),
+            ldtr=self._segment(SEG_LDT), idtr=TableRegister(idt_base, idt_limit & 0xFFFF),
+            gdtr=TableRegister(gdt_base, gdt_limit & 0xFFFF), efer=self._efer(), cr0=cr0, cr3=cr3, cr4=cr4,
+            pat=int(self._reg_read(UC_X86_REG_MSR, MSR_IA32_PAT)),
         )  # fmt: skip
 
     def protect_pages(self, old: tuple[int, ...], new: tuple[int, ...]) -> None:
@@ -686,8 +800,12 @@ class EmuVcpu:
         clk = self._clk
         if clk is not None:
             self._hook_exit(clk, "io-in (in hook)")
+        self._ctx_valid = False  # a handler that reads registers sees them at this instruction
         self._h.count_exit(EXIT_IO)
-        value = self._h.io_in(port, size) & ((1 << (8 * size)) - 1)
+        try:
+            value = self._h.io_in(port, size) & ((1 << (8 * size)) - 1)
+        finally:
+            self._ctx_valid = False  # what it read is stale once the instruction completes
         if clk is not None:
             clk.lap("handler")
         return value
@@ -703,8 +821,12 @@ class EmuVcpu:
         clk = self._clk
         if clk is not None:
             self._hook_exit(clk, "io-out (in hook)")
+        self._ctx_valid = False
         self._h.count_exit(EXIT_IO)
-        self._h.io_out(port, size, value)
+        try:
+            self._h.io_out(port, size, value)
+        finally:
+            self._ctx_valid = False
         if clk is not None:
             clk.lap("handler")
 
@@ -712,29 +834,33 @@ class EmuVcpu:
         self._intr = intno
         uc.emu_stop()
 
+    def _on_unmapped(self, uc: Uc, access: int, addr: int, size: int, value: int, _: object) -> bool:
+        self._unmapped = (access, addr, size, value)
+        return False  # emulation stops with UC_ERR_*_UNMAPPED, RIP on the instruction
+
     def _on_write_prot(self, uc: Uc, access: int, addr: int, size: int, value: int, _: object) -> bool:
         self._wp = (addr, size, value)
         return False  # the write does not happen; emulation stops with UC_ERR_WRITE_PROT
 
-    def _mmio_read(self, uc: Uc, offset: int, size: int, _: object) -> int:
+    def _mmio_read(self, addr: int, size: int) -> int:
         assert self._h is not None
         clk = self._clk
         if clk is not None:
             self._hook_exit(clk, "mmio-read (in hook)")
         self._h.count_exit(EXIT_MMIO)
-        value = self._h.mmio_read(self.ram.size + offset, size) & ((1 << (8 * size)) - 1)
+        value = self._h.mmio_read(addr, size) & ((1 << (8 * size)) - 1)
         if clk is not None:
             clk.lap("handler")
         return value
 
-    def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, _: object) -> None:
+    def _mmio_write(self, addr: int, size: int, value: int) -> None:
         assert self._h is not None
         clk = self._clk
         if clk is not None:
             self._hook_exit(clk, "mmio-write (in hook)")
         self._h.count_exit(EXIT_MMIO)
         self._kicked = True  # end the run at the next block: an APIC write may have armed its timer
-        self._h.mmio_write(self.ram.size + offset, size, value)
+        self._h.mmio_write(addr, size, value)
         if clk is not None:
             clk.lap("handler")
 
@@ -762,7 +888,7 @@ class EmuVcpu:
             if clk is not None:
                 clk.lap("deferred")  # the machine's before_entry and event delivery
             self._stop = self._intr = None
-            self._wp = None
+            self._wp = self._unmapped = None
             self._hlt_at = self._scan_at = None
             rip = self.get("rip")
             if self._skip_at != rip:
@@ -799,6 +925,16 @@ class EmuVcpu:
                 h.count_exit(EXIT_MMIO)
                 addr, size, value = self._wp
                 h.mmio_write(addr, size, value)
+                return True
+            if err.errno in _UNMAPPED_ERRORS and self._unmapped is not None:
+                # A GPA in no region and not MMIO (a child partition's hole): the instruction did not
+                # happen and RIP is on it; the machine answers it as an access it did not complete.
+                access, addr, size, value = self._unmapped
+                h.count_exit(EXIT_MMIO)
+                if access == UC_MEM_WRITE_UNMAPPED:
+                    h.mmio_write(addr, size, value)
+                else:
+                    h.mmio_read(addr, size)
                 return True
             if err.errno == UC_ERR_INSN_INVALID:
                 h.count_exit(EXIT_EXCEPTION)

@@ -12,15 +12,16 @@ block boundary; a vCPU that halts, exits or is kicked gives the turn up at once.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
 from unicorn.x86_const import UC_X86_REG_EAX, UC_X86_REG_EBX, UC_X86_REG_ECX, UC_X86_REG_EDX
 
-from hv1.backends.base import CPUID1_ECX_X2APIC, CpuidEntry
+from hv1.backends.base import CPUID1_ECX_X2APIC, CpuidEntry, MemoryRegion
 from hv1.backends.emu.tsc import calibrate_tsc_hz, rdtsc
 from hv1.backends.emu.vcpu import EmuVcpu
-from hv1.backends.memory import GuestRam
+from hv1.backends.memory import GuestRam, RegionMemory
+from hv1.hv.interfaces import GuestMemory
 
 SLICE_S = 0.002  # how long a waiting vCPU lets the running one go on before asking it to stop
 
@@ -85,6 +86,9 @@ class EmuVm:
 
     def __init__(self) -> None:
         self.ram: GuestRam | None = None
+        self.memory: GuestMemory | None = None  # what the vCPUs read on their own (page walks)
+        self.regions: list[MemoryRegion] = []
+        self.mmio: list[tuple[int, int]] | None = None
         self.vcpus: list[EmuVcpu] = []
         self.turn = Turn()
         self.readonly_pages: tuple[int, ...] = ()
@@ -93,14 +97,29 @@ class EmuVm:
 
     def add_ram(self, ram: GuestRam) -> None:
         self.ram = ram
+        self.memory = ram
+        self.regions = [MemoryRegion(0, ram.host_address, ram.size)]
+
+    def set_memory_regions(
+        self, regions: Sequence[MemoryRegion], mmio: Sequence[tuple[int, int]] | None = None
+    ) -> None:
+        """A child partition's layout (hv1/backends/base.py): every vCPU maps the regions and makes
+        the rest MMIO; the backend's own accesses go through a RegionMemory over them."""
+        self.regions = list(regions)
+        self.mmio = None if mmio is None else list(mmio)
+        self.memory = RegionMemory([(r.gpa, r.host_address, r.size) for r in self.regions])
+        for vcpu in self.vcpus:
+            vcpu.ram = self.memory
+            vcpu.set_layout(self.regions, self.mmio)
+            vcpu.protect_pages((), self.readonly_pages)
 
     def set_readonly_pages(self, pages: tuple[int, ...] | list[int]) -> None:
         """Each page of `pages` read/execute-only for the guest (a write becomes the machine's
         mmio_write, as a KVM read-only slot does). Every vCPU is outside emulation (parked)."""
-        assert self.ram is not None
+        assert self.memory is not None
         new = tuple(sorted(set(pages)))
         for page in new:
-            if page % 0x1000 or not self.ram.contains(page, 0x1000):
+            if page % 0x1000 or not self.memory.contains(page, 0x1000):
                 raise ValueError(f"read-only page {page:#x} is not a page of guest RAM")
         old = self.readonly_pages
         self.readonly_pages = new
@@ -129,8 +148,8 @@ class EmuVm:
         return out
 
     def create_vcpu(self, index: int) -> EmuVcpu:
-        assert self.ram is not None
-        vcpu = EmuVcpu(self, index, self.ram)
+        assert self.memory is not None, "add_ram or set_memory_regions first"
+        vcpu = EmuVcpu(self, index, self.memory, self.regions, self.mmio)
         self.vcpus.append(vcpu)
         self.turn.solo = len(self.vcpus) == 1
         return vcpu

@@ -9,7 +9,18 @@ from typing import TYPE_CHECKING
 
 from hv1.backends.base import ContextRejected
 from hv1.backends.kvm import ioctls as k
-from hv1.hv.hypercalls.vp_calls import InitialVpContext
+from hv1.hv.hypercalls.vp_calls import (
+    SEG_AVL,
+    SEG_DB,
+    SEG_DPL_SHIFT,
+    SEG_G,
+    SEG_L,
+    SEG_P,
+    SEG_S,
+    InitialVpContext,
+    SegmentRegister,
+    TableRegister,
+)
 from hv1.machine.entry_state import EntryMode, EntryState
 
 if TYPE_CHECKING:
@@ -100,6 +111,29 @@ def set_initial_context(vcpu: KvmVcpu, ctx: InitialVpContext) -> None:
     r = k.kvm_regs()
     r.rip, r.rsp, r.rflags = ctx.rip, ctx.rsp, ctx.rflags
     vcpu.set_regs(r)
+
+
+def _segment(seg: k.kvm_segment) -> SegmentRegister:
+    """A kvm_segment as HV_X64_SEGMENT_REGISTER (attributes in descriptor order, TLFS
+    datatypes/hv_x64_segment_register.md); an unusable segment reads as not present."""
+    attrs = seg.type | (SEG_S if seg.s else 0) | (seg.dpl << SEG_DPL_SHIFT)
+    attrs |= SEG_P if seg.present and not seg.unusable else 0
+    attrs |= (SEG_AVL if seg.avl else 0) | (SEG_L if seg.l else 0) | (SEG_DB if seg.db else 0)
+    attrs |= SEG_G if seg.g else 0
+    return SegmentRegister(base=seg.base, limit=seg.limit, selector=seg.selector, attributes=attrs)
+
+
+def get_context(vcpu: KvmVcpu) -> InitialVpContext:
+    """The vCPU's architectural state as an HV_INITIAL_VP_CONTEXT: what a suspended child VP's
+    register file holds (hv/vp_registers.py); set_initial_context puts it back."""
+    s = vcpu.get_sregs()
+    r = vcpu.get_regs()
+    return InitialVpContext(
+        rip=r.rip, rsp=r.rsp, rflags=r.rflags, cs=_segment(s.cs), ds=_segment(s.ds), es=_segment(s.es),
+        fs=_segment(s.fs), gs=_segment(s.gs), ss=_segment(s.ss), tr=_segment(s.tr), ldtr=_segment(s.ldt),
+        idtr=TableRegister(s.idt.base, s.idt.limit), gdtr=TableRegister(s.gdt.base, s.gdt.limit),
+        efer=s.efer, cr0=s.cr0, cr3=s.cr3, cr4=s.cr4, pat=vcpu.get_msr(MSR_IA32_PAT),
+    )  # fmt: skip
 
 
 EFER_LME, EFER_LMA = 1 << 8, 1 << 10

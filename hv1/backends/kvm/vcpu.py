@@ -101,6 +101,8 @@ KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1
 class KvmVcpu:
     """A KVM vCPU: implements the backend interface's Vcpu (hv1/backends/base.py)."""
 
+    io_rip_after = True  # this host's KVM reports an I/O exit with RIP past the instruction (host-kvm.md)
+
     def __init__(self, vm_fd: int, vcpu_id: int, mmap_size: int, in_kernel_apic: bool = False) -> None:
         fd = fcntl.ioctl(vm_fd, k.KVM_CREATE_VCPU, vcpu_id)
         self._attach(vcpu_id, fd, mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE))
@@ -230,6 +232,16 @@ class KvmVcpu:
         buf = struct.pack("<II", 1, 0) + struct.pack("<IIQ", index, 0, value & 0xFFFF_FFFF_FFFF_FFFF)
         if fcntl.ioctl(self.fd, k.KVM_SET_MSRS, bytearray(buf)) != 1:
             raise OSError(f"KVM_SET_MSRS rejected MSR {index:#x}")
+
+    def get_msr(self, index: int) -> int:
+        """KVM_GET_MSRS for one MSR (setup and suspend paths only)."""
+        buf = bytearray(struct.pack("<II", 1, 0) + struct.pack("<IIQ", index, 0, 0))
+        if fcntl.ioctl(self.fd, k.KVM_GET_MSRS, buf) != 1:
+            raise OSError(f"KVM_GET_MSRS rejected MSR {index:#x}")
+        return int(struct.unpack_from("<Q", buf, 16)[0])
+
+    def get_context(self) -> InitialVpContext:
+        return cpustate.get_context(self)
 
     def set_apic_base(self, value: int) -> bool:
         """Tell KVM the guest's IA32_APIC_BASE (user APIC mode: hv1 owns the MSR, KVM never sees the

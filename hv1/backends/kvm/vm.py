@@ -11,10 +11,10 @@ import ctypes
 import errno
 import fcntl
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from hv1.backends.base import CpuidEntry
+from hv1.backends.base import CpuidEntry, MemoryRegion
 from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.tsc import guest_tsc_offset, rdtsc
 from hv1.backends.kvm.vcpu import KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KvmVcpu, install_kick_handler
@@ -189,13 +189,30 @@ class KvmVm:
         self._slots: list[tuple[int, int, bool]] = []  # (gpa, size, read-only), slot i = entry i
         self.set_readonly_pages(())
 
-    def _set_slot(self, slot: int, gpa: int, size: int, readonly: bool) -> None:
-        assert self.ram is not None
+    def _set_slot(self, slot: int, gpa: int, size: int, readonly: bool, host: int | None = None) -> None:
+        if host is None and size:
+            assert self.ram is not None
+            host = self.ram.host_address + gpa
         region = k.kvm_userspace_memory_region(
             slot=slot, flags=k.KVM_MEM_READONLY if readonly else 0, guest_phys_addr=gpa, memory_size=size,
-            userspace_addr=self.ram.host_address + gpa if size else 0,
+            userspace_addr=host if size and host is not None else 0,
         )  # fmt: skip
         fcntl.ioctl(self.fd, k.KVM_SET_USER_MEMORY_REGION, bytes(region))
+
+    def set_memory_regions(
+        self, regions: Sequence[MemoryRegion], mmio: Sequence[tuple[int, int]] | None = None
+    ) -> None:
+        """A child partition's GPA map as memory slots pointing into the root's RAM (zero copy; one
+        slot per coalesced run, KVM_MEM_READONLY where the map forbids writes, so such a write exits
+        as MMIO and becomes the parent's GPA intercept). KVM cannot forbid execution in a slot: a
+        mapping without Executable still runs (docs/partitions.md). Every GPA in no slot is an MMIO
+        exit whatever `mmio` says. Every vCPU is out of KVM_RUN."""
+        old = getattr(self, "_region_slots", 0)
+        for slot in range(old):
+            self._set_slot(slot, 0, 0, False, 0)  # delete
+        for slot, r in enumerate(regions):
+            self._set_slot(slot, r.gpa, r.size, not r.writable, r.host_address)
+        self._region_slots = len(regions)
 
     def set_readonly_pages(self, pages: tuple[int, ...] | list[int]) -> None:
         """Lay guest RAM out as memory slots in which each page of `pages` (4 KiB-aligned GPAs inside

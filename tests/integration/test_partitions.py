@@ -1,0 +1,283 @@
+"""A Python virtualization host runs child partitions (issue "Partitions"; TLFS virtualization-host.md):
+guests/ kernels and a real-mode program as children, their serial output through I/O-port intercepts,
+a message from one child's HvCallPostMessage into the other's SIMP slot, one child deleted while the
+other runs on, and a child kept away from memory it was not given (unmapped-GPA and GPA intercepts).
+
+Each test runs on every backend this host has: the emulator (`unicorn`) here and in CI, KVM where
+/dev/kvm exists (children always run with hv1's own local APIC: docs/partitions.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import hv1
+from hv1.host import Hypervisor, Message, attach_console, serve_consoles
+from hv1.hv.hypercalls.vp_calls import SegmentRegister
+from hv1.hv.ports import PortType
+from hv1.hv.vp_registers import encode_segment
+from hv1.tlfs.intercepts import InterceptAccess, InterceptType
+from hv1.tlfs.messages import HvMessageType
+from hv1.tlfs.registers import HvRegisterName as R
+from hv1.tlfs.status import HvStatus
+from hv1.tlfs.virtualization_host import MapGpaFlags as F
+from tests.integration.conftest import KVM_SKIP
+
+pytestmark = pytest.mark.timeout(240)
+
+Guest = Callable[[str], Path]
+RWX = F.READABLE | F.WRITABLE | F.KERNEL_EXECUTABLE | F.USER_EXECUTABLE
+CHILD_PAGES = 4096  # 16 MiB of the root's RAM per child, at child GPA 0
+POOL_PAGES = 64
+
+BACKENDS = [
+    pytest.param(
+        "emu",
+        marks=pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="unicorn not installed"),
+    ),
+    pytest.param("kvm", marks=pytest.mark.skipif(KVM_SKIP is not None, reason=KVM_SKIP or "")),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def hv(request: pytest.FixtureRequest) -> Iterator[Hypervisor]:
+    h = hv1.Hypervisor(memory=128 << 20, backend=request.param)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+class Pages:
+    """Root RAM handed out in blocks: pool pages and child RAM never overlap."""
+
+    def __init__(self) -> None:
+        self.next = 0x400  # the first 4 MiB stay the root's own
+
+    def take(self, n: int) -> list[int]:
+        pages = list(range(self.next, self.next + n))
+        self.next += n
+        return pages
+
+
+def new_child(hv: Hypervisor, pages: Pages, *, vps: int = 1) -> tuple[int, list[int]]:
+    """A child with a pool, CHILD_PAGES of RAM at GPA 0 and `vps` VPs (all still suspended)."""
+    c = hv.create_partition()
+    hv.deposit_memory(c, pages.take(POOL_PAGES))
+    hv.initialize_partition(c)
+    ram = pages.take(CHILD_PAGES)
+    assert hv.map_gpa_pages(c, 0, RWX, ram) == CHILD_PAGES
+    for vp in range(vps):
+        hv.create_vp(c, vp)
+    attach_console(hv, c)
+    return c, ram
+
+
+def real_mode_program(text: bytes) -> bytes:
+    """16-bit real mode at 0:0: print `text` byte by byte to COM1, then write the debug-exit port."""
+    # mov si, msg; mov dx, 0x3f8; l: lodsb; test al, al; jz e; out dx, al; jmp l
+    # e: mov al, 5; out 0xf4, al; hlt
+    code = bytes.fromhex("be2000 baf803 ac 84c0 7403 ee ebf8 b005 e6f4 f4")
+    return code.ljust(0x20, b"\x90") + text + b"\0"
+
+
+def start_real_mode(hv: Hypervisor, child: int, ram: list[int], program: bytes) -> None:
+    hv.write(ram[0] << 12, program)
+    code = encode_segment(SegmentRegister(base=0, limit=0xFFFF, selector=0, attributes=0x9B))
+    data = encode_segment(SegmentRegister(base=0, limit=0xFFFF, selector=0, attributes=0x93))
+    hv.set_vp_registers(child, 0, {R.Cs: code, R.Ds: data, R.Es: data, R.Ss: data, R.Rip: 0, R.Rsp: 0x7000})
+
+
+def test_two_children_real_mode_and_64bit_print_through_io_intercepts(hv: Hypervisor, guest: Guest) -> None:
+    pages = Pages()
+    real, real_ram = new_child(hv, pages)
+    long, _ = new_child(hv, pages)
+    start_real_mode(hv, real, real_ram, real_mode_program(b"real mode child\n"))
+    hv.load_kernel(long, str(guest("hello")), "exit=3")
+    hv.resume_vp(real, 0)
+    hv.resume_vp(long, 0)
+    runs = serve_consoles(hv, [real, long], timeout=180)
+    assert runs[real].text == "real mode child\n"
+    assert runs[real].exit_status == (5 << 1) | 1
+    assert "hello from hv1 guest" in runs[long].text, runs[long].text
+    assert runs[long].exit_status == (3 << 1) | 1
+    # Each printed byte was one intercept: child `out` -> root -> child resumes.
+    assert hv.child_counters(real)["intercepts"] == len(b"real mode child\n") + 1
+    ids = []
+    child = hv.get_next_child_partition(0)
+    while child:
+        ids.append(child)
+        child = hv.get_next_child_partition(child)
+    assert sorted(ids) == sorted([real, long])
+
+
+def peers(hv: Hypervisor, guest: Guest, receiver_args: str, sender_args: str) -> tuple[int, int]:
+    pages = Pages()
+    rx, _ = new_child(hv, pages)
+    tx, _ = new_child(hv, pages)
+    hv.load_kernel(rx, str(guest("partition_peer")), "role=receiver sint=2 " + receiver_args)
+    hv.load_kernel(tx, str(guest("partition_peer")), "role=sender conn=0x77 " + sender_args)
+    hv.create_port(rx, 0x55, PortType.MESSAGE, tx, target_vp=0, target_sint=2)
+    hv.connect_port(tx, 0x77, rx, 0x55)
+    return rx, tx
+
+
+def test_post_message_from_one_child_arrives_in_the_others_simp_slot(hv: Hypervisor, guest: Guest) -> None:
+    rx, tx = peers(hv, guest, "count=20", "count=20")
+    hv.resume_vp(rx, 0)
+    hv.resume_vp(tx, 0)
+    runs = serve_consoles(hv, [rx, tx], timeout=180)
+    for pid in (rx, tx):
+        assert runs[pid].exit_status == 1, runs[pid].text
+        assert "FAIL" not in runs[pid].text, runs[pid].text
+    assert runs[rx].text.count("PASS ipc.message.type-and-payload") == 20, runs[rx].text
+    assert "PASS ipc.post-message.all-delivered" in runs[tx].text
+
+
+def test_deleting_one_child_leaves_the_other_running(hv: Hypervisor, guest: Guest) -> None:
+    rx, tx = peers(hv, guest, "count=2", "count=1")
+    hv.resume_vp(rx, 0)
+    hv.resume_vp(tx, 0)
+    sent = serve_consoles(hv, [tx], timeout=180)
+    assert sent[tx].exit_status == 1, sent[tx].text
+    hv.finalize_partition(tx)
+    hv.delete_partition(tx)
+    with pytest.raises(hv1.HvError) as e:
+        hv.get_partition_property(tx, 0x00010000)
+    assert e.value.status == HvStatus.INVALID_PARTITION_ID
+    # The receiver still runs: the root posts the second message through the same port.
+    hv.post_message(rx, 0x55, 0x4E, b"ping 1\0")
+    got = serve_consoles(hv, [rx], timeout=180)
+    assert got[rx].exit_status == 1, got[rx].text
+    assert got[rx].text.count("PASS ipc.message.type-and-payload") == 2, got[rx].text
+    assert hv.get_next_child_partition(0) == rx
+
+
+def probe(hv: Hypervisor, guest: Guest, args: str) -> tuple[int, list[int]]:
+    pages = Pages()
+    c, ram = new_child(hv, pages)
+    hv.load_kernel(c, str(guest("partition_peer")), "role=probe " + args)
+    return c, ram
+
+
+def memory_messages(runs: dict[int, hv1.host.ChildRun], child: int) -> list[Message]:
+    return [m for m in runs[child].messages if m.message_type in (
+        HvMessageType.HvMessageTypeUnmappedGpa, HvMessageType.HvMessageTypeGpaIntercept)]  # fmt: skip
+
+
+def test_child_reads_only_what_it_was_given_unmapped_gpa_intercept(hv: Hypervisor, guest: Guest) -> None:
+    """TLFS virtualization-host.md: a child's access to a GPA its parent did not map is the parent's
+    unmapped-GPA intercept. The root's own page behind the probed address is not reached until the
+    root maps it; then the instruction re-executes and reads it."""
+    c, _ = probe(hv, guest, "addr=0x2000010")
+    secret = 0x7000  # a root page no child was given
+    hv.write((secret << 12) + 0x10, struct.pack("<I", 0xCAFEBABE))
+    seen: list[tuple[int, int]] = []
+
+    def handle(m: Message) -> bool:
+        if m.message_type != HvMessageType.HvMessageTypeUnmappedGpa:
+            return False
+        gpa, access = m.memory()
+        seen.append((gpa, access))
+        hv.map_gpa_pages(c, gpa >> 12, F.READABLE, [secret])
+        hv.complete_intercept(m, advance=False)  # re-execute the read, now that the page is there
+        return True
+
+    hv.resume_vp(c, 0)
+    runs = serve_consoles(hv, [c], timeout=180, on_message=handle)
+    assert seen == [(0x2000010, 0)]  # HV_INTERCEPT_ACCESS_READ
+    assert "probe: read 0xcafebabe at 0x2000010" in runs[c].text, runs[c].text
+    assert runs[c].exit_status == 1
+
+
+def test_child_cannot_write_a_page_mapped_read_only(hv: Hypervisor, guest: Guest) -> None:
+    c, _ = probe(hv, guest, "addr=0x2000020 write=0x1234")
+    page = 0x7100
+    hv.write((page << 12) + 0x20, struct.pack("<I", 0x55AA55AA))
+    hv.map_gpa_pages(c, 0x2000, F.READABLE, [page])
+    got: list[Message] = []
+
+    def handle(m: Message) -> bool:
+        if m.message_type != HvMessageType.HvMessageTypeGpaIntercept:
+            return False
+        got.append(m)
+        hv.finalize_partition(c)  # a host refusing the write stops the child
+        return True
+
+    hv.resume_vp(c, 0)
+    with pytest.raises(TimeoutError):
+        serve_consoles(hv, [c], timeout=20, on_message=handle)
+    assert len(got) == 1
+    gpa, access = got[0].memory()
+    assert (gpa, access) == (0x2000020, 1)  # HV_INTERCEPT_ACCESS_WRITE
+    assert struct.unpack("<I", hv.read((page << 12) + 0x20, 4))[0] == 0x55AA55AA  # never written
+
+
+def test_msr_intercept_and_explicit_suspend(hv: Hypervisor, guest: Guest) -> None:
+    """An MSR write the root intercepts (HvMessageTypeMsrIntercept, PDF §13.2) carries the value;
+    ExplicitSuspend stops a running VP so its registers can be read and written."""
+    c, _ = probe(hv, guest, "addr=0x1000")
+    guest_os_id = 0x40000000
+    hv.install_intercept(c, InterceptAccess.WRITE, InterceptType.X64Msr, guest_os_id)
+    msrs: list[tuple[int, bool, int]] = []
+
+    def handle(m: Message) -> bool:
+        if m.message_type != HvMessageType.HvMessageTypeMsrIntercept:
+            return False
+        msrs.append(m.msr())
+        hv.complete_intercept(m)  # swallowed: the child's Hv never sees the write
+        return True
+
+    hv.resume_vp(c, 0)
+    runs = serve_consoles(hv, [c], timeout=180, on_message=handle)
+    assert msrs == [(guest_os_id, True, 0xFF00000000000001)]
+    assert runs[c].exit_status == 1
+    # The VP is suspended at its debug-exit `out`: its registers are the file's.
+    rip, rax = hv.get_vp_registers(c, 0, [R.Rip, R.Rax])
+    assert rax & 0xFFFF_FFFF == 0
+    assert rip > 0x100000
+
+
+def test_finalize_stops_a_spinning_child(hv: Hypervisor, guest: Guest) -> None:
+    pages = Pages()
+    c, _ = new_child(hv, pages)
+    hv.load_kernel(c, str(guest("hello")), "hang")
+    hv.resume_vp(c, 0)
+    runs = {}
+    with pytest.raises(TimeoutError):
+        runs = serve_consoles(hv, [c], timeout=10)
+    assert not runs
+    hv.suspend_vp(c, 0)
+    (rip,) = hv.get_vp_registers(c, 0, [R.Rip])
+    assert rip > 0x100000  # stopped inside the kernel's `pause` loop
+    hv.resume_vp(c, 0)
+    hv.finalize_partition(c)
+    hv.delete_partition(c)
+    assert hv.get_next_child_partition(0) == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="unicorn not installed")
+def test_example_virtualization_host_runs(guest: Guest) -> None:
+    """examples/virtualization_host.py, as the README shows it (the emulator: it runs everywhere)."""
+    guest("partition_peer")
+    root = Path(__file__).resolve().parents[2]
+    cmd = [
+        sys.executable,
+        str(root / "examples" / "virtualization_host.py"),
+        "--backend",
+        "emu",
+        "--messages",
+        "4",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(root)}  # this tree's hv1, as after `pip install .`
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=200, cwd=root, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "receiver: 4 messages received" in p.stdout and "SUMMARY: 6 passed, 0 failed" in p.stdout
