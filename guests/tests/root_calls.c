@@ -3,8 +3,10 @@
  * HvCallRegister/UnregisterInterceptResult, HvCallTranslateVirtualAddressEx, HvCallAssertVirtualInterrupt,
  * HvCallMap/UnmapVpStatePage, HvCallMapStatsPage2 / UnmapStatsPage and HvCallCreatePort / ConnectPort /
  * DisconnectPort / DeletePort between itself and the child, with the layouts of the TLFS hypercall pages and
- * their error statuses, and tears the child down. The child does not run (hv1 runs no child VPs yet), so what is
- * checked is what the calls answer and what the state and stats pages show.
+ * their error statuses; then it runs the child's VP 0 (a real-mode program in pages the root maps into it), takes
+ * the child's I/O-port intercepts in its own SIMP slot (SINT 0, the intercept SINT), checks the TLFS intercept
+ * message, completes each with HvCallSetVpRegisters (RIP past the `out`, InterceptSuspend cleared), and tears the
+ * child down.
  * Rules: root.*. Without CreatePartitions (not the root profile) every check is skipped.
  *   hv1 run guests/build/root_calls.elf --hv root [--backend emu --apic user] */
 #include "guest.h"
@@ -18,6 +20,9 @@
 #define HVCALL_WITHDRAW_MEMORY         0x0049
 #define HVCALL_INSTALL_INTERCEPT       0x004D
 #define HVCALL_CREATE_VP               0x004E
+#define HVCALL_MAP_GPA_PAGES           0x004B
+#define HVCALL_GET_VP_REGISTERS        0x0050
+#define HVCALL_SET_VP_REGISTERS        0x0051
 #define HVCALL_DELETE_PORT             0x0058
 #define HVCALL_DISCONNECT_PORT         0x005B
 #define HVCALL_UNMAP_STATS_PAGE        0x006D
@@ -47,6 +52,8 @@ static uint8_t out_page[4096] __attribute__((aligned(4096)));
 static uint8_t pool[POOL_PAGES][4096] __attribute__((aligned(4096)));
 static uint8_t state_page[4096] __attribute__((aligned(4096)));
 static uint8_t stats_page[4096] __attribute__((aligned(4096)));
+static uint8_t child_ram[2][4096] __attribute__((aligned(4096)));
+static uint8_t simp[4096] __attribute__((aligned(4096)));
 static uint64_t child;
 
 static uint64_t page_of(const void *p) { return (uint64_t)p >> 12; }
@@ -264,6 +271,110 @@ static void test_ports(void)
     expect_status(call(HVCALL_DELETE_PORT, 0, &dp, sizeof dp), 0, "root.port.delete [HvCallDeletePort]");
 }
 
+/* ------------------------------------------------------------------------------------ running the child */
+#define REG_EXPLICIT_SUSPEND 0x00000000
+#define REG_INTERCEPT_SUSPEND 0x00000001
+#define REG_RIP              0x00020010
+#define REG_RSP              0x00020004
+#define REG_CS               0x00060001
+#define REG_SS               0x00060002
+#define REG_DS               0x00060003
+#define MSG_IO_PORT_INTERCEPT 0x80010000u
+#define MSR_SCONTROL 0x40000080
+#define MSR_SIMP     0x40000083
+#define MSR_EOM      0x40000084
+#define MSR_SINT0    0x40000090
+
+struct reg_assoc { uint32_t name, rsvd1; uint64_t rsvd2; uint64_t lo, hi; };   /* HV_REGISTER_ASSOC, 32 bytes */
+
+static uint64_t set_regs(uint32_t vp, const struct reg_assoc *regs, uint32_t n)
+{
+    uint8_t in[16 + 4 * 32] = { 0 };
+    memcpy(in, &child, 8);
+    memcpy(in + 8, &vp, 4);
+    memcpy(in + 16, regs, n * sizeof *regs);
+    return call(HVCALL_SET_VP_REGISTERS, n, in, 16 + n * sizeof *regs);
+}
+
+/* The next intercept message in SIMP slot 0 (HV_SYNIC_INTERCEPTION_SINT_INDEX), polled; false if none came. */
+static bool wait_message(void)
+{
+    volatile uint32_t *type = (volatile uint32_t *)simp;
+    for (uint64_t spins = 0; spins < 50000000ull && *type == 0; spins++)
+        __asm__ volatile("pause");
+    return *type != 0;
+}
+
+static void take_message(void)
+{
+    *(volatile uint32_t *)simp = 0;
+    __asm__ volatile("mfence" ::: "memory");
+    wrmsr(MSR_EOM, 0);
+}
+
+static void test_run_child(void)
+{
+    /* mov al, 'A'; out 0x60, al; mov al, 'B'; out 0x60, al; cli; hlt */
+    static const uint8_t prog[] = { 0xB0, 'A', 0xE6, 0x60, 0xB0, 'B', 0xE6, 0x60, 0xFA, 0xF4 };
+    memcpy(child_ram[0], prog, sizeof prog);
+    uint64_t map[3] = { child, 0, 0x7 };   /* TargetPartitionId, TargetGpaBase 0, MapFlags R|W|X */
+    uint64_t in[3 + 2];
+    memcpy(in, map, sizeof map);
+    in[3] = page_of(child_ram[0]);
+    in[4] = page_of(child_ram[1]);
+    uint64_t r = call(HVCALL_MAP_GPA_PAGES, 2, in, sizeof in);
+    if (!check(hv_status(r) == 0 && hv_reps(r) == 2, "root.run.map-gpa-pages [HvCallMapGpaPages]"))
+        return;
+    wrmsr(MSR_SIMP, (uint64_t)simp | 1);
+    wrmsr(MSR_SINT0, 0x50 | (1ull << 18));   /* unmasked, polling: the root need not take interrupts */
+    wrmsr(MSR_SCONTROL, 1);
+    /* Real mode at 0:0. HV_X64_SEGMENT_REGISTER: Base (low 64 bits), then Limit u32, Selector u16, Attributes u16. */
+    struct reg_assoc regs[4] = {
+        { REG_CS, 0, 0, 0, 0xFFFF | (0x9Bull << 48) },
+        { REG_DS, 0, 0, 0, 0xFFFF | (0x93ull << 48) },
+        { REG_SS, 0, 0, 0, 0xFFFF | (0x93ull << 48) },
+        { REG_RIP, 0, 0, 0, 0 },
+    };
+    check(hv_status(set_regs(0, regs, 4)) == 0, "root.run.set-real-mode-context [HvCallSetVpRegisters]");
+    struct reg_assoc go = { REG_EXPLICIT_SUSPEND, 0, 0, 0, 0 };
+    check(hv_status(set_regs(0, &go, 1)) == 0, "root.run.clear-explicit-suspend [vh: Start VP0]");
+    const char want[] = "AB";
+    for (int i = 0; i < 2; i++) {
+        if (!checkf(wait_message(), "root.run.intercept-in-sint0-slot [PDF 13.2]", "intercept %d never came", i))
+            return;
+        uint32_t type, vp;
+        uint8_t ilen, access;
+        uint64_t rip, rax;
+        uint16_t port;
+        memcpy(&type, simp, 4);
+        const uint8_t *p = simp + 16;   /* the payload: HV_X64_INTERCEPT_MESSAGE_HEADER, then the I/O fields */
+        memcpy(&vp, p, 4);
+        ilen = p[4] & 0xF;
+        access = p[5];
+        memcpy(&rip, p + 24, 8);
+        memcpy(&port, p + 40, 2);
+        memcpy(&rax, p + 48, 8);
+        checkf(type == MSG_IO_PORT_INTERCEPT && vp == 0 && port == 0x60 && access == 1 && (char)rax == want[i],
+               "root.run.io-port-intercept-message [PDF 13.2]", "type 0x%x vp %u port 0x%x access %u rax 0x%lx",
+               type, vp, port, access, rax);
+        checkf(rip == (uint64_t)(2 + 4 * i) && ilen == 2, "root.run.header-rip-and-length",
+               "rip 0x%lx length %u", rip, ilen);
+        uint8_t gin[24] = { 0 };
+        memcpy(gin, &child, 8);
+        uint32_t name = REG_RIP;
+        memcpy(gin + 16, &name, 4);
+        r = call(HVCALL_GET_VP_REGISTERS, 1, gin, sizeof gin);
+        checkf(hv_status(r) == 0 && out64(0) == rip, "root.run.suspended-vp-registers-readable [PDF 7.4]",
+               "status 0x%x rip 0x%lx", hv_status(r), out64(0));
+        take_message();
+        struct reg_assoc done[2] = { { REG_RIP, 0, 0, rip + ilen, 0 }, { REG_INTERCEPT_SUSPEND, 0, 0, 0, 0 } };
+        check(hv_status(set_regs(0, done, 2)) == 0, "root.run.complete-intercept [HvCallSetVpRegisters]");
+    }
+    wrmsr(MSR_SINT0, 1ull << 16);
+    wrmsr(MSR_SCONTROL, 0);
+    wrmsr(MSR_SIMP, 0);
+}
+
 /* ------------------------------------------------------------------------------------ teardown */
 static void teardown(void)
 {
@@ -295,5 +406,6 @@ void kmain(const struct boot_info *bi)
     test_state_page();
     test_stats();
     test_ports();
+    test_run_child();
     teardown();
 }

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
@@ -43,7 +44,7 @@ from hv1.hv.caps import Caps, parse_profile
 from hv1.hv.guest_cpu import GuestCpu
 from hv1.hv.hypercall_page import HYPERCALL_PORT
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
-from hv1.hv.hypervisor import Hypervisor, VpRecord
+from hv1.hv.hypervisor import ASSERTED_INTERRUPTS_KEPT, Hypervisor, VpRecord
 from hv1.hv.intercepts import InterceptContext, io_port_message, memory_message, msr_message
 from hv1.hv.interfaces import GuestMemory
 from hv1.hv.partition import Partition
@@ -65,7 +66,6 @@ from hv1.machine.paging import read_virtual
 from hv1.machine.scheduler import Scheduler
 from hv1.tlfs.intercepts import InterceptAccessType
 from hv1.tlfs.messages import HvMessageType
-from hv1.tlfs.status import HvStatus
 from hv1.tlfs.virtualization_host import MAP_GPA_PERMISSIONS, InterruptType, MapGpaFlags
 from hv1.trace import Tracer
 
@@ -243,13 +243,15 @@ class ChildVp(Vp):
             self._save(rec, rip)
             rec.intercept_suspend = True
             rec.intercept = (kind, payload)
-            self.host.send_to_parent(self.vp_index, kind, payload)
             return True
 
         self.host.counters["intercepts"] += 1
-        self.host.count_intercept(self.vp_index, kind)
         if not self._engine_locked(suspend, False):
             return False
+        # After the engine lock: a root guest's SynIC takes its partition lock, which is outside
+        # the engine's (docs/partitions.md "Locks").
+        self.host.send_to_parent(self.vp_index, kind, payload)
+        self.host.count_intercept(self.vp_index, kind)
         tracer = self.host.tracer
         tracer.emit("partitions", self.index, "intercept", partition=self.host.id, type=f"{kind:#x}", rip=rip)
         if not self._wait_resumed(load=False):
@@ -479,6 +481,8 @@ class ChildPartition(VpHost):
         # Its SynICs to the engine's port registry: ports created for it are delivered here, and its
         # HvCallPostMessage / SignalEvent on a registry connection go to the engine (hv1/hv/port_registry.py).
         self.engine.attach_ports(partition_id, self.partition.ports)
+        for irq in self.engine.asserted_interrupts.pop(partition_id, ()):
+            self.assert_interrupt(irq)  # asserted before the child ran (ChildRuntime._assert_interrupt)
         self.tracer.emit("partitions", -1, "child-running", partition=partition_id, vps=len(self.vps))
 
     # ---- engine views ----
@@ -685,7 +689,11 @@ class ChildRuntime:
     def _assert_interrupt(self, irq: AssertedInterrupt) -> int | None:
         c = self.children.get(irq.partition_id)
         if c is None:
-            return int(HvStatus.INVALID_VP_STATE)  # no VP of it runs yet: nothing can take it
+            # No VP of it runs yet: the interrupt waits in its (not yet built) local APICs.
+            self.engine.asserted_interrupts.setdefault(
+                irq.partition_id, deque(maxlen=ASSERTED_INTERRUPTS_KEPT)
+            ).append(irq)
+            return None
         return c.assert_interrupt(irq)
 
     def child(self, partition_id: int) -> ChildPartition | None:
