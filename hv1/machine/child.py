@@ -362,11 +362,9 @@ class ChildVp(Vp):
         self._intercept(kind, payload, rip, rip)
 
     def mmio_read(self, addr: int, size: int) -> int:
-        apic = self.apic
-        if apic is not None:
-            base = apic.mmio_base()
-            if base is not None and base <= addr < base + 0x1000:
-                return apic.mmio_read(addr - base, size)
+        v = self.apic_mmio_read(addr, size)
+        if v is not None:
+            return v
         self._memory(addr, size, False)
         return (1 << (8 * size)) - 1
 
@@ -375,13 +373,8 @@ class ChildVp(Vp):
         if page is not None and page <= addr < page + 0x1000:
             super().mmio_write(addr, size, value)  # the read-only hypercall page: #GP
             return
-        apic = self.apic
-        if apic is not None:
-            base = apic.mmio_base()
-            if base is not None and base <= addr < base + 0x1000:
-                apic.mmio_write(addr - base, size, value)
-                return
-        self._memory(addr, size, True)
+        if not self.apic_mmio_write(addr, size, value):
+            self._memory(addr, size, True)
 
     def fatal(self, kind: str, detail: str) -> None:
         """A triple fault or an emulation failure in a child is the parent's to handle

@@ -9,6 +9,7 @@ expires. The exit status says which (hv1/errors.py).
 
 from __future__ import annotations
 
+import abc
 import collections
 import os
 import sys
@@ -254,12 +255,29 @@ class Vp:
             self.vcpu.set("rip", self.vcpu.get("rip") - 2)
             self.vcpu.inject_exception(e.vector, e.error_code)
 
-    def mmio_read(self, addr: int, size: int) -> int:
+    def apic_mmio_read(self, addr: int, size: int) -> int | None:
+        """hv1's xAPIC page (user APIC mode), or None when `addr` is not on it."""
         apic = self.apic
         if apic is not None:
             base = apic.mmio_base()  # None in x2APIC mode or when disabled: the page is not decoded
             if base is not None and base <= addr < base + 0x1000:
                 return apic.mmio_read(addr - base, size)
+        return None
+
+    def apic_mmio_write(self, addr: int, size: int, value: int) -> bool:
+        """A write to hv1's xAPIC page (user APIC mode); False when `addr` is not on it."""
+        apic = self.apic
+        if apic is not None:
+            base = apic.mmio_base()
+            if base is not None and base <= addr < base + 0x1000:
+                apic.mmio_write(addr - base, size, value)
+                return True
+        return False
+
+    def mmio_read(self, addr: int, size: int) -> int:
+        v = self.apic_mmio_read(addr, size)
+        if v is not None:
+            return v
         if self.m.ioapic.contains(addr):
             return self.m.ioapic.mmio_read(addr, size)
         if self.m.tracer.wants("mmio"):
@@ -277,12 +295,8 @@ class Vp:
                 self.m.tracer.emit("mmio", self.index, "hypercall-page-write-gp", addr=addr, size=size)
             self.vcpu.inject_exception(GP_VECTOR, 0)
             return
-        apic = self.apic
-        if apic is not None:
-            base = apic.mmio_base()
-            if base is not None and base <= addr < base + 0x1000:
-                apic.mmio_write(addr - base, size, value)
-                return
+        if self.apic_mmio_write(addr, size, value):
+            return
         if self.m.ioapic.contains(addr):
             self.m.ioapic.mmio_write(addr, size, value)
             return
@@ -586,7 +600,7 @@ class Vp:
             )
 
 
-class VpHost:
+class VpHost(abc.ABC):
     """A partition that runs: its VPs and what the partition (hv1/hv) asks of them as a set, the
     Kicker, InterruptSink and EnlightenmentHooks side. The Machine (the partition hv1 boots) and
     each child partition a virtualization host runs (hv1/machine/child.py) are one. The attributes
@@ -609,8 +623,9 @@ class VpHost:
     _stop: threading.Event
     _park_lock: threading.Lock
 
+    @abc.abstractmethod
     def fatal(self, vp: Vp, kind: str, detail: str, status: int) -> None:
-        raise NotImplementedError
+        """A VP cannot go on: the Machine stops the run with `status`, a child tells its parent."""
 
     def request_interrupt(self, vp_index: int, vector: int, auto_eoi: bool = False) -> None:
         """A fixed interrupt into hv1's local APIC of the VP (user APIC mode)."""
