@@ -40,7 +40,7 @@ from hv1.hv.caps import Gate
 from hv1.hv.hypercalls import flush, ipi, vp_calls
 from hv1.hv.hypercalls.vp_calls import InitialVpContext, SegmentRegister, TableRegister
 from hv1.hv.msrs import Scope
-from hv1.hv.vp_assist import VP_ASSIST_STATE, VpAssist, register_vp_assist_msr, vp_assist_of
+from hv1.hv.vp_assist import VpAssist, register_vp_assist_msr, vp_assist_of
 from hv1.tlfs import msrs as M
 from hv1.tlfs.partition import PartitionPrivilege
 
@@ -142,17 +142,16 @@ def attach(
     CORE_HYPERCALLS) are left alone."""
     lookup: Callable[[int], LocalApic | None] = apic_for if apic_for is not None else (lambda _i: None)
     for vp in partition.vps:
-        vp.add_state(
-            VP_ASSIST_STATE,
-            VpAssist(
-                vp.index,
-                partition.new_overlay(),
-                partition.lock,
-                apic=lookup(vp.index),
-                lazy_eoi=lazy_eoi,
-                counters=partition.counters,
-                tracer=partition.tracer,
-            ),
+        if vp.state.assist is not None:
+            raise ValueError(f"VP {vp.index} already has a VP assist page")
+        vp.state.assist = VpAssist(
+            vp.index,
+            partition.new_overlay(),
+            partition.lock,
+            apic=lookup(vp.index),
+            lazy_eoi=lazy_eoi,
+            counters=partition.counters,
+            tracer=partition.tracer,
         )
     register_apic_msrs(partition.msrs, lookup)
     register_vp_assist_msr(partition.msrs)

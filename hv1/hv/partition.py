@@ -11,7 +11,7 @@ Backend entry points (each takes `lock`; hooks that may block run after it is re
 
 Extension points for later subsystems (SynIC, timers, APIC enlightenments, VP assist, TSC page):
 `msrs.register(...)` (hv/msrs.py), `hypercalls.register(HypercallDef(...))` (hv/hypercalls),
-`vp.add_state(name, obj)` and `add_subsystem(name, obj)` (objects with `reset()`), and
+a field of `vp.state` (hv/vp.py VpState) and `add_subsystem(name, obj)` (objects with `reset()`), and
 `new_overlay()` for overlay pages. Everything they do runs under `lock`.
 """
 

@@ -64,12 +64,13 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hv1.hv.caps import privilege_gate
 from hv1.hv.interfaces import GuestMemory, InterruptSink, gp
 from hv1.hv.msrs import MsrTable, Scope
 from hv1.hv.overlay import OverlayLayer, OverlayPage
+from hv1.hv.vp import missing_state
 from hv1.tlfs import msrs as M
 from hv1.tlfs.feature_discovery import FeaturesEdx
 from hv1.tlfs.messages import HV_MESSAGE_PAYLOAD_SIZE, HV_MESSAGE_SIZE
@@ -688,8 +689,11 @@ class Synic:
 
 
 def synic_of(vp: Vp) -> Synic:
-    """The SynIC of `vp` (attached by `attach_synic` as VP state "synic")."""
-    return cast(Synic, vp.state["synic"])
+    """The SynIC of `vp` (attached by `attach_synic` as `vp.state.synic`)."""
+    synic = vp.state.synic
+    if synic is None:
+        raise missing_state(vp, "SynIC")
+    return synic
 
 
 def _msr_reader(index: int) -> Callable[[Vp], int]:
@@ -722,7 +726,7 @@ def register_synic_msrs(table: MsrTable) -> None:
 
 
 def attach_synic(partition: Partition, *, queue_depth: int = DEFAULT_QUEUE_DEPTH) -> PartitionPorts:
-    """Give every VP of `partition` a SynIC (VP state "synic"), register the SynIC MSRs and the
+    """Give every VP of `partition` a SynIC (`vp.state.synic`), register the SynIC MSRs and the
     SynIC hypercalls, and attach the port tables (subsystem "ports", returned).
 
     AutoEOI is honoured where caps.auto_eoi says the machine can (both APIC modes on a usual host);
@@ -748,7 +752,9 @@ def attach_synic(partition: Partition, *, queue_depth: int = DEFAULT_QUEUE_DEPTH
             auto_eoi_supported=caps.auto_eoi,
             polling_supported=caps.has_feature(FeaturesEdx.SintPollingModeAvailable),
         )
-        vp.add_state("synic", synic)
+        if vp.state.synic is not None:
+            raise ValueError(f"VP {vp.index} already has a SynIC")
+        vp.state.synic = synic
         synics.append(synic)
     ports = PartitionPorts(
         synics, lock=partition.lock, tracer=partition.tracer, partition_id=partition.partition_id

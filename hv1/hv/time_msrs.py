@@ -88,9 +88,6 @@ if TYPE_CHECKING:
     from hv1.hv.msrs import MsrRead, MsrTable, MsrWrite
     from hv1.hv.vp import Vp
 
-STIMERS_STATE = "stimers"  # vp.state key of the VP's VpTimers
-VP_RUNTIME_STATE = "vp_runtime"  # vp.state key of the VP's VpRuntime
-
 
 # HV_X64_MSR_REENLIGHTENMENT_CONTROL (nested-virtualization.md; inventory §3.2).
 REENLIGHTENMENT_VECTOR_MASK = 0xFF
@@ -165,9 +162,9 @@ class PartitionTime:
 
     # --- per VP --------------------------------------------------------------------------------------
     def attach_vp(self, vp: Vp, synic: TimerSynicPort | None) -> VpTimers:
-        """Create VP `vp`'s timers and run-time counter, attach them as vp.state (reset with the
-        VP), and subscribe the timers to the SynIC's ready hook (pending expiries are retried on EOM,
-        unmask, SIMP/SCONTROL enable)."""
+        """Create VP `vp`'s timers and run-time counter, attach them as `vp.state.timers` and
+        `vp.state.runtime` (reset with the VP), and subscribe the timers to the SynIC's ready hook
+        (pending expiries are retried on EOM, unmask, SIMP/SCONTROL enable)."""
         timers = VpTimers(
             vp.index,
             self.reftime,
@@ -177,8 +174,10 @@ class PartitionTime:
             tracer=self.tracer,
         )
         runtime = VpRuntime()
-        vp.add_state(STIMERS_STATE, timers)
-        vp.add_state(VP_RUNTIME_STATE, runtime)
+        if vp.state.timers is not None or vp.state.runtime is not None:
+            raise ValueError(f"VP {vp.index} already has synthetic timers")
+        vp.state.timers = timers
+        vp.state.runtime = runtime
         self.vp_timers[vp.index] = timers
         self.vp_runtime[vp.index] = runtime
         if synic is not None:
@@ -283,7 +282,7 @@ class PartitionTime:
             self.irq.request_interrupt(target, vector, False)
 
     def reset(self) -> None:
-        """Partition reset: MSRs back to 0, page unmapped, timers reset (through vp.state). The
+        """Partition reset: MSRs back to 0, page unmapped, timers reset (through vp.state, Vp.reset). The
         reference counter keeps counting (it is zeroed only at partition creation)."""
         self.tsc_page.reset()
         self.reenlightenment_control = self.tsc_emulation_control = 0

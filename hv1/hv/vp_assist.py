@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from hv1.hv.caps import Gate
 from hv1.hv.msrs import Scope
 from hv1.hv.overlay import OverlayPage
+from hv1.hv.vp import missing_state
 from hv1.tlfs import msrs as M
 from hv1.tlfs.partition import PartitionPrivilege
 
@@ -68,7 +69,6 @@ APIC_ASSIST_OFFSET = 0x000  # HV_VIRTUAL_APIC_ASSIST, u32
 NO_EOI_REQUIRED = 1 << 0  # bit 0; 31:1 RsvdZ
 _U32 = struct.Struct("<I")
 
-VP_ASSIST_STATE = "vp_assist"  # name of the per-VP state (vp.state[...])
 
 # Same privilege as the APIC MSRs (App. C "AccessApicMsrs"), plus hv1's feature grant.
 VP_ASSIST_GATE = Gate(privileges=int(PartitionPrivilege.AccessIntrCtrlRegs), feature="vp-assist")
@@ -224,9 +224,11 @@ class VpAssist:
 
 
 def vp_assist_of(vp: Vp) -> VpAssist:
-    state = vp.state[VP_ASSIST_STATE]
-    assert isinstance(state, VpAssist)
-    return state
+    """The VpAssist of `vp` (attached by hv/enlightenments.attach as `vp.state.assist`)."""
+    assist = vp.state.assist
+    if assist is None:
+        raise missing_state(vp, "VP assist page")
+    return assist
 
 
 def _read(vp: Vp) -> int:
@@ -239,7 +241,7 @@ def _write(vp: Vp, value: int) -> None:
 
 def register_vp_assist_msr(table: MsrTable) -> None:
     """HV_X64_MSR_VP_ASSIST_PAGE. Every VP of the table's partition must have a VpAssist in
-    vp.state[VP_ASSIST_STATE] (enlightenments.attach does both)."""
+    `vp.state.assist` (enlightenments.attach does both)."""
     table.register(
         M.HV_X64_MSR_VP_ASSIST_PAGE,
         "HV_X64_MSR_VP_ASSIST_PAGE",

@@ -27,10 +27,11 @@ HV_MESSAGE (header + payload) at offset 16.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from hv1.hv.caps import privilege_gate
 from hv1.hv.hypercalls.table import HypercallContext, HypercallDef, Kind
+from hv1.hv.synic import synic_of as vp_synic
 from hv1.tlfs.hypercalls import HypercallCode
 from hv1.tlfs.messages import HV_MESSAGE_PAYLOAD_SIZE, HV_MESSAGE_SIZE, HV_MESSAGE_TYPE_HYPERVISOR_MASK
 from hv1.tlfs.partition import PartitionPrivilege
@@ -88,15 +89,14 @@ PORT_TYPE_MESSAGE, PORT_TYPE_EVENT, PORT_TYPE_MONITOR = 1, 2, 3
 
 
 def ports_of(partition: Partition) -> PartitionPorts:
-    """The partition's port tables (attached by hv/synic.py attach_synic as subsystem "ports")."""
-    return cast("PartitionPorts", partition.subsystems["ports"])
+    """The partition's port tables (attached by hv/synic.py attach_synic, `partition.ports`)."""
+    return partition.ports
 
 
 def synic_of(partition: Partition, vp_index: int) -> Synic | None:
+    """The SynIC of the VP with index `vp_index`; None when the partition has no such VP."""
     vp = partition.vp(vp_index)
-    if vp is None:
-        return None
-    return cast("Synic", vp.state["synic"])
+    return None if vp is None else vp_synic(vp)
 
 
 # --- HvCallPostMessage / HvCallSignalEvent ------------------------------------------------------------
