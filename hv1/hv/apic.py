@@ -66,7 +66,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from hv1.hv.interfaces import gp
+from hv1.hv.interfaces import TraceSink, gp
 
 # --- Constants ------------------------------------------------------------------------------------
 
@@ -242,14 +242,6 @@ _ICR_DELIVERY: dict[int, DeliveryMode] = {
 # --- Protocols --------------------------------------------------------------------------------------
 
 
-class ApicTracer(Protocol):
-    """What the APIC needs of hv1.trace.Tracer (structural, so hv1/hv does not import upwards)."""
-
-    def wants(self, cat: str) -> bool: ...
-
-    def emit(self, cat: str, vp: int, event: str, **fields: Any) -> None: ...
-
-
 class ApicBus(Protocol):
     """Where a LocalApic sends the IPIs its ICR (or SELF IPI register) asks for. Called with no APIC
     lock held. `level` is the ICR level bit (assert), `trigger_level` the ICR trigger-mode bit.
@@ -400,7 +392,7 @@ class LocalApic:
         *,
         vp_index: int | None = None,
         bsp: bool = False,
-        tracer: ApicTracer | None = None,
+        tracer: TraceSink | None = None,
         x2apic_supported: bool = True,
         phys_addr_bits: int = 52,
         min_periodic_ns: int = MIN_PERIODIC_NS,
@@ -1151,7 +1143,7 @@ class ApicRouter:
         on_init: Callable[[int], None] | None = None,
         on_sipi: Callable[[int, int], None] | None = None,
         on_nmi: Callable[[int], None] | None = None,
-        tracer: ApicTracer | None = None,
+        tracer: TraceSink | None = None,
     ) -> None:
         self.apics: list[LocalApic] = list(apics)
         self.kick = kick

@@ -57,6 +57,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from hv1.hv.interfaces import TraceSink
 from hv1.hv.synic import SINT_COUNT as _SINT_COUNT
 from hv1.hv.timers import STIMER_COUNT as _STIMER_COUNT
 from hv1.tlfs import msrs as M
@@ -69,10 +70,6 @@ S = HvStatus
 
 class InjectError(ValueError):
     """A spec that does not parse, or asks for an outcome the TLFS does not allow there."""
-
-
-class InjectTracer(Protocol):
-    def emit(self, cat: str, vp: int, event: str, **fields: Any) -> None: ...
 
 
 class InjectClock(Protocol):
@@ -326,7 +323,7 @@ class Injector:
 
     def __init__(self, rules: Iterable[Rule] = ()) -> None:
         self.rules = list(rules)
-        self.tracer: InjectTracer | None = None
+        self.tracer: TraceSink | None = None
         self.clock: InjectClock | None = None  # reference time (set by Partition.set_injection)
         self._hypercalls: dict[int, list[Rule]] = {}
         self._msrs: dict[int, list[Rule]] = {}

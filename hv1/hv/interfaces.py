@@ -2,14 +2,14 @@
 
 `hv1/hv` never imports a backend. Everything it needs from the outside world comes through the
 protocols below: guest memory (bounds-checked GPA access), a VP's register file at an exit, an
-interrupt sink, a clock in reference-time units (100 ns) and a kick. Unit tests implement them with
-fakes (`tests/fakes.py`); the KVM backend implements them for real.
+interrupt sink, a clock in reference-time units (100 ns), a kick and a trace sink. Unit tests implement
+them with fakes (`tests/fakes.py`); the KVM backend implements them for real.
 """
 
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+from typing import Any, Protocol
 
 PAGE_SIZE = 0x1000
 PAGE_SHIFT = 12
@@ -94,6 +94,16 @@ class Kicker(Protocol):
     """Make a VP leave guest mode soon (so it re-evaluates pending interrupts/flushes/timers)."""
 
     def kick(self, vp_index: int) -> None: ...
+
+
+class TraceSink(Protocol):
+    """Where every hv1/hv subsystem sends its trace events: what they need of hv1.trace.Tracer (which
+    implements it), structural so that tests record events with a small fake. Hot paths test
+    `wants(cat)` before building the fields of an event."""
+
+    def wants(self, cat: str) -> bool: ...
+
+    def emit(self, cat: str, vp: int, event: str, **fields: Any) -> None: ...
 
 
 class GuestException(Exception):

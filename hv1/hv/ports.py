@@ -45,7 +45,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from hv1.hv.synic import HV_EVENT_FLAGS_COUNT, SINT_COUNT, Synic, SynicTracer
+from hv1.hv.interfaces import TraceSink
+from hv1.hv.synic import HV_EVENT_FLAGS_COUNT, SINT_COUNT, Synic
 from hv1.tlfs.messages import HV_MESSAGE_PAYLOAD_SIZE, HV_MESSAGE_TYPE_HYPERVISOR_MASK
 from hv1.tlfs.partition import HV_PARTITION_ID_SELF
 from hv1.tlfs.status import HvStatus
@@ -164,7 +165,7 @@ class PartitionPorts:
         synics: Sequence[Synic],
         *,
         lock: threading.RLock | None = None,
-        tracer: SynicTracer | None = None,
+        tracer: TraceSink | None = None,
         partition_id: int = 1,
     ) -> None:
         self.synics = list(synics)

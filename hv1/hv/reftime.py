@@ -34,9 +34,9 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-from hv1.hv.interfaces import PAGE_SHIFT, Clock
+from hv1.hv.interfaces import PAGE_SHIFT, Clock, TraceSink
 from hv1.hv.overlay import OverlayPage
 
 REF_HZ = 10_000_000  # reference time counts 100 ns units
@@ -53,14 +53,6 @@ TSC_SEQUENCE_INVALID_LEGACY = 0xFFFF_FFFF  # pre-v5 TLFS "invalid" value: never 
 REFERENCE_TSC_ENABLE = 1 << 0
 REFERENCE_TSC_RSVDP = 0xFFE  # bits 11:1, preserved
 REFERENCE_TSC_GPFN_SHIFT = PAGE_SHIFT
-
-
-class TimeTracer(Protocol):
-    """What time code needs of hv1.trace.Tracer (structural: hv1/hv does not import upwards)."""
-
-    def wants(self, cat: str) -> bool: ...
-
-    def emit(self, cat: str, vp: int, event: str, **fields: Any) -> None: ...
 
 
 def tsc_scale(tsc_hz: int) -> int:
@@ -253,9 +245,7 @@ class ReferenceTscPage:
     the page wherever it currently lives. The owner (hv/time_msrs.PartitionTime) calls `publish()`
     after every change of the reference time parameters."""
 
-    def __init__(
-        self, reftime: ReferenceTime, overlay: OverlayPage, tracer: TimeTracer | None = None
-    ) -> None:
+    def __init__(self, reftime: ReferenceTime, overlay: OverlayPage, tracer: TraceSink | None = None) -> None:
         self.reftime = reftime
         self.overlay = overlay
         self._tracer = tracer

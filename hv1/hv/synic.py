@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hv1.hv.caps import privilege_gate
-from hv1.hv.interfaces import GuestMemory, InterruptSink, gp
+from hv1.hv.interfaces import GuestMemory, InterruptSink, TraceSink, gp
 from hv1.hv.msrs import MsrTable, Scope
 from hv1.hv.overlay import OverlayLayer, OverlayPage
 from hv1.hv.vp import missing_state
@@ -140,12 +140,6 @@ HELD_RETRY = 10_000
 DEFAULT_QUEUE_DEPTH = 16
 
 
-class SynicTracer(Protocol):
-    def wants(self, cat: str) -> bool: ...
-
-    def emit(self, cat: str, vp: int, event: str, **fields: Any) -> None: ...
-
-
 class BufferOwner(Protocol):
     """Who lent the buffer of a queued message (a port, a timer). `release_message_buffer` is called
     exactly once per posted message: when it reaches the slot, or when it is dropped (VP reset, owner
@@ -216,7 +210,7 @@ class Synic:
         *,
         layer: OverlayLayer | None = None,
         lock: threading.RLock | None = None,
-        tracer: SynicTracer | None = None,
+        tracer: TraceSink | None = None,
         queue_depth: int = DEFAULT_QUEUE_DEPTH,
         auto_eoi_supported: bool = True,
         polling_supported: bool = True,

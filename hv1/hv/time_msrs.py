@@ -75,9 +75,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hv1.hv.apic import APIC_FREQUENCY_HZ  # hv1's APIC model; KVM's in-kernel LAPIC bus is 1 GHz too
 from hv1.hv.caps import Caps, Gate, privilege_gate
-from hv1.hv.interfaces import InterruptSink, gp
+from hv1.hv.interfaces import InterruptSink, TraceSink, gp
 from hv1.hv.overlay import OverlayPage
-from hv1.hv.reftime import ReferenceTime, ReferenceTscPage, TimeTracer, VpRuntime
+from hv1.hv.reftime import ReferenceTime, ReferenceTscPage, VpRuntime
 from hv1.hv.timers import STIMER_COUNT, TimerSynic, VpTimers
 from hv1.tlfs import msrs as M
 from hv1.tlfs.feature_discovery import FeaturesEdx
@@ -128,7 +128,7 @@ class PartitionTime:
         *,
         lock: AbstractContextManager[Any] | None = None,
         apic_hz: int = APIC_FREQUENCY_HZ,
-        tracer: TimeTracer | None = None,
+        tracer: TraceSink | None = None,
     ) -> None:
         self.caps = caps
         self.reftime = reftime

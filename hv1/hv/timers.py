@@ -53,7 +53,7 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hv1.hv.interfaces import Clock, InterruptSink, gp
+from hv1.hv.interfaces import Clock, InterruptSink, TraceSink, gp
 
 if TYPE_CHECKING:
     from hv1.hv.inject import Injector
@@ -103,12 +103,6 @@ class TimerSynic(Protocol):
         everything as it is — except MessagePending set in an occupied slot so the guest writes EOM
         — and return False. The SynIC later calls VpTimers.sint_ready()."""
         ...
-
-
-class TimerTracer(Protocol):
-    def wants(self, cat: str) -> bool: ...
-
-    def emit(self, cat: str, vp: int, event: str, **fields: Any) -> None: ...
 
 
 @dataclass
@@ -172,7 +166,7 @@ class VpTimers:
         synic: TimerSynic | None = None,
         *,
         direct_mode_available: bool = True,
-        tracer: TimerTracer | None = None,
+        tracer: TraceSink | None = None,
         min_period: int = MIN_PERIOD,
     ) -> None:
         self.vp_index = vp_index

@@ -45,9 +45,10 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from hv1.hv.caps import Gate
+from hv1.hv.interfaces import TraceSink
 from hv1.hv.msrs import Scope
 from hv1.hv.overlay import OverlayPage
 from hv1.hv.vp import missing_state
@@ -74,12 +75,6 @@ _U32 = struct.Struct("<I")
 VP_ASSIST_GATE = Gate(privileges=int(PartitionPrivilege.AccessIntrCtrlRegs), feature="vp-assist")
 
 
-class AssistTracer(Protocol):
-    def wants(self, cat: str) -> bool: ...
-
-    def emit(self, cat: str, vp: int, event: str, **fields: Any) -> None: ...
-
-
 class VpAssist:
     """One VP's assist page and its EOI assist state. Thread-safety: every method takes `lock` (the
     partition lock, an RLock); `after_exit` and `interrupt_injected` have a lock-free fast path."""
@@ -93,7 +88,7 @@ class VpAssist:
         apic: LocalApic | None = None,
         lazy_eoi: bool = True,
         counters: Counter[str] | None = None,
-        tracer: AssistTracer | None = None,
+        tracer: TraceSink | None = None,
     ) -> None:
         """`apic`: this VP's LocalApic in user APIC mode (None: kernel APIC, no EOI assist).
         `lazy_eoi`: set NoEoiRequired at all (off: the page exists but the bit stays 0)."""
