@@ -58,7 +58,6 @@ from hv1.hv.port_registry import PortRegistry, RegistryConnection, RegistryPort,
 from hv1.hv.ports import HV_PORT_ID_MASK, PartitionPorts, PortType
 from hv1.hv.stats_pages import Counters, StatsMapping, StatsObject
 from hv1.hv.stats_pages import render as render_stats
-from hv1.hv.synic import HV_EVENT_FLAGS_COUNT, SINT_COUNT
 from hv1.hv.translate import PagingState, flags_error, translate_gva
 from hv1.hv.virtual_interrupt import AssertedInterrupt, AssertError
 from hv1.hv.virtual_interrupt import validate as validate_interrupt
@@ -75,6 +74,7 @@ from hv1.tlfs.partition import (
 from hv1.tlfs.registers import HvRegisterName
 from hv1.tlfs.stats import HypervisorCounter, PartitionCounter, StatsAreaType, StatsObjectType
 from hv1.tlfs.status import HvStatus
+from hv1.tlfs.synic import HV_EVENT_FLAGS_COUNT, SINT_COUNT
 from hv1.tlfs.virtualization_host import (
     GET_VP_CPUID_VALUES_FLAGS_DEFINED,
     IO_ACCESS_SIZES,

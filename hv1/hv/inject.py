@@ -58,11 +58,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hv1.hv.interfaces import TraceSink
-from hv1.hv.synic import SINT_COUNT as _SINT_COUNT
-from hv1.hv.timers import STIMER_COUNT as _STIMER_COUNT
 from hv1.tlfs import msrs as M
 from hv1.tlfs.hypercalls import HypercallCode, hypercall_name
 from hv1.tlfs.status import HvStatus
+from hv1.tlfs.synic import SINT_COUNT as _SINT_COUNT
+from hv1.tlfs.timers import STIMER_COUNT as _STIMER_COUNT
 
 H = HypercallCode
 S = HvStatus

@@ -46,10 +46,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hv1.hv.interfaces import TraceSink
-from hv1.hv.synic import HV_EVENT_FLAGS_COUNT, SINT_COUNT, Synic
+from hv1.hv.synic import Synic
 from hv1.tlfs.messages import HV_MESSAGE_PAYLOAD_SIZE, HV_MESSAGE_TYPE_HYPERVISOR_MASK
 from hv1.tlfs.partition import HV_PARTITION_ID_SELF
 from hv1.tlfs.status import HvStatus
+from hv1.tlfs.synic import HV_EVENT_FLAGS_COUNT, SINT_COUNT
 from hv1.tlfs.vp import HV_ANY_VP
 
 log = logging.getLogger("hv1.ports")

@@ -73,9 +73,32 @@ from hv1.hv.overlay import OverlayLayer, OverlayPage
 from hv1.hv.vp import missing_state
 from hv1.tlfs import msrs as M
 from hv1.tlfs.feature_discovery import FeaturesEdx
-from hv1.tlfs.messages import HV_MESSAGE_PAYLOAD_SIZE, HV_MESSAGE_SIZE
+from hv1.tlfs.messages import (
+    HV_MESSAGE_PAYLOAD_SIZE,
+    HV_MESSAGE_SIZE,
+    MESSAGE_FLAG_PENDING,
+    MESSAGE_FLAGS_OFFSET,
+    MESSAGE_HEADER,
+    MESSAGE_HEADER_TAIL,
+    MESSAGE_PAYLOAD_OFFSET,
+)
 from hv1.tlfs.partition import PartitionPrivilege
 from hv1.tlfs.status import HvStatus
+from hv1.tlfs.synic import (
+    HV_EVENT_FLAGS_BYTE_COUNT,
+    HV_EVENT_FLAGS_COUNT,
+    HV_SYNIC_FIRST_VALID_VECTOR,
+    HV_SYNIC_VERSION,
+    PAGE_ENABLE,
+    PAGE_GPFN_SHIFT,
+    SCONTROL_ENABLE,
+    SINT_AUTO_EOI,
+    SINT_COUNT,
+    SINT_MASKED,
+    SINT_POLLING,
+    SINT_RESET,
+    SINT_VECTOR_MASK,
+)
 
 if TYPE_CHECKING:
     from hv1.hv.inject import Injector
@@ -85,25 +108,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hv1.synic")
 
-# --- TLFS constants (inter-partition-communication.md "SynIC Registers"; inventory §3.3, App. tail) ----
-SINT_COUNT = 16
-HV_SYNIC_VERSION = 1  # SVERSION 31:0
-SCONTROL_ENABLE = 1 << 0
-PAGE_ENABLE = 1 << 0  # SIMP / SIEFP bit 0; 63:12 GPFN; 11:1 RsvdP
-PAGE_GPFN_SHIFT = 12
-SINT_VECTOR_MASK = 0xFF
-SINT_MASKED = 1 << 16
-SINT_AUTO_EOI = 1 << 17
-SINT_POLLING = 1 << 18
-SINT_RESET = SINT_MASKED  # 0x0000000000010000: all SINTs masked at VP creation
-HV_SYNIC_FIRST_VALID_VECTOR = 16
-HV_EVENT_FLAGS_COUNT = 256 * 8  # datatypes/hv_synic_event_flags.md
-HV_EVENT_FLAGS_BYTE_COUNT = 256
-MESSAGE_FLAG_PENDING = 1 << 0  # HV_MESSAGE_FLAGS.MessagePending
-# HV_MESSAGE_HEADER (current TLFS / md layout, inventory §6.5.2 / §7.2): MessageType u32 @0,
-# PayloadSize u8 @4, MessageFlags u8 @5, Reserved u16 @6, Sender/Port u64 @8; payload @16.
-MESSAGE_HEADER = struct.Struct("<IBBHQ")
-MESSAGE_HEADER_TAIL = struct.Struct("<BBHQ")  # the header without MessageType (written first)
+# The register bits (inter-partition-communication.md "SynIC Registers") are in hv1/tlfs/synic.py and
+# the HV_MESSAGE layout in hv1/tlfs/messages.py.
 _U32 = struct.Struct("<I")
 _FENCE_LOCK = threading.Lock()
 
@@ -116,8 +122,6 @@ def _fence() -> None:
     _FENCE_LOCK.release()
 
 
-MESSAGE_FLAGS_OFFSET = 5
-MESSAGE_PAYLOAD_OFFSET = 16
 MASK64 = (1 << 64) - 1
 ALL_SINTS = (1 << SINT_COUNT) - 1
 

@@ -78,11 +78,12 @@ from hv1.hv.caps import Caps, Gate, privilege_gate
 from hv1.hv.interfaces import InterruptSink, TraceSink, gp
 from hv1.hv.overlay import OverlayPage
 from hv1.hv.reftime import ReferenceTime, ReferenceTscPage, VpRuntime
-from hv1.hv.timers import STIMER_COUNT, TimerSynic, VpTimers
+from hv1.hv.timers import TimerSynic, VpTimers
 from hv1.tlfs import msrs as M
 from hv1.tlfs.feature_discovery import FeaturesEdx
 from hv1.tlfs.msrs import msr_name
 from hv1.tlfs.partition import PartitionPrivilege as P
+from hv1.tlfs.timers import STIMER_COUNT
 
 if TYPE_CHECKING:
     from hv1.hv.msrs import MsrRead, MsrTable, MsrWrite

@@ -49,34 +49,33 @@ the VP's own thread.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hv1.hv.interfaces import Clock, InterruptSink, TraceSink, gp
+from hv1.tlfs.messages import HvMessageType
+from hv1.tlfs.timers import (
+    STIMER_APIC_VECTOR_MASK,
+    STIMER_APIC_VECTOR_SHIFT,
+    STIMER_AUTO_ENABLE,
+    STIMER_CONFIG_VALID,
+    STIMER_COUNT,
+    STIMER_DIRECT_MODE,
+    STIMER_ENABLE,
+    STIMER_LAZY,
+    STIMER_PERIODIC,
+    STIMER_SINTX_MASK,
+    STIMER_SINTX_SHIFT,
+    TIMER_PAYLOAD,
+)
 
 if TYPE_CHECKING:
     from hv1.hv.inject import Injector
 
-STIMER_COUNT = 4
 U64 = (1 << 64) - 1
 
-# STIMERx_CONFIG (timers.md "Synthetic Timer Configuration Register").
-STIMER_ENABLE = 1 << 0
-STIMER_PERIODIC = 1 << 1
-STIMER_LAZY = 1 << 2
-STIMER_AUTO_ENABLE = 1 << 3
-STIMER_APIC_VECTOR_SHIFT = 4
-STIMER_APIC_VECTOR_MASK = 0xFF << STIMER_APIC_VECTOR_SHIFT  # bits 11:4
-STIMER_DIRECT_MODE = 1 << 12
-STIMER_SINTX_SHIFT = 16
-STIMER_SINTX_MASK = 0xF << STIMER_SINTX_SHIFT  # bits 19:16
-STIMER_CONFIG_VALID = 0x000F_1FFF  # 63:20 and 15:13 are RsvdZ
-
-# HvMessageTimerExpired and HV_TIMER_MESSAGE_PAYLOAD (datatypes/hv_timer_message_payload.md).
-HV_MESSAGE_TIMER_EXPIRED = 0x80000010
-TIMER_PAYLOAD = struct.Struct("<IIQQ")  # TimerIndex, Reserved, ExpirationTime, DeliveryTime
-TIMER_PAYLOAD_SIZE = TIMER_PAYLOAD.size  # 24
+# STIMERx_CONFIG bits and HV_TIMER_MESSAGE_PAYLOAD: hv1/tlfs/timers.py.
+HV_MESSAGE_TIMER_EXPIRED = int(HvMessageType.HvMessageTimerExpired)  # 0x80000010
 
 # Policy (timers.md leaves the numbers to the hypervisor).
 CATCHUP_MAX_PERIODS = 4  # a non-lazy timer further behind than this skips the older expiries

@@ -10,48 +10,15 @@ the final page against the map. It is not coherent with any TLB: it reads the ta
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 from hv1.hv.gpa_map import Access, GpaMap
 from hv1.hv.interfaces import GuestMemory
+from hv1.tlfs.virtual_mmu import INPUT_VTL_SHIFT, TRANSLATE_FLAGS_DEFINED, TranslateFlags, TranslateResult
 from hv1.tlfs.virtualization_host import PAGE_SHIFT
 
-
-class TranslateFlags(enum.IntFlag):
-    """HV_TRANSLATE_GVA_CONTROL_FLAGS (x64)."""
-
-    VALIDATE_READ = 0x0001
-    VALIDATE_WRITE = 0x0002
-    VALIDATE_EXECUTE = 0x0004
-    PRIVILEGE_EXEMPT = 0x0008
-    SET_PAGE_TABLE_BITS = 0x0010
-    TLB_FLUSH_INHIBIT = 0x0020
-    SUPERVISOR_ACCESS = 0x0040
-    USER_ACCESS = 0x0080
-    ENFORCE_SMAP = 0x0100
-    OVERRIDE_SMAP = 0x0200
-    SHADOW_STACK = 0x0400
-
-
-TRANSLATE_FLAGS_DEFINED = 0x07FF
-INPUT_VTL_SHIFT = 56
+# HV_TRANSLATE_GVA_CONTROL_FLAGS and HV_TRANSLATE_GVA_RESULT_CODE: hv1/tlfs/virtual_mmu.py.
 VALIDATE_ANY = TranslateFlags.VALIDATE_READ | TranslateFlags.VALIDATE_WRITE | TranslateFlags.VALIDATE_EXECUTE
-
-
-class TranslateResult(enum.IntEnum):
-    """HV_TRANSLATE_GVA_RESULT_CODE."""
-
-    Success = 0
-    PageNotPresent = 1
-    PrivilegeViolation = 2
-    InvalidPageTableFlags = 3
-    GpaUnmapped = 4
-    GpaNoReadAccess = 5
-    GpaNoWriteAccess = 6
-    GpaIllegalOverlayAccess = 7
-    Intercept = 8
-    GpaUnaccepted = 9
 
 
 CACHE_TYPE_WRITE_BACK = 6  # hv1 maps guest RAM write-back; it has no MTRR/PAT cache model

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from hv1.hv.interfaces import GuestMemory
 from hv1.hv.vp_registers import CONTEXT_SCALARS, GPRS, VpRegisterFile
+from hv1.tlfs.messages import HV_MESSAGE_SIZE
 from hv1.tlfs.virtualization_host import PAGE_SHIFT
 
 REGISTER_PAGE_VERSION = 1
@@ -42,7 +43,6 @@ REGISTER_PAGE_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                       "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 REGISTER_PAGE_VALUES = struct.Struct("<18Q")  # the 16 GPRs, RIP, RFLAGS
 CLASS_GENERAL, CLASS_IP, CLASS_FLAGS = 1 << 0, 1 << 1, 1 << 4
-MESSAGE_SIZE = 256
 
 
 def _values(regs: VpRegisterFile) -> list[int]:
@@ -79,7 +79,7 @@ def load_dirty(mem: GuestMemory, backing: int, regs: VpRegisterFile) -> int:
 
 
 def write_message_page(mem: GuestMemory, backing: int, message: bytes) -> None:
-    mem.write(backing << PAGE_SHIFT, message[:MESSAGE_SIZE].ljust(MESSAGE_SIZE, b"\0"))
+    mem.write(backing << PAGE_SHIFT, message[:HV_MESSAGE_SIZE].ljust(HV_MESSAGE_SIZE, b"\0"))
 
 
 @dataclass(frozen=True)

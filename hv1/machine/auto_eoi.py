@@ -33,8 +33,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from hv1.hv.synic import HV_SYNIC_FIRST_VALID_VECTOR, SINT_AUTO_EOI, SINT_COUNT, SINT_MASKED, SINT_VECTOR_MASK
 from hv1.tlfs import msrs as M
+from hv1.tlfs.synic import (
+    HV_SYNIC_FIRST_VALID_VECTOR,
+    SINT_AUTO_EOI,
+    SINT_COUNT,
+    SINT_MASKED,
+    SINT_VECTOR_MASK,
+)
 
 
 def kvm_sint_value(raw: int) -> int:

@@ -12,6 +12,11 @@ No behaviour and no I/O live here. One module per TLFS chapter (paths are relati
 - `hypercalls`          PDF Appendix A: every hypercall code and its name
 - `status`              PDF Appendix B: HV_STATUS codes
 - `msrs`                PDF Appendix C: every synthetic MSR index and its name
-- `messages`            inter-partition-communication.md / datatypes/hv_message_type.md: message types
+- `messages`            inter-partition-communication.md / datatypes/hv_message.md: the message
+                        header layout and flags, message types
+- `synic`               inter-partition-communication.md "SynIC Registers": SCONTROL, SIMP/SIEFP,
+                        SINTx bits, event flags
+- `timers`              timers.md: STIMERx_CONFIG bits, HV_TIMER_MESSAGE_PAYLOAD
+- `virtual_mmu`         virtual-mmu.md: HvCallTranslateVirtualAddress control flags and results
 - `registers`           datatypes/hv_register_name.md: register names (x64)
 """

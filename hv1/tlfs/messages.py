@@ -1,12 +1,22 @@
-"""SynIC message types: TLFS datatypes/hv_message_type.md, inventory §6.5.3."""
+"""SynIC messages: the HV_MESSAGE layout (datatypes/hv_message.md, inventory §6.5.2 / §7.2) and the
+message types (datatypes/hv_message_type.md, inventory §6.5.3)."""
 
 from __future__ import annotations
 
 import enum
+import struct
 
 HV_MESSAGE_TYPE_HYPERVISOR_MASK = 0x80000000  # guests may not post these types
 HV_MESSAGE_SIZE = 256
-HV_MESSAGE_PAYLOAD_SIZE = 240
+HV_MESSAGE_PAYLOAD_SIZE = 240  # HV_MESSAGE_MAX_PAYLOAD_BYTE_COUNT
+
+# HV_MESSAGE_HEADER (current TLFS / md layout): MessageType u32 @0, PayloadSize u8 @4, MessageFlags
+# u8 @5, Reserved u16 @6, Sender (port ID or partition ID; 0 for timers) u64 @8; payload @16.
+MESSAGE_HEADER = struct.Struct("<IBBHQ")
+MESSAGE_HEADER_TAIL = struct.Struct("<BBHQ")  # the header without MessageType (written first)
+MESSAGE_FLAGS_OFFSET = 5
+MESSAGE_PAYLOAD_OFFSET = 16
+MESSAGE_FLAG_PENDING = 1 << 0  # HV_MESSAGE_FLAGS.MessagePending
 
 
 class HvMessageType(enum.IntEnum):

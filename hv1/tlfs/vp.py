@@ -16,6 +16,11 @@ HV_INVALID_VTL = 0xFF
 HV_VTL_ALL = 0xF
 HV_NUM_VTLS = 2
 
+# HV_INPUT_VTL (u8, datatypes/hv_input_vtl.md): TargetVtl 3:0, UseTargetVtl 4, ReservedZ 7:5.
+INPUT_VTL_TARGET_MASK = 0x0F
+INPUT_VTL_USE_TARGET = 0x10
+INPUT_VTL_RSVDZ = 0xE0
+
 # HvCallNotifyLongSpinWait (0x0008, simple): SpinCount u32 @0, RsvdZ u32 @4; no output.
 NOTIFY_LONG_SPIN_WAIT_INPUT = struct.Struct("<II")
 

@@ -36,3 +36,26 @@ def test_the_tracer_is_a_trace_sink() -> None:
     assert not sink.wants("synic")
     sink.emit("synic", 0, "post", sint=2)
     assert NULL_TRACER.wants("timers") is False
+
+
+# Names of TLFS register bits and layouts that live in hv1/tlfs (synic, timers, messages, vp,
+# virtual_mmu): hv1/hv imports them and never assigns its own.
+SPEC_PREFIXES = ("SINT_", "STIMER_", "SCONTROL_", "MESSAGE_", "INPUT_VTL", "VTL_", "TRANSLATE_FLAGS")
+SPEC_CLASSES = ("TranslateFlags", "TranslateResult")
+
+
+def test_spec_layouts_live_in_tlfs() -> None:
+    found = []
+    for path in sorted(HV.rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            names: list[str] = []
+            if isinstance(node, ast.Assign):
+                names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names = [node.target.id]
+            elif isinstance(node, ast.ClassDef) and node.name in SPEC_CLASSES:
+                names = [node.name]
+            found += [
+                f"{path.relative_to(HV)}:{n}" for n in names if n.startswith(SPEC_PREFIXES + SPEC_CLASSES)
+            ]
+    assert found == []

@@ -38,6 +38,7 @@ from hv1.hv.hypercalls.table import HypercallContext, HypercallDef, Kind
 from hv1.hv.vpset import VP_SET_HEADER, VpSet, VpSetError, parse_vp_set, processor_mask_set
 from hv1.tlfs.hypercalls import HypercallCode
 from hv1.tlfs.status import HvStatus
+from hv1.tlfs.vp import INPUT_VTL_RSVDZ, INPUT_VTL_TARGET_MASK, INPUT_VTL_USE_TARGET
 
 SEND_IPI_INPUT = struct.Struct("<IB3xQ")  # Vector, TargetVtl, padding, ProcessorMask
 SEND_IPI_EX_FIXED = struct.Struct("<IB3x")  # Vector, TargetVtl, padding; HV_VP_SET follows at 8
@@ -46,11 +47,6 @@ SEND_IPI_EX_INPUT_SIZE = SEND_IPI_EX_FIXED.size + VP_SET_HEADER.size  # 24: the 
 
 IPI_VECTOR_MIN = 0x10
 IPI_VECTOR_MAX = 0xFF
-
-# HV_INPUT_VTL (datatypes/hv_input_vtl.md)
-INPUT_VTL_TARGET_MASK = 0x0F
-INPUT_VTL_USE_TARGET = 0x10
-INPUT_VTL_RSVDZ = 0xE0
 
 
 def input_vtl_ok(raw: int) -> bool:

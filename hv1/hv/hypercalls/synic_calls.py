@@ -33,7 +33,12 @@ from hv1.hv.caps import privilege_gate
 from hv1.hv.hypercalls.table import HypercallContext, HypercallDef, Kind
 from hv1.hv.synic import synic_of as vp_synic
 from hv1.tlfs.hypercalls import HypercallCode
-from hv1.tlfs.messages import HV_MESSAGE_PAYLOAD_SIZE, HV_MESSAGE_SIZE, HV_MESSAGE_TYPE_HYPERVISOR_MASK
+from hv1.tlfs.messages import (
+    HV_MESSAGE_PAYLOAD_SIZE,
+    HV_MESSAGE_SIZE,
+    HV_MESSAGE_TYPE_HYPERVISOR_MASK,
+    MESSAGE_HEADER,
+)
 from hv1.tlfs.partition import PartitionPrivilege
 from hv1.tlfs.status import HvStatus
 
@@ -56,7 +61,6 @@ SIGNAL_EVENT_INPUT = struct.Struct("<IHH")
 # padding u16 @14, HV_MESSAGE @16 (see the module docstring).
 POST_MESSAGE_DIRECT_INPUT = struct.Struct("<QIBBH")
 POST_MESSAGE_DIRECT_INPUT_SIZE = POST_MESSAGE_DIRECT_INPUT.size + HV_MESSAGE_SIZE  # 272
-MESSAGE_HEADER = struct.Struct("<IBBHQ")  # HV_MESSAGE_HEADER (synic.MESSAGE_HEADER)
 # HvCallSignalEventDirect: TargetPartition u64 @0, TargetVp u32 @8, TargetVtl u8 @12, TargetSint u8
 # @13, FlagNumber u16 @14. Output: NewlySignaled u8 @0 (+ 7 reserved bytes, Linux).
 SIGNAL_EVENT_DIRECT_INPUT = struct.Struct("<QIBBH")

@@ -54,7 +54,7 @@ from hv1.hv.interfaces import GpaError, GuestMemory
 from hv1.tlfs.hypercalls import HypercallCode
 from hv1.tlfs.partition import HV_PARTITION_ID_SELF, PartitionPrivilege
 from hv1.tlfs.status import HvStatus
-from hv1.tlfs.vp import HV_VP_INDEX_SELF
+from hv1.tlfs.vp import HV_VP_INDEX_SELF, INPUT_VTL_RSVDZ, INPUT_VTL_TARGET_MASK
 
 if TYPE_CHECKING:
     from hv1.hv.enlightenments import EnlightenmentHooks
@@ -407,10 +407,6 @@ def context_error(
 
 
 # --- the hypercall ----------------------------------------------------------------------------------
-VTL_RSVDZ = 0xE0
-VTL_MASK = 0x0F
-
-
 def start_virtual_processor(ctx: HypercallContext) -> int:
     p = ctx.partition
     partition_id, vp_index, target_vtl = START_VP_HEADER.unpack_from(ctx.input)
@@ -420,9 +416,9 @@ def start_virtual_processor(ctx: HypercallContext) -> int:
         vp_index = ctx.vp.index
     if vp_index not in {vp.index for vp in p.vps}:
         return HvStatus.INVALID_VP_INDEX
-    if target_vtl & VTL_RSVDZ:
+    if target_vtl & INPUT_VTL_RSVDZ:
         return HvStatus.INVALID_PARAMETER
-    if target_vtl & VTL_MASK:
+    if target_vtl & INPUT_VTL_TARGET_MASK:
         return HvStatus.INVALID_VTL_STATE  # VTL 1..15 are not enabled (no VSM)
     context = InitialVpContext.unpack(ctx.input[START_VP_HEADER.size :])
     error = context_error(context, p.guest_cpu, p.memory)

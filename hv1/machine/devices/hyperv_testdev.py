@@ -33,7 +33,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from hv1.hv.ports import EventCallback, HostEvent, HostMessage, MessageCallback, PartitionPorts, PortError
-from hv1.hv.synic import SINT_COUNT
+from hv1.tlfs.synic import SINT_COUNT
 
 HYPERV_TESTDEV_PORT = 0x3000
 
