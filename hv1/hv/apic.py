@@ -411,7 +411,6 @@ class LocalApic:
         self._min_periodic_ns = min_periodic_ns
         self._bsp = bsp
         self._tracer = tracer
-        self._x2apic_supported = x2apic_supported
         self._base_reserved = APIC_BASE_RESERVED_LOW | (((1 << 64) - 1) & ~((1 << phys_addr_bits) - 1))
         if not x2apic_supported:
             self._base_reserved |= APIC_BASE_EXTD
@@ -498,10 +497,6 @@ class LocalApic:
         return self._tmr
 
     @property
-    def esr(self) -> int:
-        return self._esr
-
-    @property
     def ppr(self) -> int:
         with self._lock:
             return self._ppr_locked()
@@ -571,9 +566,6 @@ class LocalApic:
         self._tm_span = 1
 
     # ---- IA32_APIC_BASE ----
-
-    def apic_base_read(self) -> int:
-        return self._base
 
     def apic_base_write(self, value: int) -> None:
         """WRMSR IA32_APIC_BASE (SDM "x2APIC State Transitions"). #GP on reserved bits, on the invalid
@@ -1132,7 +1124,8 @@ class ApicRouter:
     target.init() itself. SIPI: on_sipi(vp, vector); the machine starts the VP only if it waits for
     SIPI. SMI and ExtINT are dropped.
 
-    Also an InterruptSink (hv1.hv.interfaces) for the SynIC in user APIC mode: `request_interrupt`.
+    Interrupts from the hypervisor (SynIC SINTs, direct-mode timers, synthetic IPIs) do not pass
+    through here: the machine's InterruptSink accepts them into `apic_for_vp(vp)` itself.
     """
 
     def __init__(
@@ -1162,9 +1155,6 @@ class ApicRouter:
 
     def apic_for_vp(self, vp_index: int) -> LocalApic:
         return self._by_vp[vp_index]
-
-    def apic_by_id(self, apic_id: int) -> LocalApic | None:
-        return self._by_id.get(apic_id)
 
     def send_ipi(
         self,
@@ -1236,12 +1226,3 @@ class ApicRouter:
     def _accept_and_kick(self, target: LocalApic, vector: int, src: LocalApic | None) -> None:
         if target.accept(vector) and target is not src and self.kick is not None:
             self.kick(target.vp_index)
-
-    def request_interrupt(self, vp_index: int, vector: int, auto_eoi: bool = False) -> None:
-        """InterruptSink: a fixed, edge interrupt for one VP (SynIC SINTs, synthetic timers in direct
-        mode, synthetic IPIs). Unknown VPs and out-of-range vectors are ignored."""
-        apic = self._by_vp.get(vp_index)
-        if apic is None or not 0 <= vector <= 0xFF:
-            return
-        if apic.accept(vector, auto_eoi=auto_eoi) and self.kick is not None:
-            self.kick(vp_index)

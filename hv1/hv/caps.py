@@ -528,9 +528,6 @@ class Caps:
         """0x40000003 EDX bit(s)."""
         return self.features_edx & int(edx_flag) == int(edx_flag)
 
-    def has_ecx_feature(self, ecx_flag: int) -> bool:
-        return self.features_ecx & int(ecx_flag) == int(ecx_flag)
-
     def has_recommendation(self, flag: int) -> bool:
         return self.recommendations & int(flag) == int(flag)
 

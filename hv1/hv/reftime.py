@@ -144,14 +144,6 @@ class ReferenceTime:
         """The guest TSC frequency the formula assumes."""
         return self._tsc_hz
 
-    @property
-    def true_tsc_hz(self) -> int:
-        return self._true_hz
-
-    @property
-    def paused(self) -> bool:
-        return self._frozen is not None
-
     def params(self) -> tuple[int, int]:
         """(TscScale, TscOffset) as published in the TSC page."""
         return self._params
@@ -297,12 +289,6 @@ class ReferenceTscPage:
         seq32[0] = self._last_valid
         self.sequence = self._last_valid
         self._trace("tsc-page", sequence=self._last_valid, scale=scale, offset=offset)
-
-    def read_fields(self) -> tuple[int, int, int]:
-        """(TscSequence, TscScale, TscOffset) as the guest would read them (tests, diagnostics)."""
-        data = self.overlay.read(0, 24)
-        seq, _, scale, offset = struct.unpack("<IIQq", data)
-        return seq, scale, offset
 
     def reset(self) -> None:
         self.value = 0

@@ -62,7 +62,7 @@ import logging
 import struct
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -184,17 +184,6 @@ class SintConfig:
         return bool(self.raw & SINT_POLLING)
 
 
-def sint_msr(sint: int) -> int:
-    return M.HV_X64_MSR_SINT0 + sint
-
-
-def is_synic_msr(index: int) -> bool:
-    return index in _SYNIC_MSR_SET
-
-
-_SYNIC_MSR_SET = frozenset(SYNIC_MSRS)
-
-
 def encode_message(msg_type: int, payload: bytes, origin: int = 0, flags: int = 0) -> bytes:
     """A 256-byte HV_MESSAGE (tests, PostMessageDirect)."""
     buf = bytearray(HV_MESSAGE_SIZE)
@@ -266,10 +255,6 @@ class Synic:
     def has_pending(self) -> bool:
         """Messages are waiting in some SINT queue (the VP loop should `rescan()` now and then)."""
         return self._pending != 0
-
-    @property
-    def pending_sints(self) -> int:
-        return self._pending
 
     def queued(self, sint: int) -> int:
         return len(self._queues[sint])
@@ -537,9 +522,6 @@ class Synic:
         msg_type, size, flags, _, origin = MESSAGE_HEADER.unpack_from(raw)
         size = min(size, HV_MESSAGE_PAYLOAD_SIZE)
         return msg_type, flags, origin, raw[MESSAGE_PAYLOAD_OFFSET : MESSAGE_PAYLOAD_OFFSET + size]
-
-    def queued_messages(self, sint: int) -> Iterator[QueuedMessage]:
-        return iter(tuple(self._queues[sint]))
 
     # --- single-buffer producers (synthetic timers) --------------------------------------------------
     def slot_ready(self, sint: int) -> bool:

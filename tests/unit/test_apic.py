@@ -548,15 +548,6 @@ def test_write_icr_64_bit_in_both_modes_for_hv_x64_msr_icr() -> None:
     assert gp_raised(apics2[0].write_icr, 1 << 20)
 
 
-def test_router_request_interrupt_is_an_interrupt_sink() -> None:
-    apics, router, calls = system()
-    router.request_interrupt(1, 0x50, auto_eoi=True)
-    router.request_interrupt(9, 0x50)  # unknown VP: ignored
-    router.request_interrupt(1, 0x1234)  # bad vector: ignored
-    assert apics[1].take_pending() == 0x50 and apics[1].isr == 0
-    assert calls.kicks == [1]
-
-
 def test_lone_apic_without_router_can_self_ipi() -> None:
     a = enabled()
     a.mmio_write(ICR_LO, 4, (Shorthand.SELF << 18) | 0x40)

@@ -130,10 +130,6 @@ def _set(regs: VpRegisters, long_mode: bool, which: tuple[str, tuple[str, str]],
         regs.set(lo, value & MASK32)
 
 
-def read_control(regs: VpRegisters, long_mode: bool) -> int:
-    return _get(regs, long_mode, _CONTROL)
-
-
 def write_control(regs: VpRegisters, long_mode: bool, value: int) -> None:
     """Rep continuation: "Rep hypercalls will modify RCX (x64) and EDX:EAX (x86) with the new rep
     start index"."""
@@ -145,11 +141,6 @@ def read_inputs(regs: VpRegisters, long_mode: bool) -> tuple[int, int, int]:
     if long_mode:
         return regs.get("rcx") & MASK64, regs.get("rdx") & MASK64, regs.get("r8") & MASK64
     return _get(regs, False, _CONTROL), _get(regs, False, _PARAM1), _get(regs, False, _PARAM2)
-
-
-def read_params(regs: VpRegisters, long_mode: bool) -> tuple[int, int]:
-    """(input GPA or fast bytes 0-7, output GPA or fast bytes 8-15)."""
-    return _get(regs, long_mode, _PARAM1), _get(regs, long_mode, _PARAM2)
 
 
 def write_result(regs: VpRegisters, long_mode: bool, value: int) -> None:
