@@ -163,7 +163,7 @@ def attach(
 
 def vp_assist(partition: Partition, vp_index: int) -> VpAssist:
     """The VpAssist of VP `vp_index` (for the run loop: `after_exit`, `interrupt_injected`, `apic_eoi`)."""
-    for vp in partition.vps:
-        if vp.index == vp_index:
-            return vp_assist_of(vp)
-    raise KeyError(f"no VP with index {vp_index}")
+    vp = partition.vp(vp_index)
+    if vp is None:
+        raise KeyError(f"no VP with index {vp_index}")
+    return vp_assist_of(vp)
