@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import queue
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,14 +46,18 @@ from hv1.machine import boot
 from hv1.machine.child import ChildPartition, ChildRuntime
 from hv1.machine.entry_state import EntryMode, EntryState
 from hv1.tlfs import intercepts as ti
-from hv1.tlfs.messages import HV_MESSAGE_PAYLOAD_SIZE, HV_MESSAGE_SIZE, HvMessageType, message_type_name
+from hv1.tlfs.messages import (
+    HV_MESSAGE_PAYLOAD_SIZE,
+    HV_MESSAGE_SIZE,
+    MESSAGE_HEADER,
+    HvMessageType,
+    message_type_name,
+)
 from hv1.tlfs.registers import HvRegisterName
 from hv1.tlfs.status import HvStatus
 from hv1.trace import Tracer
 
 __all__ = ["ChildRun", "HvError", "Hypervisor", "InterceptHeader", "Message", "serve_consoles"]
-
-_MESSAGE_HEADER = struct.Struct("<IBBHQ")  # MessageType, PayloadSize, MessageFlags, Reserved, Sender
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ class Message:
 
     def pack(self) -> bytes:
         """The 256-byte HV_MESSAGE, as it would stand in a SIMP slot."""
-        head = _MESSAGE_HEADER.pack(self.message_type, len(self.payload), 0, 0, self.sender)
+        head = MESSAGE_HEADER.pack(self.message_type, len(self.payload), 0, 0, self.sender)
         return (head + self.payload).ljust(HV_MESSAGE_SIZE, b"\0")
 
     # ---- the payloads the root handles most ----
