@@ -502,8 +502,8 @@ static void lm_build(void)
 
 static bool lm_context(void)
 {
-    /* 32-bit flat protected mode, paging off: the child's code enters long mode itself. (A context with CR0.PG set
-     * makes the emulator backend load the segments through the child's page tables: see the report of issue 11.) */
+    /* 32-bit flat protected mode, paging off: the child's code enters long mode itself, as a boot loader does (a
+     * paged long-mode context works too: tests/integration/test_emu_paged_context.py). */
     uint64_t code = 0xFFFFFFFFull | (0x18ull << 32) | (0xC09Bull << 48);   /* Limit, Selector, Attributes */
     uint64_t data = 0xFFFFFFFFull | (0x10ull << 32) | (0xC093ull << 48);
     struct reg_assoc regs[] = {
