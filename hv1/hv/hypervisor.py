@@ -598,6 +598,7 @@ class Hypervisor:
             step = LARGE_PAGE_PAGES if unmap_flags & UnmapGpaFlags.LARGE_PAGE else 1
             if step > 1 and target_gpa_base % step:
                 raise HvError(HvStatus.INVALID_PARAMETER, "large-page unmap of an unaligned base")
+            done = 0
             try:
                 for i in range(count):
                     first = target_gpa_base + i * step
@@ -606,9 +607,11 @@ class Hypervisor:
                         raise HvError(HvStatus.INVALID_PARAMETER, f"target page {first:#x} is not mapped", i)
                     for pg in pages:
                         self._unref(p.gpa.unmap(pg))
+                    done += 1
             finally:
                 self._memory_changed(p)  # what was unmapped is gone for the VPs before this returns
-            self._trace("unmap", p.id, gpa_page=target_gpa_base, count=count, flags=unmap_flags)
+                if done:
+                    self._trace("unmap", p.id, gpa_page=target_gpa_base, count=done, flags=unmap_flags)
             return count
 
     def partition_memory(self, partition_id: int) -> GuestMemory:

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from hv1.hv.hypervisor import ROOT_PARTITION_ID, HvError, Hypervisor
 from hv1.tlfs.intercepts import InterceptAccess, InterceptType
@@ -73,6 +76,27 @@ def test_a_refused_call_changes_nothing_and_traces_nothing() -> None:
         else:
             raise AssertionError("the call should have been refused")
     assert len(events(out)) == before
+
+
+def test_a_rep_map_or_unmap_that_fails_part_way_traces_the_elements_done() -> None:
+    """A rep call's elements before the failing one are done (HvError.reps_done): so is their event."""
+    hv, out = traced()
+    cid = hv.create_partition(ROOT)
+    hv.deposit_memory(ROOT, cid, list(range(100, 130)))
+    hv.initialize_partition(ROOT, cid)
+    hv.map_gpa_pages(ROOT, cid, 0x10, RWX, [200, 201])
+    cases: list[tuple[Callable[[], int], int]] = [
+        (lambda: hv.map_gpa_pages(ROOT, cid, 0x20, RWX, [202, 1 << 30]), 1),  # the second is not the caller's
+        (lambda: hv.unmap_gpa_pages(ROOT, cid, 0x10, 3), 2),  # 0x12 is not mapped
+    ]
+    for call, done in cases:
+        with pytest.raises(HvError) as e:
+            call()
+        assert e.value.reps_done == done
+    ev = [e for e in events(out) if e["event"] in ("map", "unmap")]
+    assert [(e["event"], e["gpa_page"], e["count"]) for e in ev] == [
+        ("map", 0x10, 2), ("map", 0x20, 1), ("unmap", 0x10, 2)
+    ]  # fmt: skip
 
 
 def test_the_engine_traces_nothing_by_default() -> None:
