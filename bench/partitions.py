@@ -10,13 +10,20 @@ InterceptSuspend) -> the child resumes. Floor: the same child, same loop, the po
 (each `out` is a bare exit the child's VP thread answers itself). Each run gives a time per `out`
 (wall clock of the whole loop / N); the table shows the median and p10/p90 over the runs and the
 ratio of the medians. Also: CreatePartition -> first intercept (setup to the first message).
+
+The same rows for a root *guest* (guests/bench/root_bench.c, `hv1 run --hv root`, issue 11 item 7): the
+guest creates the same child through the hypercall ABI, takes every intercept from its SIMP slot 0 and
+completes it with HvCallSetVpRegisters, timing with RDTSC; its `BENCH` lines are printed in the same
+table, next to the Python root's figure, measured in the same run (after it, on the same backend).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +39,9 @@ from hv1.tlfs.registers import HvRegisterName as R  # noqa: E402
 from hv1.tlfs.virtualization_host import MapGpaFlags as F  # noqa: E402
 
 PORT, START, DONE = 0x500, 0xF5, 0xF4
+REPO = Path(__file__).resolve().parents[1]
+ROOT_BENCH = REPO / "guests" / "build" / "root_bench.elf"
+BENCH_LINE = re.compile(r"^BENCH (\S+) cycles_per_op=(\d+) tsc_khz=(\d+)", re.M)
 RWX = F.READABLE | F.WRITABLE | F.KERNEL_EXECUTABLE | F.USER_EXECUTABLE
 
 
@@ -94,6 +104,23 @@ def one_run(hv: Hypervisor, n: int, intercepted: bool, page: int) -> tuple[float
     return per, first
 
 
+def root_guest(backend: str, n: int, runs: int) -> dict[str, list[float]]:
+    """guests/bench/root_bench.c as a root guest on `backend`: seconds per BENCH line name, one per run
+    (cycles_per_op / the guest's TSC frequency). Builds the guest if it is missing or older."""
+    src = REPO / "guests" / "bench" / "root_bench.c"
+    if not ROOT_BENCH.exists() or ROOT_BENCH.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run(["make", "-C", str(REPO / "guests"), "-s", "build/root_bench.elf"], check=True)
+    cmd = [sys.executable, "-m", "hv1", "run", str(ROOT_BENCH), "--hv", "root", "--backend", backend,
+           "--apic", "user", "--append", f"n={n} runs={runs}", "--timeout", "3000"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=3600)
+    out: dict[str, list[float]] = {}
+    for name, cycles, khz in BENCH_LINE.findall(r.stdout):
+        out.setdefault(name, []).append(int(cycles) / (int(khz) * 1000))
+    if r.returncode != 1 or not out:
+        raise RuntimeError(f"root_bench: exit status {r.returncode}\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    return out
+
+
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
@@ -124,8 +151,14 @@ def main() -> int:
                 f"run {i + 1}/{a.runs}: intercept {figure[-1] * 1e6:.1f} us, bare {floor[-1] * 1e6:.1f} us",
                 file=sys.stderr,
             )
+    print(f"root guest: {n} outs x {a.runs} runs on {backend}", file=sys.stderr)
+    guest = root_guest(backend, n, a.runs)
     rows = {
         "child intercept round trip (child out -> Python root -> child resumes)": (figure, floor),
+        "child intercept round trip (child out -> root guest -> child resumes)": (
+            guest["root-guest-intercept-round-trip"],
+            guest["root-guest-bare-child-exit"],
+        ),
     }
     print(
         f"| figure ({backend}, {n} outs x {a.runs} runs) | median | p10 | p90 | floor: bare exit in the child"
@@ -137,10 +170,12 @@ def main() -> int:
         med, p10, p90 = statistics.median(f) * 1e6, pct(f, 0.1) * 1e6, pct(f, 0.9) * 1e6
         bare = statistics.median(fl) * 1e6
         print(f"| {name} | {med:.1f} us | {p10:.1f} | {p90:.1f} | {bare:.1f} us | {ratio:.2f}x |")
-    print(
-        f"| CreatePartition -> first child intercept | {statistics.median(setup) * 1e3:.1f} ms | "
-        f"{pct(setup, 0.1) * 1e3:.1f} | {pct(setup, 0.9) * 1e3:.1f} | | |"
-    )
+    guest_setup = guest["root-guest-create-to-first-intercept"]
+    for who, xs in (("Python root", setup), ("root guest", guest_setup)):
+        print(
+            f"| CreatePartition -> first child intercept ({who}) | {statistics.median(xs) * 1e3:.1f} ms | "
+            f"{pct(xs, 0.1) * 1e3:.1f} | {pct(xs, 0.9) * 1e3:.1f} | | |"
+        )
     if a.json:
         a.json.write_text(
             json.dumps(
@@ -150,6 +185,9 @@ def main() -> int:
                     "intercept_s": figure,
                     "bare_s": floor,
                     "create_to_first_intercept_s": setup,
+                    "root_guest_intercept_s": guest["root-guest-intercept-round-trip"],
+                    "root_guest_bare_s": guest["root-guest-bare-child-exit"],
+                    "root_guest_create_to_first_intercept_s": guest_setup,
                 },
                 indent=1,
             )

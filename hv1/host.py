@@ -177,7 +177,7 @@ class Hypervisor:
         if memory <= 0 or memory % 0x1000:
             raise ValueError("memory must be a positive multiple of 4 KiB")
         self.ram = GuestRam(memory)
-        self.engine = Engine(memory >> 12, root_privileges=privileges, ram=self.ram)
+        self.engine = Engine(memory >> 12, root_privileges=privileges, ram=self.ram, tracer=tracer)
         self.root_id = self.engine.root_id
         self._messages: queue.Queue[Message] = queue.Queue()
         self.runtime = ChildRuntime(

@@ -37,7 +37,10 @@ CATEGORIES = (
     "vp",  # VP lifecycle: start, INIT/SIPI, halt, stop
     "crash",  # guest crash notifications
     "inject",  # fault injection: every injected failure or delay (hv/inject.py)
-    "partitions",  # child partitions: running, memory layout, intercepts, failures (hv1/machine/child.py)
+    # partition engine (hv1/hv/hypervisor.py): create/initialize/finalize/delete, deposit/withdraw,
+    # map/modify/unmap, intercept-install, vp-create/delete/resume/suspend; and the child runtime
+    # (hv1/machine/child.py): child-running, memory-layout, intercept, failures
+    "partitions",
 )
 
 RING_SIZE = 64

@@ -93,6 +93,7 @@ from hv1.tlfs.virtualization_host import (
     VpStatePageType,
 )
 from hv1.tlfs.vp import HV_ANY_VP, HV_VP_INDEX_SELF
+from hv1.trace import NULL_TRACER, Tracer
 
 ROOT_PARTITION_ID = 1
 ROOT_RAM_FLAGS = int(
@@ -281,9 +282,16 @@ class Hypervisor:
     """Partitions and what connects them. Thread-safe: every method takes `lock`."""
 
     def __init__(
-        self, root_pages: int, root_privileges: int = ROOT_PRIVILEGES, ram: GuestMemory | None = None
+        self,
+        root_pages: int,
+        root_privileges: int = ROOT_PRIVILEGES,
+        ram: GuestMemory | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.lock = threading.RLock()
+        # `--trace partitions`: what the engine did, one event per successful state change
+        # (lifecycle, pool, GPA map, intercepts, VPs); the hypercall trace has the failures.
+        self.tracer = tracer if tracer is not None else NULL_TRACER
         # The root's RAM (the backing of every GPA map); needed by the calls that touch guest memory.
         self.ram = ram
         # Called (under `lock`: it must not block) when a VP's last suspension reason is cleared, with
@@ -323,6 +331,10 @@ class Hypervisor:
         with self.lock:
             return self._refs.get(backing, 0)
 
+    def _trace(self, event: str, partition: int, **fields: int | str) -> None:
+        """A `partitions` trace event of the engine (host track: the caller may be any VP)."""
+        self.tracer.emit("partitions", -1, event, partition=partition, **fields)
+
     # ---- lifecycle -------------------------------------------------------------------------------
     def create_partition(
         self,
@@ -355,6 +367,7 @@ class Hypervisor:
             child.creation_flags = flags
             child.compatibility_version = compatibility_version
             parent.children.append(child.id)
+            self._trace("partition-create", child.id, parent=parent.id, flags=flags)
             return child.id
 
     def initialize_partition(self, caller: int, partition_id: int) -> None:
@@ -365,6 +378,7 @@ class Hypervisor:
             self._charge(p, POOL_COSTS["initialize"])
             p.initialized = True
             p.state = PartitionState.INITIALIZED
+            self._trace("partition-initialize", p.id, pool=len(p.pool))
 
     def finalize_partition(self, caller: int, partition_id: int) -> None:
         """HvCallFinalizePartition (0x0042): delete the VPs, unmap the GPA space; afterwards only
@@ -382,6 +396,7 @@ class Hypervisor:
             p.initialized = False  # its structures are gone: the whole pool is available again
             p.state = PartitionState.FINALIZED
             self._finalize_root_calls(p.id)
+            self._trace("partition-finalize", p.id)
 
     def delete_partition(self, caller: int, partition_id: int) -> None:
         """HvCallDeletePartition (0x0043): Finalized -> Deleted; pages still deposited go back to
@@ -398,6 +413,7 @@ class Hypervisor:
             parent = self._partitions[caller]
             parent.children.remove(p.id)
             del self._partitions[p.id]
+            self._trace("partition-delete", p.id)
 
     def get_next_child_partition(
         self, caller: int, parent_partition_id: int, previous_child_partition_id: int
@@ -477,6 +493,7 @@ class Hypervisor:
                     raise HvError(HvStatus.OBJECT_IN_USE, f"page {page:#x} is mapped into a child", i)
                 c.gpa.unmap(page)
                 p.pool.append(Deposit(c.id, page, m))
+            self._trace("deposit", p.id, depositor=c.id, count=len(gpa_page_list), pool=len(p.pool))
             return len(gpa_page_list)
 
     def withdraw_memory(
@@ -499,6 +516,7 @@ class Hypervisor:
                 else:
                     keep.append(d)
             p.pool = list(reversed(keep))
+            self._trace("withdraw", p.id, depositor=c.id, count=len(out), pool=len(p.pool))
             return out
 
     def get_memory_balance(
@@ -564,6 +582,7 @@ class Hypervisor:
                         raise HvError(HvStatus.ACCESS_DENIED, f"rights beyond the source page {page:#x}", i)
                 p.gpa.modify(page, map_flags)
                 self._memory_changed(p)
+            self._trace("modify", p.id, count=len(gpa_page_list), flags=map_flags)
             return len(gpa_page_list)
 
     def unmap_gpa_pages(
@@ -579,6 +598,7 @@ class Hypervisor:
             step = LARGE_PAGE_PAGES if unmap_flags & UnmapGpaFlags.LARGE_PAGE else 1
             if step > 1 and target_gpa_base % step:
                 raise HvError(HvStatus.INVALID_PARAMETER, "large-page unmap of an unaligned base")
+            done = 0
             try:
                 for i in range(count):
                     first = target_gpa_base + i * step
@@ -587,8 +607,11 @@ class Hypervisor:
                         raise HvError(HvStatus.INVALID_PARAMETER, f"target page {first:#x} is not mapped", i)
                     for pg in pages:
                         self._unref(p.gpa.unmap(pg))
+                    done += 1
             finally:
                 self._memory_changed(p)  # what was unmapped is gone for the VPs before this returns
+                if done:
+                    self._trace("unmap", p.id, gpa_page=target_gpa_base, count=done, flags=unmap_flags)
             return count
 
     def partition_memory(self, partition_id: int) -> GuestMemory:
@@ -636,6 +659,8 @@ class Hypervisor:
                 p.intercepts.install(access_type, intercept_type, intercept_parameter)
             except InterceptError as e:
                 raise HvError(e.status, str(e)) from None
+            self._trace("intercept-install", p.id, type=intercept_type, access=access_type,
+                        parameter=intercept_parameter)  # fmt: skip
 
     # ---- virtual processors ----------------------------------------------------------------------
     def create_vp(self, caller: int, partition_id: int, vp_index: int, flags: int = 0) -> None:
@@ -653,6 +678,7 @@ class Hypervisor:
                 raise HvError(HvStatus.INVALID_VP_INDEX, f"more than {MAX_VPS_PER_PARTITION} VPs")
             self._charge(p, POOL_COSTS["vp"])
             p.vps[vp_index] = VpRecord(vp_index)
+            self._trace("vp-create", p.id, vp_index=vp_index)
 
     def delete_vp(self, caller: int, partition_id: int, vp_index: int) -> None:
         """HvCallDeleteVp (0x004F)."""
@@ -665,6 +691,7 @@ class Hypervisor:
                 self.runtime.vp_deleted(p.id, vp_index)
             del p.vps[vp_index]
             self._drop_vp_root_calls(p.id, vp_index)
+            self._trace("vp-delete", p.id, vp_index=vp_index)
 
     def set_explicit_suspend(self, caller: int, partition_id: int, vp_index: int, suspended: bool) -> None:
         """HvRegisterExplicitSuspend: the first resume makes the partition Active."""
@@ -729,9 +756,12 @@ class Hypervisor:
                     vp.registers.set(name, value)
                 except RegisterError as e:
                     raise HvError(e.status, str(e), i) from None
-            if p is not None and suspended and vp.suspended and self.runtime is not None:
-                self.runtime.vp_suspended(p.id, vp_index)  # it stops and saves its state soon
+            if p is not None and suspended and vp.suspended:
+                self._trace("vp-suspend", p.id, vp_index=vp_index, reason="explicit")
+                if self.runtime is not None:
+                    self.runtime.vp_suspended(p.id, vp_index)  # it stops and saves its state soon
             if resumed and p is not None and not vp.suspended:
+                self._trace("vp-resume", p.id, vp_index=vp_index)
                 if p.state is PartitionState.INITIALIZED:
                     p.state = PartitionState.ACTIVE
                 if self.on_vp_resumed is not None:
@@ -828,8 +858,11 @@ class Hypervisor:
             large = bool(flags & MapGpaFlags.LARGE_PAGE)
             step = LARGE_PAGE_PAGES if large else 1
             done = 0
+            first_page = -1
             try:
                 for target_page, source_page in pairs:
+                    if first_page < 0:
+                        first_page = target_page
                     if large and (target_page % step or source_page % step):
                         raise HvError(HvStatus.INVALID_PARAMETER, "large page not 2 MiB aligned", done)
                     plan: list[tuple[int, GpaMapping]] = []
@@ -868,6 +901,7 @@ class Hypervisor:
             finally:
                 if done:
                     self._memory_changed(p)  # the new pages are there for the VPs before this returns
+                    self._trace("map", p.id, gpa_page=first_page, count=done, flags=flags)
             return done
 
     def _memory_changed(self, p: PartitionRecord) -> None:

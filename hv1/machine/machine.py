@@ -830,7 +830,9 @@ class Machine(VpHost):
         self.hypervisor: Hypervisor | None = None
         self.child_runtime: ChildRuntime | None = None
         if caps.privileges & (PartitionPrivilege.CreatePartitions | PartitionPrivilege.AccessMemoryPool):
-            self.hypervisor = Hypervisor(cfg.memory >> 12, root_privileges=caps.privileges, ram=self.ram)
+            self.hypervisor = Hypervisor(
+                cfg.memory >> 12, root_privileges=caps.privileges, ram=self.ram, tracer=self.tracer
+            )
             self.partition.attach_hypervisor(self.hypervisor, self.hypervisor.root_id)
             # Its children run on the same backend; their intercepts reach this guest's SynIC.
             from hv1.machine.child import ChildRuntime

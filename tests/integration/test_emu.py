@@ -7,6 +7,7 @@ needed). Where the emulator cannot do what a check needs, the failing checks are
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -154,4 +155,47 @@ def test_emu_root_calls(guest: Guest) -> None:
     assert_all_pass(r)
     assert r.results.get("root.state-page.shows-the-reset-vp") == "PASS", r.describe()
     assert r.results.get("root.stats.a-new-vp-is-counted") == "PASS", r.describe()
-    assert len(r.results) >= 50, r.describe()
+    # The long-mode child (VP 1) running: a message through a port, an interrupt, an MSR intercept, a
+    # translation after ExplicitSuspend and the VP stats page's intercept counters (issue 11 item 5).
+    for rule in (
+        "root.port.message-from-running-child",
+        "root.assert.vector-seen-by-the-child",
+        "root.msr.completed-read-returns-the-roots-value",
+        "root.suspend.stopped-vp-in-its-spin-loop",
+        "root.translate.through-the-childs-page-tables",
+        "root.stats.vp-intercept-message-counters",
+    ):
+        assert r.results.get(rule) == "PASS", (rule, r.describe())
+    assert len(r.results) >= 80, r.describe()
+
+
+def test_emu_root_calls_as_a_plain_guest_skips_every_root_call(guest: Guest) -> None:
+    """Without CreatePartitions (the default profile) the guest creates nothing and skips its checks."""
+    r = emu_run(guest, "root_calls")
+    assert r.status == 1 and not r.failed, r.describe()
+    assert "SKIP root.setup.create-partition (not a virtualization host" in r.stdout, r.describe()
+    assert not any(rule.startswith("root.") for rule in r.results), r.describe()
+
+
+def test_emu_root_calls_trace_partitions(guest: Guest, tmp_path: Path) -> None:
+    """`--trace partitions` (issue 11 item 6): the engine's lifecycle, pool, maps, intercept installs
+    and VP events of the root guest's child, in order, as JSON lines, next to the child runtime's."""
+    j = tmp_path / "trace.jsonl"
+    r = emu_run(guest, "root_calls", "--hv", "root", "--trace", "partitions", "--trace-json", str(j))
+    assert_all_pass(r)
+    ev = [e for e in map(json.loads, j.read_text().splitlines()) if e["cat"] == "partitions"]
+    names = [e["event"] for e in ev]
+    child = next(e["partition"] for e in ev if e["event"] == "partition-create")
+    lifecycle = [n for n in names if n.startswith("partition-")]
+    assert lifecycle == ["partition-create", "partition-initialize", "partition-finalize", "partition-delete"]
+    assert names.index("deposit") < names.index("partition-initialize") < names.index("vp-create")
+    assert names.index("partition-finalize") < names.index("withdraw") < names.index("partition-delete")
+    assert {"map", "intercept-install", "vp-resume", "vp-suspend", "child-running", "intercept"} <= set(names)
+    maps = {e["gpa_page"] for e in ev if e["event"] == "map"}
+    assert {0, 1, 0x10, 0x19} <= maps  # the real-mode program's pages and the long-mode child's
+    installs = {(e["type"], e["parameter"]) for e in ev if e["event"] == "intercept-install"}
+    assert {(0, 0x60), (0, 0x61), (1, 0x40000000)} <= installs  # I/O port and MSR intercepts
+    assert {e["vp_index"] for e in ev if e["event"] == "vp-create"} == {0, 1, 2}
+    assert [e["vp_index"] for e in ev if e["event"] == "vp-suspend"] == [1]  # ExplicitSuspend
+    assert all(e["partition"] == child for e in ev if "partition" in e)
+    assert "partition-create" in r.stderr  # the readable line too

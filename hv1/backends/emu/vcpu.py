@@ -217,6 +217,33 @@ def _scratch_gdt(segs: Iterable[SegmentRegister]) -> list[int] | None:
     return [table.get(i, 0) for i in range(max(table) + 1)]
 
 
+def _scratch_tables(gdt: int, pae: bool, lma: bool) -> tuple[int, list[tuple[int, bytes]]]:
+    """Page tables that map the linear page `gdt` to the physical page `gdt` in the paging mode a
+    context selects (4-level with EFER.LMA, PAE, or 32-bit), in the pages just below it: (CR3, the
+    pages to map). Accessed and Dirty are preset, so the walk writes nothing (Intel SDM Vol. 3A
+    §4.5, §4.4, §4.3; PAE PDPTEs take P only)."""
+    table, leaf = 0x23, 0x63  # P|RW|A for a table, P|RW|A|D for the page
+    shifts: tuple[int, ...]
+    if lma:
+        shifts, size, top = (39, 30, 21, 12), 8, table
+    elif pae:
+        shifts, size, top = (30, 21, 12), 8, 0x01
+    else:
+        shifts, size, top = (22, 12), 4, table
+    per_table = 4096 // size
+    pages = [gdt - 0x1000 * (len(shifts) - i) for i in range(len(shifts))]
+    out: list[tuple[int, bytes]] = []
+    for level, (addr, shift) in enumerate(zip(pages, shifts, strict=True)):
+        buf = bytearray(4096)
+        last = level == len(shifts) - 1
+        target = gdt if last else pages[level + 1]
+        flags = leaf if last else (top if level == 0 else table)
+        index = (gdt >> shift) & (3 if pae and not lma and level == 0 else per_table - 1)
+        struct.pack_into("<Q" if size == 8 else "<I", buf, index * size, target | flags)
+        out.append((addr, bytes(buf)))
+    return pages[0], out
+
+
 class _LinearMemory:
     """Guest linear memory for idt.py: the page-table walk of hv1/machine/paging.py over RAM."""
 
@@ -535,15 +562,31 @@ class EmuVcpu:
         """Load `sels` from a temporary GDT of `descs` placed in the MMIO hole's top page (never
         guest RAM), then leave GDTR as the guest expects it (base 0, limit 0xFFFF at power-on)."""
         page = MMIO_END - 0x1000
-        # The CPU reads descriptors from memory: a private page, mapped only while loading.
+        # The CPU reads descriptors from memory: a private page, mapped only while loading. With
+        # paging on (a context with CR0.PG), GDTR.base is linear: the load goes through private page
+        # tables that map the page to itself, below it, instead of the guest's, which need not map it
+        # (a fault inside Unicorn's register write is a longjmp out of no emulation: the VMM dies).
+        cr0, cr3, cr4 = (int(self._reg_read(r)) for r in (UC_X86_REG_CR0, UC_X86_REG_CR3, UC_X86_REG_CR4))
+        lma = bool(self._efer() & EFER_LMA)
+        tables = _scratch_tables(page, bool(cr4 & 0x20), lma) if cr0 & (1 << 31) else None
         self._unmap_mmio()
         self.uc.mem_map(page, 0x1000, UC_PROT_READ)
+        mapped = [page]
         try:
             self.uc.mem_write(page, b"".join(d.to_bytes(8, "little") for d in descs))
+            if tables is not None:
+                for addr, data in tables[1]:
+                    self.uc.mem_map(addr, 0x1000, UC_PROT_READ | UC_PROT_WRITE)
+                    mapped.append(addr)
+                    self.uc.mem_write(addr, data)
+                self._reg_write(UC_X86_REG_CR3, tables[0])
             self._reg_write(UC_X86_REG_GDTR, (0, page, 8 * len(descs) - 1, 0))
             self._load_segments(sels)
         finally:
-            self.uc.mem_unmap(page, 0x1000)
+            if tables is not None:
+                self._reg_write(UC_X86_REG_CR3, cr3)
+            for addr in mapped:
+                self.uc.mem_unmap(addr, 0x1000)
             self._map_mmio()
         self._reg_write(UC_X86_REG_GDTR, (0, 0, 0xFFFF, 0))
 
