@@ -106,14 +106,6 @@ class FakeIrq:
 
 
 @dataclass
-class FakeKicker:
-    kicked: list[int] = field(default_factory=list)
-
-    def kick(self, vp_index: int) -> None:
-        self.kicked.append(vp_index)
-
-
-@dataclass
 class FakeHooks:
     """Records the partition's machine hooks (hv1.hv.partition.PartitionHooks)."""
 

@@ -90,12 +90,6 @@ class Clock(Protocol):
     def now(self) -> int: ...
 
 
-class Kicker(Protocol):
-    """Make a VP leave guest mode soon (so it re-evaluates pending interrupts/flushes/timers)."""
-
-    def kick(self, vp_index: int) -> None: ...
-
-
 class TraceSink(Protocol):
     """Where every hv1/hv subsystem sends its trace events: what they need of hv1.trace.Tracer (which
     implements it), structural so that tests record events with a small fake. Hot paths test

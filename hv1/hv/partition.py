@@ -29,7 +29,7 @@ from hv1.hv.guest_cpu import ARCHITECTURAL, GuestCpu
 from hv1.hv.hypercall_page import HypercallPage
 from hv1.hv.hypercalls import HypercallTable, core_table, dispatch
 from hv1.hv.inject import Injector
-from hv1.hv.interfaces import Clock, GuestException, GuestMemory, InterruptSink, Kicker, VpRegisters
+from hv1.hv.interfaces import Clock, GuestException, GuestMemory, InterruptSink, VpRegisters
 from hv1.hv.msrs import MsrTable, register_core_msrs
 from hv1.hv.overlay import OverlayLayer, OverlayPage
 from hv1.hv.ports import PartitionPorts
@@ -89,7 +89,6 @@ class Partition:
         memory: GuestMemory,
         clock: Clock,
         irq: InterruptSink,
-        kicker: Kicker,
         hooks: PartitionHooks,
         tracer: Tracer = NULL_TRACER,
         apic_ids: Sequence[int] | None = None,
@@ -105,7 +104,6 @@ class Partition:
         self.memory: GuestMemory = memory
         self.clock: Clock = clock
         self.irq: InterruptSink = irq
-        self.kicker: Kicker = kicker
         self.hooks: PartitionHooks = hooks
         self.tracer: Tracer = tracer
         self.partition_id: int = PARTITION_ID

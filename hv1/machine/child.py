@@ -426,7 +426,7 @@ class ChildPartition(VpHost):
         self.reftime = ReferenceTime(self.vm.guest_tsc(), self.vm.tsc_hz)
         caps = child_caps(record.privileges)
         self.partition = Partition(
-            caps, len(self.vp_indexes), self.memory, self.reftime, irq=self, kicker=self, hooks=self,
+            caps, len(self.vp_indexes), self.memory, self.reftime, irq=self, hooks=self,
             tracer=self.tracer, apic_ids=self.vp_indexes, vp_indexes=self.vp_indexes,
         )  # fmt: skip
         self.partition.partition_id = partition_id

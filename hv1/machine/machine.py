@@ -602,7 +602,7 @@ class Vp:
 
 class VpHost(abc.ABC):
     """A partition that runs: its VPs and what the partition (hv1/hv) asks of them as a set, the
-    Kicker, InterruptSink and EnlightenmentHooks side. The Machine (the partition hv1 boots) and
+    InterruptSink and EnlightenmentHooks side. The Machine (the partition hv1 boots) and
     each child partition a virtualization host runs (hv1/machine/child.py) are one. The attributes
     below are what a Vp uses of its host."""
 
@@ -820,7 +820,7 @@ class Machine(VpHost):
         self.tsc_khz = self.vm.tsc_hz // 1000
         self.reftime = ReferenceTime(self.vm.guest_tsc(), self.vm.tsc_hz)
         self.partition = Partition(
-            caps, cfg.cpus, self.ram, self.reftime, irq=self, kicker=self, hooks=self, tracer=self.tracer,
+            caps, cfg.cpus, self.ram, self.reftime, irq=self, hooks=self, tracer=self.tracer,
             apic_ids=self.apic_ids, boot_zeroed=self._boot_zeroed_ranges(), vp_indexes=self.vp_indexes,
         )  # fmt: skip
         self.partition.time.on_change(self._time_changed)
@@ -1059,7 +1059,7 @@ class Machine(VpHost):
             vp._stimer_armed = None
             vp.kick()
 
-    # ---- interfaces the partition uses: InterruptSink, Kicker, PartitionHooks ----
+    # ---- interfaces the partition uses: InterruptSink, PartitionHooks ----
     def request_interrupt(self, vp_index: int, vector: int, auto_eoi: bool = False) -> None:
         if self.cfg.apic == "kernel":
             self.vm.signal_msi(self.apic_id_of[vp_index], vector)

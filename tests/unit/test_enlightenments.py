@@ -23,7 +23,7 @@ from hv1.hv.partition import Partition
 from hv1.hv.vp_assist import NO_EOI_REQUIRED, VpAssist
 from hv1.tlfs import msrs as M
 from hv1.trace import Tracer
-from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeKicker, FakeMemory
+from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeMemory
 
 RAM = 1 << 20
 ASSIST_PFN = 0x40  # GPA 0x40000
@@ -73,7 +73,6 @@ class Rig:
             self.mem,
             FakeClock(),
             FakeIrq(),
-            FakeKicker(),
             self.hooks,
             tracer=self.tracer,
         )

@@ -9,7 +9,7 @@ from hv1.hv.hypercalls import build_control
 from hv1.hv.interfaces import CpuMode
 from hv1.hv.partition import Partition
 from hv1.trace import Tracer
-from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeKicker, FakeMemory, FakeRegs
+from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeMemory, FakeRegs
 
 PAGE = 0x1000
 RAM = 1 << 20
@@ -35,7 +35,6 @@ def make(
         FakeMemory(mem),
         FakeClock(),
         FakeIrq(),
-        FakeKicker(),
         hooks,
         tracer=tracer if tracer is not None else Tracer(),
         apic_ids=apic_ids,

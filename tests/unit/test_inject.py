@@ -25,7 +25,7 @@ from hv1.tlfs.hypercalls import HypercallCode as C
 from hv1.tlfs.partition import PartitionPrivilege as P
 from hv1.tlfs.status import HvStatus as S
 from hv1.trace import Tracer
-from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeKicker, FakeMemory, FakeRegs
+from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeMemory, FakeRegs
 from tests.unit.test_ports import ALL, IN_GPA, OUT_GPA, Env
 
 POST_EVERY_3 = "hypercall=HvCallPostMessage:status=INSUFFICIENT_BUFFERS:every=3"
@@ -64,9 +64,7 @@ class TracedEnv(Env):
             apic_mode="user",
         )
         self.mem, self.irq = FakeMemory(1 << 20), FakeIrq()
-        self.p = Partition(
-            caps, vps, self.mem, FakeClock(), self.irq, FakeKicker(), FakeHooks(), tracer=tracer
-        )
+        self.p = Partition(caps, vps, self.mem, FakeClock(), self.irq, FakeHooks(), tracer=tracer)
         self.ports: PartitionPorts = attach_synic(self.p)
 
 

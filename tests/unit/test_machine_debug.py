@@ -21,7 +21,7 @@ from hv1.hv.caps import parse_profile
 from hv1.hv.partition import Partition
 from hv1.machine.debug import MachineDebugTarget, classify, read_virtual, write_virtual
 from hv1.trace import Tracer
-from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeKicker, FakeMemory
+from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeMemory
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -215,7 +215,7 @@ class FakeMachine:
     def __init__(self, n: int = 2) -> None:
         self.ram = FakeMemory(1 << 20)
         caps = parse_profile("default")
-        self.partition = Partition(caps, n, self.ram, FakeClock(), FakeIrq(), FakeKicker(), FakeHooks())
+        self.partition = Partition(caps, n, self.ram, FakeClock(), FakeIrq(), FakeHooks())
         self.vps = [FakeVp(self, i) for i in range(n)]
         self.vp_by_index = {vp.vp_index: vp for vp in self.vps}
         self.apic_id_of = {i: i for i in range(n)}

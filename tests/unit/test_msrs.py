@@ -16,7 +16,7 @@ from hv1.hv.vp import Vp
 from hv1.tlfs import msrs as M
 from hv1.tlfs.partition import PartitionPrivilege
 from hv1.trace import Tracer
-from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeKicker, FakeMemory
+from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeMemory
 
 PAGE = 0x1000
 RAM = 1 << 20
@@ -29,7 +29,7 @@ def make(
     hooks = FakeHooks()
     caps = parse_profile(profile) if isinstance(profile, str) else profile
     kw = {"tracer": tracer} if tracer is not None else {}
-    p = Partition(caps, vps, FakeMemory(RAM), FakeClock(), FakeIrq(), FakeKicker(), hooks, **kw)
+    p = Partition(caps, vps, FakeMemory(RAM), FakeClock(), FakeIrq(), hooks, **kw)
     return p, hooks
 
 

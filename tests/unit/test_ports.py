@@ -19,7 +19,7 @@ from hv1.tlfs.partition import HV_PARTITION_ID_SELF
 from hv1.tlfs.partition import PartitionPrivilege as P
 from hv1.tlfs.status import HvStatus as S
 from hv1.tlfs.vp import HV_ANY_VP
-from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeKicker, FakeMemory, FakeRegs
+from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeMemory, FakeRegs
 
 IN_GPA, OUT_GPA = 0x50000, 0x51000
 VEC = 0x60
@@ -34,7 +34,7 @@ class Env:
             apic_mode="user",
         )
         self.mem, self.irq = FakeMemory(1 << 20), FakeIrq()
-        self.p = Partition(caps, vps, self.mem, FakeClock(), self.irq, FakeKicker(), FakeHooks())
+        self.p = Partition(caps, vps, self.mem, FakeClock(), self.irq, FakeHooks())
         self.ports: PartitionPorts = attach_synic(self.p)
 
     def synic(self, vp: int) -> Synic:

@@ -31,7 +31,7 @@ from hv1.hv.time_msrs import PartitionTime
 from hv1.tlfs import msrs as M
 from hv1.tlfs.feature_discovery import FeaturesEdx
 from hv1.tlfs.partition import PartitionPrivilege as P
-from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeKicker, FakeMemory
+from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeMemory
 
 TSC_HZ = 2_600_000_000  # this host (notes/host-kvm.md)
 TSC0 = 123_456_789_012_345  # the guest TSC when the partition is created
@@ -88,7 +88,7 @@ def make_partition(
     reftime, tsc = make_reftime()
     mem = FakeMemory(1 << 20)
     irq = FakeIrq()
-    part = Partition(caps, vps, mem, reftime, irq, FakeKicker(), FakeHooks())
+    part = Partition(caps, vps, mem, reftime, irq, FakeHooks())
     return part, part.time, tsc, irq, mem
 
 

@@ -17,7 +17,7 @@ from hv1.hv.caps import parse_profile
 from hv1.hv.overlay import OverlayLayer, OverlayPage
 from hv1.hv.partition import Partition
 from hv1.tlfs import msrs as M
-from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeKicker, FakeMemory
+from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeMemory
 
 PAGE = 0x1000
 RAM_PAGES = 64
@@ -38,7 +38,6 @@ def partition(vps: int = 2) -> tuple[Partition, FakeMemory]:
         mem,
         FakeClock(),
         FakeIrq(),
-        FakeKicker(),
         FakeHooks(),
     )
     enlightenments.attach(p, None)

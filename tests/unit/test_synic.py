@@ -28,7 +28,7 @@ from hv1.tlfs import msrs as M
 from hv1.tlfs.feature_discovery import FeaturesEdx
 from hv1.tlfs.partition import PartitionPrivilege as P
 from hv1.tlfs.status import HvStatus as S
-from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeKicker, FakeMemory
+from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeMemory
 
 SIMP_GPA = 0x10000
 SIEFP_GPA = 0x11000
@@ -168,7 +168,7 @@ def make_partition(
         apic_mode=apic_mode,
     )
     mem, irq = FakeMemory(1 << 20), FakeIrq()
-    p = Partition(caps, vps, mem, FakeClock(), irq, FakeKicker(), FakeHooks())
+    p = Partition(caps, vps, mem, FakeClock(), irq, FakeHooks())
     attach_synic(p)
     return p, mem, irq
 

@@ -15,12 +15,12 @@ from hv1.hv.timers import VpTimers
 from hv1.hv.vp import VpState
 from hv1.hv.vp_assist import VpAssist, vp_assist_of
 from hv1.tlfs import msrs as M
-from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeKicker, FakeMemory
+from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeMemory
 
 
 def _partition(vps: int = 2) -> Partition:
     caps = parse_profile("default", apic_mode="user")
-    return Partition(caps, vps, FakeMemory(1 << 20), FakeClock(), FakeIrq(), FakeKicker(), FakeHooks())
+    return Partition(caps, vps, FakeMemory(1 << 20), FakeClock(), FakeIrq(), FakeHooks())
 
 
 def test_partition_fills_each_vps_typed_state() -> None:
