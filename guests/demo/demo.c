@@ -154,6 +154,13 @@ void kmain(const struct boot_info *bi)
         vp_index_of_cpu[c] = ~0ull;
     report_vp_index(0);
     uint32_t aps = smp_start(report_vp_index);
+    /* smp_start returns once each AP is online, before it has run report_vp_index: wait for their reports
+     * (up to 2 s each; a slow emulated AP may take a while). */
+    for (uint32_t c = 1; c <= aps && c < 64; c++) {
+        uint64_t end = tsc_deadline(2000000);
+        while (vp_index_of_cpu[c] == ~0ull && rdtsc() < end)
+            __asm__ volatile("pause");
+    }
     printf("VP indexes:   ");
     for (uint32_t c = 0; c <= aps && c < 64; c++)
         printf(" cpu%u=%lu", c, vp_index_of_cpu[c]);
