@@ -15,29 +15,7 @@
  * Command line: n=<outs per run> (default 2000, at most 0xFFFF), runs=<intercepted runs> (default 5). */
 #include "guest.h"
 #include "hv.h"
-
-#define HVCALL_CREATE_PARTITION     0x0040
-#define HVCALL_INITIALIZE_PARTITION 0x0041
-#define HVCALL_FINALIZE_PARTITION   0x0042
-#define HVCALL_DELETE_PARTITION     0x0043
-#define HVCALL_DEPOSIT_MEMORY       0x0048
-#define HVCALL_WITHDRAW_MEMORY      0x0049
-#define HVCALL_MAP_GPA_PAGES        0x004B
-#define HVCALL_INSTALL_INTERCEPT    0x004D
-#define HVCALL_CREATE_VP            0x004E
-#define HVCALL_SET_VP_REGISTERS     0x0051
-
-#define REG_EXPLICIT_SUSPEND  0x00000000
-#define REG_INTERCEPT_SUSPEND 0x00000001
-#define REG_RIP               0x00020010
-#define REG_CS                0x00060001
-#define REG_SS                0x00060002
-#define REG_DS                0x00060003
-#define MSR_SCONTROL 0x40000080
-#define MSR_SIMP     0x40000083
-#define MSR_EOM      0x40000084
-#define MSR_SINT0    0x40000090
-#define PRIV_CREATE_PARTITIONS (1ull << 32)
+#include "hv_root.h"
 
 #define PORT  0x500
 #define START 0xF5
@@ -50,8 +28,6 @@ static uint8_t pool[POOL_PAGES][4096] __attribute__((aligned(4096)));
 static uint8_t program_page[4096] __attribute__((aligned(4096)));
 static uint8_t simp[4096] __attribute__((aligned(4096)));
 static uint64_t child;
-
-struct reg_assoc { uint32_t name, rsvd1; uint64_t rsvd2; uint64_t lo, hi; };   /* HV_REGISTER_ASSOC */
 
 static uint64_t call(uint16_t code, uint32_t reps, const void *in, size_t in_size)
 {
