@@ -126,8 +126,8 @@ def _segment(seg: k.kvm_segment) -> SegmentRegister:
 def get_context(vcpu: KvmVcpu) -> InitialVpContext:
     """The vCPU's architectural state as an HV_INITIAL_VP_CONTEXT: what a suspended child VP's
     register file holds (hv/vp_registers.py); set_initial_context puts it back."""
-    s = vcpu.get_sregs()
-    r = vcpu.get_regs()
+    s = vcpu.current_sregs()
+    r = vcpu.current_regs()
     return InitialVpContext(
         rip=r.rip, rsp=r.rsp, rflags=r.rflags, cs=_segment(s.cs), ds=_segment(s.ds), es=_segment(s.es),
         fs=_segment(s.fs), gs=_segment(s.gs), ss=_segment(s.ss), tr=_segment(s.tr), ldtr=_segment(s.ldt),

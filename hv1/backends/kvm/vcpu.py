@@ -146,6 +146,7 @@ class KvmVcpu:
 
     def set_sregs(self, sregs: k.kvm_sregs) -> None:
         fcntl.ioctl(self.fd, k.KVM_SET_SREGS, bytes(sregs))
+        self._mirror(self.sregs, sregs, k.KVM_SYNC_X86_SREGS)
 
     def get_regs(self) -> k.kvm_regs:
         buf = bytearray(ctypes.sizeof(k.kvm_regs))
@@ -154,6 +155,16 @@ class KvmVcpu:
 
     def set_regs(self, regs: k.kvm_regs) -> None:
         fcntl.ioctl(self.fd, k.KVM_SET_REGS, bytes(regs))
+        self._mirror(self.regs, regs, k.KVM_SYNC_X86_REGS)
+
+    def _mirror(self, area: ctypes.Structure, value: ctypes.Structure, sync_bit: int) -> None:
+        """After KVM_SET_REGS/SREGS: the sync area's copy becomes what KVM now holds and no older
+        write is left pending there. Otherwise KVM_RUN would apply a stale pending write (or, after
+        a later `set()`, the whole stale area: it copies every GPR when kvm_dirty_regs has the bit)
+        on top of the ioctl's registers. That is how a child VP loaded from its register file
+        started at RIP 0 on KVM: the GPRs went through `set()` over a sync area never synced."""
+        ctypes.memmove(ctypes.addressof(area), ctypes.addressof(value), ctypes.sizeof(value))
+        self._u64[k.RUN_DIRTY_REGS // 8] &= ~sync_bit
 
     def set_cpuid(self, entries: Sequence[CpuidEntry]) -> None:
         from hv1.backends.kvm.vm import cpuid2_buffer
@@ -331,20 +342,20 @@ class KvmVcpu:
             self._fpu_dirty = False
 
     # ---- the debugger (hv1/machine/debug.py): on this vCPU's thread, outside KVM_RUN ----
-    def _current_regs(self) -> k.kvm_regs:
+    def current_regs(self) -> k.kvm_regs:
         """The registers KVM_RUN will enter with: the sync area when a write is pending there
-        (kvm_dirty_regs), else KVM_GET_REGS (the sync area is stale after a setup ioctl)."""
+        (kvm_dirty_regs), else KVM_GET_REGS (the sync area holds nothing before the first exit)."""
         if self._u64[k.RUN_DIRTY_REGS // 8] & k.KVM_SYNC_X86_REGS:
             return k.kvm_regs.from_buffer_copy(self.regs)
         return self.get_regs()
 
-    def _current_sregs(self) -> k.kvm_sregs:
+    def current_sregs(self) -> k.kvm_sregs:
         if self._u64[k.RUN_DIRTY_REGS // 8] & k.KVM_SYNC_X86_SREGS:
             return k.kvm_sregs.from_buffer_copy(self.sregs)
         return self.get_sregs()
 
     def debug_read_registers(self) -> dict[str, int]:
-        r, s = self._current_regs(), self._current_sregs()
+        r, s = self.current_regs(), self.current_sregs()
         out = {name: int(getattr(r, field)) for name, field in _DEBUG_REGS.items()}
         out.update({name: int(getattr(s, name).selector) for name in _DEBUG_SELECTORS})
         out.update({name: int(getattr(s, name)) for name in _DEBUG_SREGS})
@@ -376,7 +387,7 @@ class KvmVcpu:
                     ctypes.memmove(fpu.xmm[int(name[3:])], (v & ((1 << 128) - 1)).to_bytes(16, "little"), 16)
             fcntl.ioctl(self.fd, k.KVM_SET_FPU, bytes(buf))
             self._fpu = None  # a cached copy from an XMM fast hypercall is stale now
-        r, s = self._current_regs(), self._current_sregs()
+        r, s = self.current_regs(), self.current_sregs()
         for name, v in values.items():
             if name in _DEBUG_FPU:
                 continue
@@ -397,7 +408,7 @@ class KvmVcpu:
 
     def debug_paging(self) -> tuple[int, int, int, int]:
         """(CR0, CR3, CR4, EFER) for walking this VP's page tables."""
-        s = self._current_sregs()
+        s = self.current_sregs()
         return int(s.cr0), int(s.cr3), int(s.cr4), int(s.efer)
 
     def set_guest_debug(self, dbg: GuestDebug, block_irq: bool, inject: int | None = None) -> None:

@@ -82,6 +82,38 @@ def cpuid2_buffer(entries: list[k.kvm_cpuid_entry2], capacity: int | None = None
     return bytearray(bytes(c))
 
 
+def _covering(regions: Sequence[MemoryRegion], page: int) -> MemoryRegion | None:
+    return next((r for r in regions if r.gpa <= page and page + 0x1000 <= r.gpa + r.size), None)
+
+
+def slot_layout(regions: Sequence[MemoryRegion], readonly_pages: Sequence[int]) -> list[MemoryRegion]:
+    """The memory slots for `regions` with each page of `readonly_pages` (inside a region) in a
+    read-only slot of its own: the region split around it, each piece pointing at its own part of
+    the host memory. The hypercall page of the root machine and of a child is such a page (a guest
+    write to it is the machine's mmio_write, hv1/machine/machine.py)."""
+    out: list[MemoryRegion] = []
+    pages = sorted(set(readonly_pages))
+    for r in sorted(regions, key=lambda r: r.gpa):
+        cursor = r.gpa
+        for page in pages:
+            if not r.gpa <= page < r.gpa + r.size:
+                continue
+            if page > cursor:
+                out.append(
+                    MemoryRegion(
+                        cursor, r.host_address + cursor - r.gpa, page - cursor, r.writable, r.executable
+                    )
+                )
+            out.append(MemoryRegion(page, r.host_address + page - r.gpa, 0x1000, False, r.executable))
+            cursor = page + 0x1000
+        if cursor < r.gpa + r.size:
+            end = r.gpa + r.size
+            out.append(
+                MemoryRegion(cursor, r.host_address + cursor - r.gpa, end - cursor, r.writable, r.executable)
+            )
+    return out
+
+
 @dataclass(frozen=True)
 class HostInfo:
     """The KVM capabilities that matter to hv1 (printed by `hv1 info`)."""
@@ -138,6 +170,9 @@ class KvmVm:
         self._own_system = own_system
         self.fd = fcntl.ioctl(system.fd, k.KVM_CREATE_VM, 0)
         self.ram: GuestRam | None = None
+        self._regions: list[MemoryRegion] = []  # add_ram's one region, or a child's layout
+        self._readonly: tuple[int, ...] = ()  # set_readonly_pages
+        self._slots: list[MemoryRegion] = []  # what KVM has: slot i = entry i
         self._msr_filter_bitmaps: list[ctypes.Array[ctypes.c_uint8]] = []
         self._kernel_apic = False
         self.tsc_hz = 0
@@ -186,18 +221,8 @@ class KvmVm:
     def add_ram(self, ram: GuestRam) -> None:
         """Guest RAM at GPA 0, in one memory slot (split later by `set_readonly_pages`)."""
         self.ram = ram
-        self._slots: list[tuple[int, int, bool]] = []  # (gpa, size, read-only), slot i = entry i
-        self.set_readonly_pages(())
-
-    def _set_slot(self, slot: int, gpa: int, size: int, readonly: bool, host: int | None = None) -> None:
-        if host is None and size:
-            assert self.ram is not None
-            host = self.ram.host_address + gpa
-        region = k.kvm_userspace_memory_region(
-            slot=slot, flags=k.KVM_MEM_READONLY if readonly else 0, guest_phys_addr=gpa, memory_size=size,
-            userspace_addr=host if size and host is not None else 0,
-        )  # fmt: skip
-        fcntl.ioctl(self.fd, k.KVM_SET_USER_MEMORY_REGION, bytes(region))
+        self._regions = [MemoryRegion(0, ram.host_address, ram.size)]
+        self._relayout()
 
     def set_memory_regions(
         self, regions: Sequence[MemoryRegion], mmio: Sequence[tuple[int, int]] | None = None
@@ -206,39 +231,40 @@ class KvmVm:
         slot per coalesced run, KVM_MEM_READONLY where the map forbids writes, so such a write exits
         as MMIO and becomes the parent's GPA intercept). KVM cannot forbid execution in a slot: a
         mapping without Executable still runs (docs/partitions.md). Every GPA in no slot is an MMIO
-        exit whatever `mmio` says. Every vCPU is out of KVM_RUN."""
-        old = getattr(self, "_region_slots", 0)
-        for slot in range(old):
-            self._set_slot(slot, 0, 0, False, 0)  # delete
-        for slot, r in enumerate(regions):
-            self._set_slot(slot, r.gpa, r.size, not r.writable, r.host_address)
-        self._region_slots = len(regions)
+        exit whatever `mmio` says. The read-only pages (`set_readonly_pages`) stay read-only where
+        the new regions still cover them. Every vCPU is out of KVM_RUN."""
+        self._regions = list(regions)
+        self._readonly = tuple(p for p in self._readonly if _covering(self._regions, p) is not None)
+        self._relayout()
 
     def set_readonly_pages(self, pages: tuple[int, ...] | list[int]) -> None:
-        """Lay guest RAM out as memory slots in which each page of `pages` (4 KiB-aligned GPAs inside
-        RAM) is read/execute-only for the guest: a guest write to it exits as MMIO and never reaches
-        RAM. The host's own view of RAM stays writable. Every vCPU must be out of KVM_RUN (the old
-        slots are deleted before the new ones exist)."""
-        assert self.ram is not None
-        size = self.ram.size
-        layout: list[tuple[int, int, bool]] = []
-        cursor = 0
-        for page in sorted(set(pages)):
-            if page < cursor or page + 0x1000 > size or page % 0x1000:
+        """Each page of `pages` (4 KiB-aligned GPAs inside RAM, or inside a child's regions) read/
+        execute-only for the guest: a guest write to it exits as MMIO and never reaches RAM. The
+        host's own view of RAM stays writable. Every vCPU must be out of KVM_RUN (the old slots are
+        deleted before the new ones exist)."""
+        new = tuple(sorted(set(pages)))
+        for page in new:
+            if page % 0x1000 or _covering(self._regions, page) is None:
                 raise ValueError(f"read-only page {page:#x} is not a page of guest RAM")
-            if page > cursor:
-                layout.append((cursor, page - cursor, False))
-            layout.append((page, 0x1000, True))
-            cursor = page + 0x1000
-        if cursor < size:
-            layout.append((cursor, size - cursor, False))
+        self._readonly = new
+        self._relayout()
+
+    def _relayout(self) -> None:
+        layout = slot_layout(self._regions, self._readonly)
         if layout == self._slots:
             return
         for slot in range(len(self._slots)):
-            self._set_slot(slot, 0, 0, False)  # delete
-        for slot, (gpa, length, readonly) in enumerate(layout):
-            self._set_slot(slot, gpa, length, readonly)
+            self._set_slot(slot, 0, 0, False, 0)  # delete: KVM cannot move or resize a slot
+        for slot, r in enumerate(layout):
+            self._set_slot(slot, r.gpa, r.size, not r.writable, r.host_address)
         self._slots = layout
+
+    def _set_slot(self, slot: int, gpa: int, size: int, readonly: bool, host: int) -> None:
+        region = k.kvm_userspace_memory_region(
+            slot=slot, flags=k.KVM_MEM_READONLY if readonly else 0, guest_phys_addr=gpa, memory_size=size,
+            userspace_addr=host if size else 0,
+        )  # fmt: skip
+        fcntl.ioctl(self.fd, k.KVM_SET_USER_MEMORY_REGION, bytes(region))
 
     def use_kernel_apic(self) -> None:
         """--apic kernel, before any vCPU exists: the local APIC in the kernel, everything else

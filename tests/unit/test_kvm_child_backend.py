@@ -1,0 +1,191 @@
+"""The KVM backend pieces child partitions use (hv1/machine/child.py), without /dev/kvm: loading a
+register file (HV_INITIAL_VP_CONTEXT, then GPRs through the sync area), a child's memory slots with
+its read-only hypercall page, and the instruction bookkeeping of intercepted exits. The vCPU ioctls
+are answered by a fake "kernel" over a plain mmap standing in for the kvm_run page."""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from typing import Any
+
+import pytest
+
+import hv1.backends.kvm.vcpu as vcpu_mod
+import hv1.backends.kvm.vm as vm_mod
+from hv1.backends.base import MemoryRegion
+from hv1.backends.kvm import ioctls as k
+from hv1.backends.kvm.vcpu import KvmVcpu
+from hv1.backends.kvm.vm import KvmVm, slot_layout
+from hv1.hv.hypercalls.vp_calls import InitialVpContext, SegmentRegister
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class FakeKvm:
+    """The kernel's copy of one vCPU's registers, and the memory slots of its VM."""
+
+    def __init__(self) -> None:
+        self.regs = k.kvm_regs()
+        self.sregs = k.kvm_sregs()
+        self.msrs: dict[int, int] = {}
+        self.slots: dict[int, tuple[int, int, int, int]] = {}  # slot -> (flags, gpa, size, host)
+
+    def ioctl(self, fd: int, req: int, arg: Any = 0, *_: Any) -> int:
+        if req == k.KVM_GET_REGS:
+            arg[:] = bytes(self.regs)
+        elif req == k.KVM_GET_SREGS:
+            arg[:] = bytes(self.sregs)
+        elif req == k.KVM_SET_REGS:
+            self.regs = k.kvm_regs.from_buffer_copy(arg)
+        elif req == k.KVM_SET_SREGS:
+            self.sregs = k.kvm_sregs.from_buffer_copy(arg)
+        elif req == k.KVM_SET_MSRS:
+            index, _pad, value = struct.unpack_from("<IIQ", arg, 8)
+            self.msrs[index] = value
+            return 1
+        elif req == k.KVM_GET_MSRS:
+            index = struct.unpack_from("<I", arg, 8)[0]
+            struct.pack_into("<Q", arg, 16, self.msrs.get(index, 0))
+            return 1
+        elif req == k.KVM_SET_USER_MEMORY_REGION:
+            r = k.kvm_userspace_memory_region.from_buffer_copy(arg)
+            if r.memory_size:
+                assert r.slot not in self.slots, "KVM cannot move or resize a slot: delete it first"
+                self.slots[r.slot] = (r.flags, r.guest_phys_addr, r.memory_size, r.userspace_addr)
+            else:
+                self.slots.pop(r.slot, None)
+        else:
+            raise AssertionError(f"unexpected ioctl {req:#x}")
+        return 0
+
+
+def make_vcpu(monkeypatch: pytest.MonkeyPatch) -> tuple[KvmVcpu, FakeKvm]:
+    kernel = FakeKvm()
+    monkeypatch.setattr(vcpu_mod.fcntl, "ioctl", kernel.ioctl)
+    return KvmVcpu.over(0, -1, mmap.mmap(-1, 8192)), kernel
+
+
+def long_mode_context(rip: int, rsp: int) -> InitialVpContext:
+    code = SegmentRegister(base=0, limit=0xFFFF_FFFF, selector=0x08, attributes=0xA09B)
+    data = SegmentRegister(base=0, limit=0xFFFF_FFFF, selector=0x10, attributes=0xC093)
+    return InitialVpContext(
+        rip=rip, rsp=rsp, rflags=2, cs=code, ds=data, es=data, fs=data, gs=data, ss=data,
+        cr0=0x80000011, cr3=0x1000, cr4=0x20, efer=0x500, pat=0x0007040600070406,
+    )  # fmt: skip
+
+
+def test_gprs_set_after_a_loaded_context_do_not_bring_back_a_stale_rip(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A child VP is loaded from its register file with KVM_SET_SREGS/REGS (set_initial_context)
+    and then its GPRs through the sync area (`set`). KVM_RUN copies the whole sync-area register
+    set when kvm_dirty_regs has KVM_SYNC_X86_REGS, so a sync area left as it was before the ioctl
+    started the child at RIP 0 with RSP 0 (a Multiboot child's first fetch hit unmapped memory)."""
+    v, kernel = make_vcpu(monkeypatch)
+    v.set_initial_context(long_mode_context(rip=0x100000, rsp=0x8000))
+    v.set("rax", 0x2BADB002)
+    v.set("rbx", 0x9000)
+    # What KVM_RUN enters with: the pending sync-area registers.
+    assert v._u64[k.RUN_DIRTY_REGS // 8] & k.KVM_SYNC_X86_REGS
+    entry = v.current_regs()
+    assert (entry.rip, entry.rsp, entry.rflags, entry.rax, entry.rbx) == (
+        0x100000,
+        0x8000,
+        2,
+        0x2BADB002,
+        0x9000,
+    )
+    assert v.mode().name == "LONG"  # the sync area's sregs follow KVM_SET_SREGS too
+
+
+def test_a_full_register_write_supersedes_an_older_pending_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    v, kernel = make_vcpu(monkeypatch)
+    v.set("rip", 0x1234)  # pending
+    r = k.kvm_regs(rip=0x5000, rsp=0x6000)
+    v.set_regs(r)
+    assert not v._u64[k.RUN_DIRTY_REGS // 8] & k.KVM_SYNC_X86_REGS  # nothing left to override it
+    assert v.get("rip") == 0x5000 and v.current_regs().rip == 0x5000 and kernel.regs.rip == 0x5000
+
+
+def test_get_context_sees_a_pending_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A register file saved at an exit after a handler wrote a GPR (e.g. RIP) holds that write."""
+    v, kernel = make_vcpu(monkeypatch)
+    v.set_initial_context(long_mode_context(rip=0x100000, rsp=0x8000))
+    v.set("rip", 0x100002)
+    ctx = v.get_context()
+    assert ctx.rip == 0x100002 and ctx.rsp == 0x8000 and ctx.cr3 == 0x1000 and ctx.pat == 0x0007040600070406
+
+
+# ---- memory slots ----
+RAM = 0x7F00_0000_0000  # a host address standing in for the root's RAM mapping
+
+
+def test_slot_layout_splits_a_region_around_its_read_only_pages() -> None:
+    regions = [
+        MemoryRegion(0, RAM + 0x40_0000, 0x10_0000),
+        MemoryRegion(0x20_0000, RAM, 0x2000, writable=False),
+    ]
+    slots = slot_layout(regions, [0x5000])
+    assert slots == [
+        MemoryRegion(0, RAM + 0x40_0000, 0x5000),
+        MemoryRegion(0x5000, RAM + 0x40_5000, 0x1000, writable=False),
+        MemoryRegion(0x6000, RAM + 0x40_6000, 0xFA000),
+        MemoryRegion(0x20_0000, RAM, 0x2000, writable=False),
+    ]
+    assert slot_layout(regions, [0])[0] == MemoryRegion(0, RAM + 0x40_0000, 0x1000, writable=False)
+    assert slot_layout(regions, [0xFF000])[-2] == MemoryRegion(
+        0xFF000, RAM + 0x4F_F000, 0x1000, writable=False
+    )
+
+
+def make_vm(monkeypatch: pytest.MonkeyPatch) -> tuple[KvmVm, FakeKvm]:
+    kernel = FakeKvm()
+    monkeypatch.setattr(vm_mod.fcntl, "ioctl", kernel.ioctl)
+    vm = KvmVm.__new__(KvmVm)
+    vm.fd = -1
+    vm.ram = None
+    vm._regions, vm._readonly, vm._slots = [], (), []
+    return vm, kernel
+
+
+def test_a_childs_hypercall_page_is_read_only_inside_its_regions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child enables its hypercall page (ChildPartition.hypercall_page_moved): its VM has regions,
+    not add_ram's RAM. Before, set_readonly_pages asserted a RAM and the child's VP died at the
+    WRMSR (HvMessageTypeUnrecoverableException instead of a running child)."""
+    vm, kernel = make_vm(monkeypatch)
+    vm.set_memory_regions([MemoryRegion(0, RAM, 0x100_0000)])
+    assert kernel.slots == {0: (0, 0, 0x100_0000, RAM)}
+    vm.set_readonly_pages([0x3000])
+    assert sorted(kernel.slots.values()) == [
+        (0, 0, 0x3000, RAM),
+        (0, 0x4000, 0xFFC000, RAM + 0x4000),
+        (k.KVM_MEM_READONLY, 0x3000, 0x1000, RAM + 0x3000),
+    ]
+    # A map change keeps the page read-only while a region still covers it, drops it otherwise.
+    vm.set_memory_regions([MemoryRegion(0, RAM, 0x10_0000), MemoryRegion(0x20_0000, RAM + 0x20_0000, 0x1000)])
+    assert (k.KVM_MEM_READONLY, 0x3000, 0x1000, RAM + 0x3000) in kernel.slots.values() and len(
+        kernel.slots
+    ) == 4
+    vm.set_memory_regions([MemoryRegion(0x10_0000, RAM, 0x1000)])
+    assert kernel.slots == {0: (0, 0x10_0000, 0x1000, RAM)}
+    with pytest.raises(ValueError):
+        vm.set_readonly_pages([0x3000])  # no region there any more
+
+
+def test_root_ram_layout_is_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    vm, kernel = make_vm(monkeypatch)
+
+    class Ram:
+        host_address = RAM
+        size = 0x80_0000
+
+    vm.add_ram(Ram())  # type: ignore[arg-type]
+    assert kernel.slots == {0: (0, 0, 0x80_0000, RAM)}
+    vm.set_readonly_pages([0x7F_F000])
+    assert sorted(kernel.slots.values()) == [
+        (0, 0, 0x7F_F000, RAM),
+        (k.KVM_MEM_READONLY, 0x7F_F000, 0x1000, RAM + 0x7F_F000),
+    ]
+    with pytest.raises(ValueError):
+        vm.set_readonly_pages([0x80_0000])
