@@ -132,8 +132,10 @@ class Vcpu(VpRegisters, Protocol):
     """One virtual processor of a backend VM. Everything but `kick` runs on the vCPU's own thread."""
 
     stop_requested: bool
-    # Where RIP is when io_in/io_out run: past the instruction (True: this host's KVM, host-kvm.md;
-    # the hypercall `out` relies on it) or still on it (the emulator's instruction hooks).
+    # Where RIP is when io_out and mmio_write run: past the instruction (True: KVM retires an OUT
+    # and an MMIO write before it exits, host-kvm.md; the hypercall `out` relies on it) or still on
+    # it (the emulator's instruction hooks; it stops before an unmapped access). An IN, RDMSR/WRMSR
+    # and an MMIO read exit with RIP on the instruction on both.
     io_rip_after: bool
 
     @property
@@ -166,6 +168,12 @@ class Vcpu(VpRegisters, Protocol):
     # The architectural state as an HV_INITIAL_VP_CONTEXT (segments with their cached attributes):
     # what a child VP's register file keeps while it is suspended (hv/vp_registers.py).
     def get_context(self) -> InitialVpContext: ...
+    # An exit intercepted for a parent (hv1/machine/child.py): take the instruction back so that
+    # the backend does not complete it. (RIP, length) when done (the vCPU is as before it and runs
+    # it again unless its registers change: KVM's IN, RDMSR/WRMSR, MMIO read); None when there is
+    # nothing to take back: the instruction was retired at the exit (KVM: io_rip_after) or the
+    # backend completes it after the handler itself (the emulator's I/O and MSR hooks).
+    def undo_exit(self) -> tuple[int, int] | None: ...
 
     def run(self, h: ExitHandler) -> None: ...
     def close(self) -> None: ...

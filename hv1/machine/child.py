@@ -46,7 +46,7 @@ from hv1.hv.hypercall_page import HYPERCALL_PORT
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
 from hv1.hv.hypervisor import ASSERTED_INTERRUPTS_KEPT, Hypervisor, VpRecord
 from hv1.hv.intercepts import InterceptContext, io_port_message, memory_message, msr_message
-from hv1.hv.interfaces import GuestMemory
+from hv1.hv.interfaces import CpuMode, GuestMemory
 from hv1.hv.partition import Partition
 from hv1.hv.reftime import ReferenceTime
 from hv1.hv.virtual_interrupt import AssertedInterrupt
@@ -101,6 +101,31 @@ def io_instruction_length(code: bytes) -> int | None:
     if 0xEC <= op <= 0xEF or 0x6C <= op <= 0x6F:
         return i + 1
     return None
+
+
+def io_instruction_start(before: bytes, rip: int, size: int, port: int, rdx: int, default_size: int) -> int:
+    """Where an I/O instruction that ends at `rip` began, from the (up to 3) bytes `before` it: the
+    shortest IN/OUT/INS/OUTS ending there whose port (imm8 or DX) and operand size (1 for a byte
+    opcode, else `default_size` switched by a 66 prefix) are the exit's. KVM retires an OUT before
+    it exits (RIP past it) without its length, and `66 EF` ends like `EF`."""
+    for n in range(1, len(before) + 1):
+        code = before[len(before) - n :]
+        if io_instruction_length(code) != n:
+            continue
+        prefixes = code[: n - 2] if n >= 2 and 0xE4 <= code[n - 2] <= 0xE7 else code[: n - 1]
+        op = code[len(prefixes)]
+        if 0xE4 <= op <= 0xE7:
+            if code[-1] != port:
+                continue
+        elif rdx & 0xFFFF != port:
+            continue
+        if op in (0xE4, 0xE6, 0xEC, 0xEE, 0x6C, 0x6E):
+            width = 1
+        else:
+            width = 6 - default_size if 0x66 in prefixes else default_size
+        if width == size:
+            return rip - n
+    return rip - 1
 
 
 class ChildVp(Vp):
@@ -288,25 +313,40 @@ class ChildVp(Vp):
         if not self.host.io_intercepted(port, is_write):
             return None
         rip = self.vcpu.get("rip")
-        if self.vcpu.io_rip_after:
-            # RIP is past the instruction (this host's KVM, host-kvm.md): find where it began.
-            code = self._code(rip - 3, 3)
-            start = next((rip - n for n in (1, 2, 3) if io_instruction_length(code[3 - n :]) == n), rip - 1)
+        undone = self.vcpu.undo_exit()
+        if undone is not None:
+            # KVM's IN: taken back, RIP on it; it runs again unless the parent steps over it.
+            start, length = undone
+            resume = start
+        elif self.vcpu.io_rip_after:
+            # KVM's OUT: retired at the exit, RIP past it (host-kvm.md): find where it began.
+            start = io_instruction_start(
+                self._code(rip - 3, 3), rip, size, port, self.vcpu.get("rdx"), self._default_operand_size()
+            )
+            length, resume = rip - start, rip
         else:
+            # The emulator: RIP on it; the emulator completes it after this handler.
             start = rip
-        insn = self._code(start, 15)
-        length = io_instruction_length(insn) or 1
+            length = io_instruction_length(self._code(start, 15)) or 1
+            resume = start + length
+        insn = self._code(start, length)
         rax = self.vcpu.get("rax")
         if is_write:
             rax = (rax & ~ALL_ONES[size]) | (value & ALL_ONES[size])
         kind, payload = io_port_message(
-            self._context(start, length, insn[:length]), port, size, is_write, rax,
-            string=insn[length - 1] in (0x6C, 0x6D, 0x6E, 0x6F) if insn else False,
+            self._context(start, length, insn), port, size, is_write, rax,
+            string=insn[-1] in (0x6C, 0x6D, 0x6E, 0x6F) if insn else False,
         )  # fmt: skip
-        if not self._intercept(kind, payload, start, start + length):
+        if not self._intercept(kind, payload, start, resume):
             return ALL_ONES[size]
         rec = self.host.engine_vp(self.vp_index)
         return (rec.registers.gprs["rax"] if rec is not None else ALL_ONES[size]) & ALL_ONES[size]
+
+    def _default_operand_size(self) -> int:
+        """2 in 16-bit code (real mode, a 16-bit CS), else 4 (an I/O instruction's operand size
+        without a 66 prefix; REX.W does not widen it)."""
+        cs = self.vcpu.get_context().cs
+        return 4 if self.vcpu.mode() is not CpuMode.REAL and (cs.db or cs.long) else 2
 
     def io_out(self, port: int, size: int, value: int) -> None:
         if port == HYPERCALL_PORT and size == 1 and self.host.partition.hypercall_page_enabled():
@@ -324,12 +364,17 @@ class ChildVp(Vp):
 
     def _msr(self, index: int, is_write: bool, value: int) -> int | None:
         rip = self.vcpu.get("rip")
+        # KVM: taken back, so that KVM does not step over it once more after the parent's answer
+        # (PDF §13.2: the message's RIP is the instruction's; the parent steps over it). The
+        # emulator completes it after this handler: RIP + 2 unless the parent moves it.
+        undone = self.vcpu.undo_exit()
+        resume = rip if undone is not None else rip + 2
         kind, payload = msr_message(
             self._context(rip, 2, b"\x0f\x30" if is_write else b"\x0f\x32"), index, is_write,
             (value >> 32) if is_write else self.vcpu.get("rdx") & 0xFFFF_FFFF,
             (value & 0xFFFF_FFFF) if is_write else self.vcpu.get("rax") & 0xFFFF_FFFF,
         )  # fmt: skip
-        if not self._intercept(kind, payload, rip, rip + 2):
+        if not self._intercept(kind, payload, rip, resume):
             return None
         rec = self.host.engine_vp(self.vp_index)
         if rec is None:
@@ -353,12 +398,14 @@ class ChildVp(Vp):
         completes as an unassigned one (reads all-ones) and the parent's register file is loaded
         after it, so a parent that maps the page and leaves RIP on the instruction re-executes it."""
         rip = self.vcpu.get("rip")
+        # The access has not happened: the emulator stops before it; KVM's read is taken back
+        # (undo_exit). RIP stays on the instruction unless the parent moves it. KVM retires a
+        # write before it exits: RIP is past it (docs/partitions.md "Not there yet").
+        self.vcpu.undo_exit()
         insn = self._code(rip, 15)
         mapped = self.host.memory_mapped(addr)
         access = InterceptAccessType.WRITE if is_write else InterceptAccessType.READ
         kind, payload = memory_message(self._context(rip, 0, insn), addr, access, mapped)
-        # The access did not happen (the emulator stops before it; KVM completes it with all-ones,
-        # docs/partitions.md): RIP stays on the instruction unless the parent moves it.
         self._intercept(kind, payload, rip, rip)
 
     def mmio_read(self, addr: int, size: int) -> int:

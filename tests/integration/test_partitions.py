@@ -119,6 +119,44 @@ def test_two_children_real_mode_and_64bit_print_through_io_intercepts(hv: Hyperv
     assert sorted(ids) == sorted([real, long])
 
 
+def test_intercepted_in_and_wrmsr_carry_the_instructions_rip_and_length(hv: Hypervisor) -> None:
+    """PDF §13.2: an intercept message's RIP is the intercepted instruction's, with its length in
+    the header; the parent completes it with SetVpRegisters. An IN gets the parent's RAX; a WRMSR
+    the parent leaves RIP on runs again (and is intercepted again), one it steps over does not.
+    On KVM an IN and a WRMSR exit with RIP on the instruction and KVM completes them itself on the
+    next entry: before undo_exit the IN's message said RIP 2 (one byte early) and the re-executed
+    WRMSR was stepped over by KVM (no second intercept)."""
+    pages = Pages()
+    c, ram = new_child(hv, pages)
+    # mov dx, 0x60; in al, dx (@3); mov ecx, 0x40000000; wrmsr (@10); out 0xf4, al; hlt
+    code = bytes.fromhex("ba6000 ec 66b900000040 0f30 e6f4 f4")
+    start_real_mode(hv, c, ram, code)
+    hv.install_intercept(c, InterceptAccess.READ, InterceptType.X64IoPort, 0x60)
+    hv.install_intercept(c, InterceptAccess.WRITE, InterceptType.X64Msr, 0x40000000)
+    seen: list[tuple[str, int, int]] = []
+
+    def handle(m: Message) -> bool:
+        h = m.header
+        seen.append((m.name, h.rip, h.instruction_length))
+        if m.message_type == HvMessageType.HvMessageTypeX64IoPortIntercept:
+            assert m.io_port()[:3] == (0x60, 1, False)
+            hv.complete_intercept(m, rax=0x21)
+        elif m.message_type == HvMessageType.HvMessageTypeMsrIntercept:
+            # The first time: leave RIP on the WRMSR (it runs again); the second: step over it.
+            hv.complete_intercept(m, advance=sum(1 for s in seen if s[0] == m.name) > 1)
+        else:
+            return False
+        return True
+
+    hv.resume_vp(c, 0)
+    runs = serve_consoles(hv, [c], timeout=60, on_message=handle)
+    io, msr = "HvMessageTypeX64IoPortIntercept", "HvMessageTypeMsrIntercept"
+    assert seen == [(io, 3, 1), (msr, 10, 2), (msr, 10, 2)], seen
+    assert runs[c].exit_status == (0x21 << 1) | 1  # AL from the parent's RAX reached the debug exit
+    (rip,) = hv.get_vp_registers(c, 0, [R.Rip])
+    assert rip == 12  # suspended at its debug-exit `out`, RIP on it
+
+
 def peers(hv: Hypervisor, guest: Guest, receiver_args: str, sender_args: str) -> tuple[int, int]:
     pages = Pages()
     rx, _ = new_child(hv, pages)

@@ -18,6 +18,7 @@ from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.vcpu import KvmVcpu
 from hv1.backends.kvm.vm import KvmVm, slot_layout
 from hv1.hv.hypercalls.vp_calls import InitialVpContext, SegmentRegister
+from hv1.machine.child import io_instruction_start
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -189,3 +190,72 @@ def test_root_ram_layout_is_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     with pytest.raises(ValueError):
         vm.set_readonly_pages([0x80_0000])
+
+
+# ---- an intercepted exit taken back (KvmVcpu.undo_exit) ----
+def fake_completions(monkeypatch: pytest.MonkeyPatch, v: KvmVcpu, steps: list[int]) -> list[int]:
+    """KVM_RUN with immediate_exit: each call completes what is pending (the sync area gets the
+    completed registers, as KVM's store_regs does); `steps` are the RIP steps of the calls that
+    find something pending (0: a further exit, as a read-modify-write's write), then EINTR."""
+    calls: list[int] = []
+
+    def kvm_run(fd: int, req: object, arg: int) -> int:
+        assert v._u8[k.RUN_IMMEDIATE_EXIT] == 1, "a completion must not enter the guest"
+        calls.append(1)
+        if len(calls) > len(steps):
+            return -1  # EINTR: nothing pending
+        v.regs.rip += steps[len(calls) - 1]
+        v.regs.rax = 0xFFFF  # what the completion wrote (an IN's AL, an MMIO read's register)
+        return 0 if len(calls) < len(steps) else -1
+
+    monkeypatch.setattr(vcpu_mod, "_ioctl", kvm_run)
+    return calls
+
+
+def test_undo_exit_runs_the_pending_completion_and_puts_the_registers_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    v, kernel = make_vcpu(monkeypatch)
+    v.regs.rip, v.regs.rax = 0x1003, 0x1234  # the exit: RIP on a 1-byte IN
+    calls = fake_completions(monkeypatch, v, [1])
+    assert v.undo_exit() == (0x1003, 1)
+    assert len(calls) == 1
+    assert (v.regs.rip, v.regs.rax) == (0x1003, 0x1234)  # as before the instruction
+    assert v._u64[k.RUN_DIRTY_REGS // 8] & k.KVM_SYNC_X86_REGS  # ... for the next entry
+    assert not v._u64[k.RUN_DIRTY_REGS // 8] & k.KVM_SYNC_X86_SREGS  # segments untouched: not rewritten
+
+
+def test_undo_exit_of_a_read_modify_write_drops_its_write_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    v, kernel = make_vcpu(monkeypatch)
+    v.regs.rip = 0x2000
+    calls = fake_completions(monkeypatch, v, [4, 0])  # the read completes, then the write exits
+    assert v.undo_exit() == (0x2000, 4)
+    assert len(calls) == 2 and v.regs.rip == 0x2000
+
+
+def test_undo_exit_of_a_retired_instruction_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OUT or an MMIO write: KVM stepped over it before it exited; nothing is pending."""
+    v, kernel = make_vcpu(monkeypatch)
+    v.regs.rip, v.regs.rax = 0x1005, 7
+    fake_completions(monkeypatch, v, [])
+    assert v.undo_exit() is None
+    assert (v.regs.rip, v.regs.rax) == (0x1005, 7)
+    assert not v._u64[k.RUN_DIRTY_REGS // 8] & k.KVM_SYNC_X86_REGS
+
+
+@pytest.mark.parametrize(
+    ("before", "size", "port", "rdx", "default", "length"),
+    [
+        ("90 90 ee", 1, 0x3F8, 0x3F8, 4, 1),  # out dx, al
+        ("90 66 ef", 2, 0x3F8, 0x3F8, 4, 2),  # out dx, ax in 32-bit code: the 66 belongs to it
+        ("90 66 ef", 4, 0x3F8, 0x3F8, 4, 1),  # a 66 that ends the previous instruction
+        ("90 90 ef", 2, 0x3F8, 0x3F8, 2, 1),  # out dx, ax in real mode
+        ("90 e6 f4", 1, 0xF4, 0, 2, 2),  # out 0xf4, al
+        ("b0 e6 ee", 1, 0x3F8, 0x3F8, 4, 1),  # mov al, 0xe6; out dx, al (not `out 0xee, al`)
+        ("66 e7 80", 2, 0x80, 0, 4, 3),  # out 0x80, ax
+    ],
+)
+def test_where_a_retired_out_began(
+    before: str, size: int, port: int, rdx: int, default: int, length: int
+) -> None:
+    assert io_instruction_start(bytes.fromhex(before), 0x100, size, port, rdx, default) == 0x100 - length

@@ -691,6 +691,12 @@ class EmuVcpu:
         attrs = ((flags >> 8) & 0xFF) | (((flags >> 20) & 0xF) << 12)
         return SegmentRegister(base=base, limit=limit, selector=sel & 0xFFFF, attributes=attrs)
 
+    def undo_exit(self) -> tuple[int, int] | None:
+        """Nothing to take back: the emulator stops before an unmapped access (RIP on it) and runs
+        an I/O or MSR handler with RIP on the instruction, completing it after the handler returns
+        (hv1/backends/base.py Vcpu.undo_exit)."""
+        return None
+
     def get_context(self) -> InitialVpContext:
         cr0, cr3, cr4, _ = self._crs()
         _, gdt_base, gdt_limit, _ = self._seg(SEG_GDT)

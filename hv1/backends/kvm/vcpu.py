@@ -101,7 +101,9 @@ KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1
 class KvmVcpu:
     """A KVM vCPU: implements the backend interface's Vcpu (hv1/backends/base.py)."""
 
-    io_rip_after = True  # this host's KVM reports an I/O exit with RIP past the instruction (host-kvm.md)
+    # This host's KVM reports an OUT with RIP past the instruction (host-kvm.md; an IN exits with RIP
+    # on it and KVM completes it on the next KVM_RUN: undo_exit).
+    io_rip_after = True
 
     def __init__(self, vm_fd: int, vcpu_id: int, mmap_size: int, in_kernel_apic: bool = False) -> None:
         fd = fcntl.ioctl(vm_fd, k.KVM_CREATE_VCPU, vcpu_id)
@@ -480,6 +482,40 @@ class KvmVcpu:
         before the thread enters KVM_RUN; the signal goes only to the thread inside `run()`, if any
         (kick.py). Harmless from any thread, at any time, also after `close()`."""
         self.kick_target.kick()
+
+    # ---- an exit intercepted for a parent partition (hv1/machine/child.py) ----
+    def undo_exit(self) -> tuple[int, int] | None:
+        """Take back the instruction of this exit: (its RIP, its length), with the vCPU as it was
+        before the instruction and nothing left for KVM to complete; None if KVM had retired the
+        instruction before it exited (RIP past it, its effects done: an OUT, an MMIO write).
+
+        KVM exits for an IN, an RDMSR/WRMSR and an MMIO read with RIP on the instruction, and
+        completes it on the next KVM_RUN (writes the result, steps RIP), whatever RIP userspace set
+        meanwhile (measured: /work/shared/notes/host-kvm.md, host kernel 6.18.44). A parent that
+        re-executes the instruction, or moves RIP, would see it stepped once more. So the pending
+        completion is run now, with immediate_exit (api.rst: "userspace can ... complete pending
+        operations"; KVM_RUN then returns EINTR without entering the guest; a read-modify-write
+        exits once more for its write, which is dropped), and the registers and segment state
+        saved at the exit are put back. The completion's step gives the instruction's length."""
+        before = k.kvm_regs.from_buffer_copy(self.regs)  # the sync area is current at an exit
+        before_sregs = bytes(self.sregs)
+        run_req = ctypes.c_ulong(k.KVM_RUN)
+        for _ in range(16):  # one completion, one more for a read-modify-write's write
+            self._u8[k.RUN_IMMEDIATE_EXIT] = 1
+            if _ioctl(self.fd, run_req, 0) < 0:
+                break  # EINTR: nothing pending any more
+        # immediate_exit stays set: a kick that came meanwhile is not lost; the next KVM_RUN returns
+        # EINTR at once and the run loop enters again.
+        after_rip = int(self.regs.rip)
+        if after_rip == before.rip:
+            return None
+        ctypes.memmove(ctypes.addressof(self.regs), ctypes.addressof(before), ctypes.sizeof(before))
+        dirty = k.KVM_SYNC_X86_REGS
+        if bytes(self.sregs) != before_sregs:  # only if the completion changed them (a MOV to SS)
+            ctypes.memmove(ctypes.addressof(self.sregs), before_sregs, len(before_sregs))
+            dirty |= k.KVM_SYNC_X86_SREGS
+        self._u64[k.RUN_DIRTY_REGS // 8] |= dirty
+        return int(before.rip), (after_rip - int(before.rip)) & 0xFFFF_FFFF_FFFF_FFFF
 
     # ---- the loop ----
     def run(self, h: ExitHandler) -> None:
