@@ -144,14 +144,22 @@ class ChildVp(Vp):
         # parent did something else than step over the instruction).
         self._reload_after: int | None = None
         self._saved: tuple[InitialVpContext, dict[str, int]] = (InitialVpContext(), {})
+        # The vCPU's state at this exit, read once (on KVM a read is 3 ioctls, ~7 us each here):
+        # an intercept reads it for the code bytes, the message and the register file.
+        self._exit_ctx: InitialVpContext | None = None
 
     @property
     def record(self) -> VpRecord:
         return self.host.record_vp(self.vp_index)
 
     # ---- the register file ----
+    def _ctx(self) -> InitialVpContext:
+        if self._exit_ctx is None:
+            self._exit_ctx = self.vcpu.get_context()
+        return self._exit_ctx
+
     def _save(self, rec: VpRecord, rip: int | None = None) -> None:
-        ctx = self.vcpu.get_context()
+        ctx = self._ctx()
         if rip is not None:
             ctx = dataclasses.replace(ctx, rip=rip)
         rec.registers.ctx = ctx
@@ -165,6 +173,7 @@ class ChildVp(Vp):
     def _load(self, rec: VpRecord) -> bool:
         """Load the register file into the vCPU. False (and the VP stays stopped, the parent told
         with HvMessageTypeInvalidVpRegisterValue) if the backend refuses the context."""
+        self._exit_ctx = None
         try:
             self.vcpu.set_initial_context(rec.registers.ctx)
         except ContextRejected as e:
@@ -186,6 +195,7 @@ class ChildVp(Vp):
         (RIP, and RAX through the instruction's own result) writes no register at all."""
         ctx = rec.registers.ctx
         saved_ctx, saved_gprs = self._saved
+        self._exit_ctx = None
         moved = dataclasses.replace(ctx, rip=saved_ctx.rip, rflags=saved_ctx.rflags, rsp=saved_ctx.rsp)
         if moved != saved_ctx:
             self.vcpu.set_initial_context(ctx)  # the parent changed segments or control registers
@@ -282,24 +292,28 @@ class ChildVp(Vp):
         if not self._wait_resumed(load=False):
             return False
         self._reload_after = expected_rip
-        self.vcpu.kick()  # the emulator: stop soon after this instruction, so before_entry runs
+        if not self.vcpu.io_rip_after:
+            # The emulator runs this handler inside the instruction: stop soon after it, so that
+            # before_entry runs. KVM's run loop calls before_entry before its next entry anyway.
+            self.vcpu.kick()
         return True
 
     def _context(self, rip: int, length: int, insn: bytes = b"") -> InterceptContext:
-        ctx = self.vcpu.get_context()
+        ctx = self._ctx()
         return InterceptContext(
             vp_index=self.vp_index, instruction_length=length, cs=ctx.cs, rip=rip, rflags=ctx.rflags,
             cr0=ctx.cr0, efer=ctx.efer, cpl=self.vcpu.cpl(), instruction_bytes=insn,
         )  # fmt: skip
 
     def _code(self, la: int, n: int) -> bytes:
-        c = self.vcpu.get_context()
+        c = self._ctx()
         if not c.cr0 & 1:
             la += c.cs.base
         return read_virtual(self.host.memory, la, n, c.cr0, c.cr3, c.cr4, c.efer) or b""
 
     # ---- exits ----
     def before_entry(self) -> None:
+        self._exit_ctx = None  # the exit's handlers are done; registers may change from here
         if self._reload_after is not None:
             expected, self._reload_after = self._reload_after, None
             rec = self.host.engine_vp(self.vp_index)
@@ -345,7 +359,7 @@ class ChildVp(Vp):
     def _default_operand_size(self) -> int:
         """2 in 16-bit code (real mode, a 16-bit CS), else 4 (an I/O instruction's operand size
         without a 66 prefix; REX.W does not widen it)."""
-        cs = self.vcpu.get_context().cs
+        cs = self._ctx().cs
         return 4 if self.vcpu.mode() is not CpuMode.REAL and (cs.db or cs.long) else 2
 
     def io_out(self, port: int, size: int, value: int) -> None:

@@ -259,3 +259,20 @@ def test_where_a_retired_out_began(
     before: str, size: int, port: int, rdx: int, default: int, length: int
 ) -> None:
     assert io_instruction_start(bytes.fromhex(before), 0x100, size, port, rdx, default) == 0x100 - length
+
+
+def test_undo_exit_clears_its_own_immediate_exit_but_keeps_a_kicks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its immediate exit left set costs the next entry an EINTR round; a kick's must stay set, or a
+    stop request that came meanwhile would wait for the guest's next exit."""
+    v, kernel = make_vcpu(monkeypatch)
+    fake_completions(monkeypatch, v, [2])
+    v.undo_exit()
+    assert v._u8[k.RUN_IMMEDIATE_EXIT] == 0
+
+    def kicked_run(fd: int, req: object, arg: int) -> int:
+        v._set_immediate_exit()  # another thread's kick while KVM completes
+        return -1
+
+    monkeypatch.setattr(vcpu_mod, "_ioctl", kicked_run)
+    v.undo_exit()
+    assert v._u8[k.RUN_IMMEDIATE_EXIT] == 1

@@ -133,6 +133,7 @@ class KvmVcpu:
         # Who may be signalled, serialized with the run loop's start and end (hv1/backends/kvm/kick.py).
         self.kick_target = KickTarget(on_kick=self._set_immediate_exit)
         self.stop_requested = False
+        self._kicked = False
         self._fpu: k.kvm_fpu | None = None
         self._fpu_dirty = False
         # Called on an emulation failure (KVM_EXIT_INTERNAL_ERROR, suberror 1); True means it was
@@ -476,6 +477,7 @@ class KvmVcpu:
 
     def _set_immediate_exit(self) -> None:
         self._u8[k.RUN_IMMEDIATE_EXIT] = 1
+        self._kicked = True  # undo_exit: this immediate exit is a kick's, not its own
 
     def kick(self) -> None:
         """Make KVM_RUN return soon: immediate_exit closes the race with a signal that arrives just
@@ -500,12 +502,14 @@ class KvmVcpu:
         before = k.kvm_regs.from_buffer_copy(self.regs)  # the sync area is current at an exit
         before_sregs = bytes(self.sregs)
         run_req = ctypes.c_ulong(k.KVM_RUN)
+        self._kicked = False
         for _ in range(16):  # one completion, one more for a read-modify-write's write
             self._u8[k.RUN_IMMEDIATE_EXIT] = 1
             if _ioctl(self.fd, run_req, 0) < 0:
                 break  # EINTR: nothing pending any more
-        # immediate_exit stays set: a kick that came meanwhile is not lost; the next KVM_RUN returns
-        # EINTR at once and the run loop enters again.
+        self._u8[k.RUN_IMMEDIATE_EXIT] = 0
+        if self._kicked:  # a kick came meanwhile: its immediate exit still stands (cleared after)
+            self._u8[k.RUN_IMMEDIATE_EXIT] = 1
         after_rip = int(self.regs.rip)
         if after_rip == before.rip:
             return None
