@@ -327,6 +327,7 @@ class ChildVp(Vp):
         if not self.host.io_intercepted(port, is_write):
             return None
         rip = self.vcpu.get("rip")
+        insn = b""
         undone = self.vcpu.undo_exit()
         if undone is not None:
             # KVM's IN: taken back, RIP on it; it runs again unless the parent steps over it.
@@ -334,16 +335,21 @@ class ChildVp(Vp):
             resume = start
         elif self.vcpu.io_rip_after:
             # KVM's OUT: retired at the exit, RIP past it (host-kvm.md): find where it began.
+            before = self._code(rip - 3, 3)
             start = io_instruction_start(
-                self._code(rip - 3, 3), rip, size, port, self.vcpu.get("rdx"), self._default_operand_size()
+                before, rip, size, port, self.vcpu.get("rdx"), self._default_operand_size()
             )
             length, resume = rip - start, rip
+            insn = before[len(before) - length :] if length <= len(before) else b""
         else:
             # The emulator: RIP on it; the emulator completes it after this handler.
             start = rip
-            length = io_instruction_length(self._code(start, 15)) or 1
+            insn = self._code(start, 15)
+            length = io_instruction_length(insn) or 1
             resume = start + length
-        insn = self._code(start, length)
+        if undone is not None or not insn:
+            insn = self._code(start, length)
+        insn = insn[:length]
         rax = self.vcpu.get("rax")
         if is_write:
             rax = (rax & ~ALL_ONES[size]) | (value & ALL_ONES[size])
@@ -595,8 +601,10 @@ class ChildPartition(VpHost):
             )
             vp.thread.start()
         else:
+            # A VP that can be resumed waits in _wait_resumed (or is about to): the event is enough.
+            # A kick would also make its next KVM_RUN return at once (immediate_exit): one more
+            # round through before_entry on every intercept.
             vp.resumed.set()
-            vp.kick()
 
     def suspend(self, vp_index: int) -> None:
         vp = self.vp_by_index.get(vp_index)
