@@ -536,7 +536,8 @@ def serve_consoles(
     port (its VP then stays suspended) or `timeout` seconds passed (TimeoutError). Every child's
     COM1 bytes go to its output, whichever children are waited for (`hv.consoles` keeps them across
     calls); `on_message` may handle any other message (True: handled); the rest are recorded in the
-    child's `messages` and left as they are."""
+    child's `messages` and left as they are. An intercept left so, or a message that ends a VP
+    (an unrecoverable exception, an invalid register value), ends that child's wait (`failure`)."""
     runs = hv.consoles
     for pid in partitions:
         runs.setdefault(pid, ChildRun())
@@ -562,4 +563,8 @@ def serve_consoles(
         run.messages.append(m)
         if m.message_type in _ENDS_A_CHILD:
             run.failure = m.name
+        elif m.is_intercept:
+            # Nobody here completes it, so the VP stays in InterceptSuspend: waiting for its debug
+            # exit could only end in the timeout.
+            run.failure = f"unhandled {m.name} at RIP {m.header.rip:#x}"
     return {pid: runs[pid] for pid in partitions}

@@ -335,7 +335,7 @@ class ChildVp(Vp):
             resume = start
         elif self.vcpu.io_rip_after:
             # KVM's OUT: retired at the exit, RIP past it (host-kvm.md): find where it began.
-            before = self._code(rip - 3, 3)
+            before = self._code(rip - min(rip, 3), min(rip, 3))  # an OUT at IP 0 has no bytes before it
             start = io_instruction_start(
                 before, rip, size, port, self.vcpu.get("rdx"), self._default_operand_size()
             )

@@ -14,6 +14,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -157,6 +158,20 @@ def test_intercepted_in_and_wrmsr_carry_the_instructions_rip_and_length(hv: Hype
     assert rip == 12  # suspended at its debug-exit `out`, RIP on it
 
 
+def test_an_intercept_nobody_handles_ends_the_wait_at_once(hv: Hypervisor) -> None:
+    """serve_consoles with a child stuck in InterceptSuspend: it says so instead of waiting for a
+    debug exit that cannot come (a broken intercept path used to show as a 180 s timeout)."""
+    pages = Pages()
+    c, ram = new_child(hv, pages)
+    start_real_mode(hv, c, ram, bytes.fromhex("e680 f4"))  # out 0x80, al; hlt
+    hv.install_intercept(c, InterceptAccess.WRITE, InterceptType.X64IoPort, 0x80)
+    hv.resume_vp(c, 0)
+    started = time.monotonic()
+    runs = serve_consoles(hv, [c], timeout=60)
+    assert time.monotonic() - started < 30
+    assert runs[c].failure == "unhandled HvMessageTypeX64IoPortIntercept at RIP 0x0", runs[c]
+
+
 def peers(hv: Hypervisor, guest: Guest, receiver_args: str, sender_args: str) -> tuple[int, int]:
     pages = Pages()
     rx, _ = new_child(hv, pages)
@@ -204,11 +219,6 @@ def probe(hv: Hypervisor, guest: Guest, args: str) -> tuple[int, list[int]]:
     c, ram = new_child(hv, pages)
     hv.load_kernel(c, str(guest("partition_peer")), "role=probe " + args)
     return c, ram
-
-
-def memory_messages(runs: dict[int, hv1.host.ChildRun], child: int) -> list[Message]:
-    return [m for m in runs[child].messages if m.message_type in (
-        HvMessageType.HvMessageTypeUnmappedGpa, HvMessageType.HvMessageTypeGpaIntercept)]  # fmt: skip
 
 
 def test_child_reads_only_what_it_was_given_unmapped_gpa_intercept(hv: Hypervisor, guest: Guest) -> None:

@@ -253,6 +253,7 @@ def test_undo_exit_of_a_retired_instruction_changes_nothing(monkeypatch: pytest.
         ("90 e6 f4", 1, 0xF4, 0, 2, 2),  # out 0xf4, al
         ("b0 e6 ee", 1, 0x3F8, 0x3F8, 4, 1),  # mov al, 0xe6; out dx, al (not `out 0xee, al`)
         ("66 e7 80", 2, 0x80, 0, 4, 3),  # out 0x80, ax
+        ("e6 80", 1, 0x80, 0, 2, 2),  # at IP 0: only the instruction's own bytes are there
     ],
 )
 def test_where_a_retired_out_began(
