@@ -52,6 +52,7 @@ from hv1.hv.reftime import ReferenceTime
 from hv1.hv.virtual_interrupt import AssertedInterrupt
 from hv1.machine.devices.base import IoBus
 from hv1.machine.devices.ioapic import IoApic
+from hv1.machine.instruction_start import io_instruction_length, io_instruction_start, store_instruction_start
 from hv1.machine.machine import (
     APIC_MSR_BASE,
     NESTED_SYNTHETIC_MSRS,
@@ -77,6 +78,9 @@ T = TypeVar("T")
 XAPIC_PAGE = 0xFEE00000  # the local APIC's default base: MMIO in every child (hv1's APIC model)
 CHILD_MMIO = [(XAPIC_PAGE, XAPIC_PAGE + 0x1000)]
 ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF}
+# The GPRs by their number in an instruction encoding (ModRM.reg with REX.R; Intel SDM Vol. 2 §2.1.5).
+GPRS_BY_NUMBER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+                  "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 # Deliver(parent partition id, child partition id, child VP index, message type, payload).
 Deliver = Callable[[int, int, int, int, bytes], None]
 
@@ -85,47 +89,6 @@ def child_caps(privileges: int) -> Caps:
     """A child's Hv#1: hv1's default guest profile in the user APIC mode, with the privileges its
     parent gave it (HvCallSetPartitionProperty PrivilegeFlags, clipped by the engine)."""
     return dataclasses.replace(parse_profile("default", apic_mode="user"), privileges=privileges)
-
-
-def io_instruction_length(code: bytes) -> int | None:
-    """The length of the IN/OUT/INS/OUTS instruction at the start of `code` (prefixes 66, F2, F3,
-    67 and a REX byte; E4-E7 take an imm8), or None if it is not one."""
-    i = 0
-    while i < len(code) and i < 4 and (code[i] in (0x66, 0x67, 0xF2, 0xF3) or 0x40 <= code[i] <= 0x4F):
-        i += 1
-    if i >= len(code):
-        return None
-    op = code[i]
-    if 0xE4 <= op <= 0xE7:
-        return i + 2
-    if 0xEC <= op <= 0xEF or 0x6C <= op <= 0x6F:
-        return i + 1
-    return None
-
-
-def io_instruction_start(before: bytes, rip: int, size: int, port: int, rdx: int, default_size: int) -> int:
-    """Where an I/O instruction that ends at `rip` began, from the (up to 3) bytes `before` it: the
-    shortest IN/OUT/INS/OUTS ending there whose port (imm8 or DX) and operand size (1 for a byte
-    opcode, else `default_size` switched by a 66 prefix) are the exit's. KVM retires an OUT before
-    it exits (RIP past it) without its length, and `66 EF` ends like `EF`."""
-    for n in range(1, len(before) + 1):
-        code = before[len(before) - n :]
-        if io_instruction_length(code) != n:
-            continue
-        prefixes = code[: n - 2] if n >= 2 and 0xE4 <= code[n - 2] <= 0xE7 else code[: n - 1]
-        op = code[len(prefixes)]
-        if 0xE4 <= op <= 0xE7:
-            if code[-1] != port:
-                continue
-        elif rdx & 0xFFFF != port:
-            continue
-        if op in (0xE4, 0xE6, 0xEC, 0xEE, 0x6C, 0x6E):
-            width = 1
-        else:
-            width = 6 - default_size if 0x66 in prefixes else default_size
-        if width == size:
-            return rip - n
-    return rip - 1
 
 
 class ChildVp(Vp):
@@ -412,21 +375,27 @@ class ChildVp(Vp):
             return self._msr(index, True, value) is not None
         return super().wrmsr(index, value)
 
-    def _memory(self, addr: int, size: int, is_write: bool) -> None:
+    def _memory(self, addr: int, size: int, is_write: bool, value: int = 0) -> None:
         """An access to a GPA the child's map does not allow: the parent's HvMessageTypeUnmappedGpa
-        (nothing mapped) or HvMessageTypeGpaIntercept (mapped without the right). The access itself
-        completes as an unassigned one (reads all-ones) and the parent's register file is loaded
-        after it, so a parent that maps the page and leaves RIP on the instruction re-executes it."""
-        rip = self.vcpu.get("rip")
-        # The access has not happened: the emulator stops before it; KVM's read is taken back
-        # (undo_exit). RIP stays on the instruction unless the parent moves it. KVM retires a
-        # write before it exits: RIP is past it (docs/partitions.md "Not there yet").
-        self.vcpu.undo_exit()
-        insn = self._code(rip, 15)
+        (nothing mapped) or HvMessageTypeGpaIntercept (mapped without the right), with RIP on the
+        instruction: the access has not happened, and a parent that maps the page and leaves RIP
+        there re-executes it. The emulator stops before the access; KVM's read is taken back
+        (undo_exit); a write KVM retires before it exits (RIP past it, its data dropped), so its
+        start is found from the bytes before RIP (a MOV store: instruction_start.py; any other
+        form is reported at RIP past it, docs/partitions.md "Not there yet")."""
+        rip = start = self.vcpu.get("rip")
+        if self.vcpu.undo_exit() is None and is_write and self.vcpu.io_rip_after:
+            n = min(rip, 15)
+            found = store_instruction_start(
+                self._code(rip - n, n), rip, size, value, self.vcpu.mode() is CpuMode.LONG,
+                self._default_operand_size(), lambda reg: self.vcpu.get(GPRS_BY_NUMBER[reg]),
+            )  # fmt: skip
+            start = rip if found is None else found
+        insn = self._code(start, 15)
         mapped = self.host.memory_mapped(addr)
         access = InterceptAccessType.WRITE if is_write else InterceptAccessType.READ
-        kind, payload = memory_message(self._context(rip, 0, insn), addr, access, mapped)
-        self._intercept(kind, payload, rip, rip)
+        kind, payload = memory_message(self._context(start, 0, insn), addr, access, mapped)
+        self._intercept(kind, payload, start, rip)
 
     def mmio_read(self, addr: int, size: int) -> int:
         v = self.apic_mmio_read(addr, size)
@@ -441,7 +410,7 @@ class ChildVp(Vp):
             super().mmio_write(addr, size, value)  # the read-only hypercall page: #GP
             return
         if not self.apic_mmio_write(addr, size, value):
-            self._memory(addr, size, True)
+            self._memory(addr, size, True, value)
 
     def fatal(self, kind: str, detail: str) -> None:
         """A triple fault or an emulation failure in a child is the parent's to handle

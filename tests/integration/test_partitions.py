@@ -246,6 +246,34 @@ def test_child_reads_only_what_it_was_given_unmapped_gpa_intercept(hv: Hyperviso
     assert runs[c].exit_status == 1
 
 
+def test_a_write_to_an_unmapped_gpa_runs_again_once_the_parent_maps_the_page(
+    hv: Hypervisor, guest: Guest
+) -> None:
+    """The unmapped-GPA intercept of a write: RIP on the storing instruction, the write not done;
+    the parent maps a page there and leaves RIP, the write runs again and lands in that page. On
+    KVM the write is retired before the exit (RIP past it): before its start was found from the
+    bytes before RIP, the message said RIP past the store and the write was lost."""
+    c, _ = probe(hv, guest, "addr=0x2000030 write=0x5A5A1234")
+    page = 0x7200
+    hv.write((page << 12) + 0x30, struct.pack("<I", 0))
+    rips: list[int] = []
+
+    def handle(m: Message) -> bool:
+        if m.message_type != HvMessageType.HvMessageTypeUnmappedGpa:
+            return False
+        assert m.memory() == (0x2000030, 1)  # HV_INTERCEPT_ACCESS_WRITE
+        rips.append(m.header.rip)
+        hv.map_gpa_pages(c, 0x2000, F.READABLE | F.WRITABLE, [page])
+        hv.complete_intercept(m, advance=False)
+        return True
+
+    hv.resume_vp(c, 0)
+    runs = serve_consoles(hv, [c], timeout=120, on_message=handle)
+    assert len(rips) == 1 and runs[c].exit_status == 1, runs[c]
+    assert struct.unpack("<I", hv.read((page << 12) + 0x30, 4))[0] == 0x5A5A1234
+    assert "probe: read 0x5a5a1234 at 0x2000030" in runs[c].text, runs[c].text
+
+
 def test_child_cannot_write_a_page_mapped_read_only(hv: Hypervisor, guest: Guest) -> None:
     c, _ = probe(hv, guest, "addr=0x2000020 write=0x1234")
     page = 0x7100

@@ -18,7 +18,7 @@ from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.vcpu import KvmVcpu
 from hv1.backends.kvm.vm import KvmVm, slot_layout
 from hv1.hv.hypercalls.vp_calls import InitialVpContext, SegmentRegister
-from hv1.machine.child import io_instruction_start
+from hv1.machine.instruction_start import io_instruction_start, store_instruction_start
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -310,3 +310,44 @@ def test_after_an_exit_the_register_file_comes_from_the_sync_area(monkeypatch: p
     ctx = v.get_context()
     assert (ctx.rip, ctx.cr3) == (0x2222, 0x3000)
     assert seen == [k.KVM_GET_MSRS]
+
+
+GPRS = {0: 0x11, 1: 0x1234, 2: 0x5A5A1234, 3: 0xAB00, 7: 0x2000030, 9: 0x77}  # by encoding number
+
+
+@pytest.mark.parametrize(
+    ("before", "size", "value", "long", "default", "length"),
+    [
+        ("90 89 17", 4, 0x5A5A1234, True, 4, 2),  # mov [rdi], edx
+        ("90 90 88 07", 1, 0x11, True, 4, 2),  # mov [rdi], al
+        ("90 88 3f", 1, 0xAB, False, 4, 2),  # mov [edi], bh (a high byte: no REX)
+        ("90 66 89 0f", 2, 0x1234, True, 4, 3),  # mov [rdi], cx
+        ("90 44 89 0f", 4, 0x77, True, 4, 3),  # mov [rdi], r9d
+        ("48 89 54 24 08", 8, 0x5A5A1234, True, 4, 5),  # mov [rsp+8], rdx
+        ("90 c7 47 30 34 12 5a 5a", 4, 0x5A5A1234, True, 4, 7),  # mov dword [rdi+0x30], 0x5a5a1234
+        ("90 c7 05 10 00 00 00 34 12 5a 5a", 4, 0x5A5A1234, True, 4, 10),  # mov dword [rip+0x10], imm32
+        ("90 c6 06 00 80 11", 1, 0x11, False, 2, 5),  # mov byte [0x8000], 0x11 (16-bit)
+        ("90 a3 00 80", 2, 0x11, False, 2, 3),  # mov [0x8000], ax (16-bit moffs)
+    ],
+)
+def test_where_a_retired_mov_store_began(
+    before: str, size: int, value: int, long: bool, default: int, length: int
+) -> None:
+    got = store_instruction_start(
+        bytes.fromhex(before), 0x100, size, value, long, default, lambda r: GPRS.get(r, 0)
+    )
+    assert got == 0x100 - length
+
+
+def test_a_store_that_does_not_match_the_write_is_not_taken() -> None:
+    # mov [rdi], edx ends here, but the write was 0x99 (not EDX), and an `add` form is not a MOV.
+    assert (
+        store_instruction_start(bytes.fromhex("89 17"), 0x100, 4, 0x99, True, 4, lambda r: GPRS.get(r, 0))
+        is None
+    )
+    assert (
+        store_instruction_start(
+            bytes.fromhex("01 17"), 0x100, 4, 0x5A5A1234, True, 4, lambda r: GPRS.get(r, 0)
+        )
+        is None
+    )

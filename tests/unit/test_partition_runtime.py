@@ -177,7 +177,7 @@ def test_region_memory_contains_and_errors() -> None:
     ],
 )  # fmt: skip
 def test_io_instruction_length(code: bytes, length: int | None) -> None:
-    from hv1.machine.child import io_instruction_length
+    from hv1.machine.instruction_start import io_instruction_length
 
     assert io_instruction_length(code) == length
 
