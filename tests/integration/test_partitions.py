@@ -340,16 +340,16 @@ def test_finalize_stops_a_spinning_child(hv: Hypervisor, guest: Guest) -> None:
     assert hv.get_next_child_partition(0) == 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("unicorn") is None, reason="unicorn not installed")
-def test_example_virtualization_host_runs(guest: Guest) -> None:
-    """examples/virtualization_host.py, as the README shows it (the emulator: it runs everywhere)."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_example_virtualization_host_runs(guest: Guest, backend: str) -> None:
+    """examples/virtualization_host.py, as the README shows it (KVM is its default backend)."""
     guest("partition_peer")
     root = Path(__file__).resolve().parents[2]
     cmd = [
         sys.executable,
         str(root / "examples" / "virtualization_host.py"),
         "--backend",
-        "emu",
+        backend,
         "--messages",
         "4",
     ]
