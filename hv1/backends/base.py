@@ -189,8 +189,9 @@ class Vm(Protocol):
     def add_ram(self, ram: GuestRam) -> None: ...
     # A child partition's layout instead of add_ram: every region at once, replacing the previous
     # layout (every vCPU out of run()). A GPA in no region is an MMIO exit (mmio_read/mmio_write):
-    # completed afterwards on KVM; on the emulator, outside the (start, end) ranges of `mmio`, it
-    # stops before the instruction, RIP on it (the unmapped-GPA intercept the TLFS describes).
+    # on KVM a read is completed on the next entry unless Vcpu.undo_exit takes it back, a write
+    # has been retired (io_rip_after); on the emulator, outside the (start, end) ranges of `mmio`,
+    # it stops before the instruction, RIP on it (the unmapped-GPA intercept the TLFS describes).
     def set_memory_regions(
         self, regions: Sequence[MemoryRegion], mmio: Sequence[tuple[int, int]] | None = None
     ) -> None: ...

@@ -102,13 +102,14 @@ class ChildVp(Vp):
         self.host = host
         self.started = self.has_run = True  # a child VP starts from its register file, not INIT/SIPI
         self.resumed = threading.Event()
-        # After an intercept: the RIP the backend will have once it completes the instruction;
-        # before the next entry the register file the parent left is loaded (rip written only if the
-        # parent did something else than step over the instruction).
+        # After an intercept: the RIP the vCPU will run from if the file's RIP is left alone (past
+        # the instruction where the backend completes or has retired it, on it where it was taken
+        # back: Vcpu.undo_exit); before the next entry what the parent changed in the register file
+        # is loaded (RIP written only if it differs from that).
         self._reload_after: int | None = None
         self._saved: tuple[InitialVpContext, dict[str, int]] = (InitialVpContext(), {})
-        # The vCPU's state at this exit, read once (on KVM a read is 3 ioctls, ~7 us each here):
-        # an intercept reads it for the code bytes, the message and the register file.
+        # The vCPU's state at this exit, read once (~23 us on KVM here, PAT an ioctl): an intercept
+        # reads it for the code bytes, the operand size, the message and the register file.
         self._exit_ctx: InitialVpContext | None = None
 
     @property
