@@ -10,6 +10,8 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import hv1.backends.kvm.vcpu as vcpu_mod
 import hv1.backends.kvm.vm as vm_mod
@@ -384,3 +386,20 @@ def test_get_context_unpacks_every_segment_and_table(monkeypatch: pytest.MonkeyP
         ), name
     assert (ctx.gdtr.base, ctx.gdtr.limit, ctx.idtr.base, ctx.idtr.limit) == (0x500, 0x27, 0x6000, 0xFFF)
     assert (ctx.cr0, ctx.cr3, ctx.cr4, ctx.efer) == (0x80000011, 0x9000, 0x20, 0x500)
+
+
+@given(
+    st.binary(max_size=15),
+    st.sampled_from([1, 2, 4, 8]),
+    st.integers(0, 2**64 - 1),
+    st.booleans(),
+    st.sampled_from([2, 4]),
+)
+def test_finding_an_instruction_start_never_fails_on_guest_bytes(
+    before: bytes, size: int, value: int, long: bool, default: int
+) -> None:
+    """Whatever a guest has before RIP, the finders answer (a start inside the bytes, or none)."""
+    got = store_instruction_start(before, 0x1000, size, value, long, default, lambda r: value)
+    assert got is None or 0x1000 - len(before) <= got < 0x1000
+    start = io_instruction_start(before[-3:], 0x1000, min(size, 4), 0x3F8, 0x3F8, default)
+    assert 0x1000 - 3 <= start < 0x1000
