@@ -219,6 +219,12 @@ class MachineDebugTarget:
             if vp.vp_index not in self.parked:
                 vp.post_work(lambda vp=vp: self._park(vp))  # type: ignore[misc]
 
+    def wake(self) -> None:
+        """Work was posted to a VP (Vp.post_work): a parked one serves it now rather than at its
+        next poll (a relayout of the watched pages parks every VP twice per gdb stop)."""
+        with self.cond:
+            self.cond.notify_all()
+
     # ---- on a VP's thread ----
     def _park(self, vp: Vp) -> None:
         """Stay out of the guest while gdb holds this VP, serving debugger requests and VP work."""

@@ -458,6 +458,9 @@ class Vp:
     def post_work(self, fn: Callable[[], None]) -> None:
         self._work.append(fn)
         self.kick()
+        d = self.m.debugger
+        if d is not None:
+            d.wake()  # a VP gdb holds waits on the debugger's condition, outside KVM_RUN: no kick reaches it
 
     def service_work(self) -> None:
         while self._work:
