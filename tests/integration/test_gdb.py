@@ -121,12 +121,12 @@ def fake_for(elf: Path) -> FakeCpuTarget:
                          {0: STACK_TOP - 8, 1: STACK_TOP - 0x1000}, exit_status=1)  # fmt: skip
 
 
-def run_gdb(elf: Path, port: int, commands: list[str]) -> str:
+def run_gdb(elf: Path, port: int, commands: list[str], timeout: float = 90) -> str:
     args = ["gdb", "-batch", "-nx", "-ex", "set confirm off", "-ex", "set pagination off",
             "-ex", f"target remote 127.0.0.1:{port}"]  # fmt: skip
     for c in commands:
         args += ["-ex", c]
-    r = subprocess.run([*args, str(elf)], capture_output=True, text=True, timeout=90)
+    r = subprocess.run([*args, str(elf)], capture_output=True, text=True, timeout=timeout)
     return r.stdout + r.stderr
 
 
@@ -221,6 +221,7 @@ def test_real_gdb_ctrl_c_interrupts_a_spinning_guest(tmp_path: Path) -> None:
 
 @requires_kvm
 @needs_tools
+@pytest.mark.timeout(60)  # ~1.3 s here; a guest or gdb that hangs fails, it does not stall the run
 @pytest.mark.parametrize("apic", ["kernel", "user"])
 def test_gdb_on_kvm(guest: Callable[[str], Path], apic: str) -> None:
     """`hv1 run --gdb 127.0.0.1:0 --gdb-wait --cpus 2` on KVM and the real gdb with the kernel's
@@ -246,15 +247,15 @@ def gdb_on_kvm(guest: Callable[[str], Path], apic: str, commands: list[str]) -> 
     the kernel's symbols running `commands`: (gdb's output, hv1's stdout, stderr, status)."""
     elf = guest("gdb")
     cmd = [sys.executable, "-m", "hv1", "run", str(elf), "--cpus", "2", "--apic", apic,
-           "--gdb", "127.0.0.1:0", "--gdb-wait", "--timeout", "100"]  # fmt: skip
+           "--gdb", "127.0.0.1:0", "--gdb-wait", "--timeout", "40"]  # fmt: skip
     hv1 = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert hv1.stderr is not None
         line = hv1.stderr.readline()
         m = re.search(r"gdb stub listening on [^:]+:(\d+)", line)
         assert m, line
-        out = run_gdb(elf.with_suffix(".elf64"), int(m.group(1)), commands)
-        stdout, stderr = hv1.communicate(timeout=60)
+        out = run_gdb(elf.with_suffix(".elf64"), int(m.group(1)), commands, timeout=40)
+        stdout, stderr = hv1.communicate(timeout=15)
     finally:
         if hv1.poll() is None:
             hv1.kill()
@@ -264,6 +265,7 @@ def gdb_on_kvm(guest: Callable[[str], Path], apic: str, commands: list[str]) -> 
 
 @requires_kvm
 @needs_tools
+@pytest.mark.timeout(60)
 def test_gdb_on_kvm_hbreak_and_a_watch_the_other_vp_hits(guest: Callable[[str], Path]) -> None:
     """An execute breakpoint in a debug register (KVM delivers those even where it emulates ring 0),
     a watchpoint on `ap_ticks[1]` that VP 1 stores to (Thread 2 reports it, with its values), a
@@ -287,6 +289,7 @@ def test_gdb_on_kvm_hbreak_and_a_watch_the_other_vp_hits(guest: Callable[[str], 
 
 
 @requires_kvm
+@pytest.mark.timeout(30)
 def test_guest_debug_probe_is_cheap_and_finds_execute_breakpoints() -> None:
     """hv1/backends/kvm/guest_debug_probe.py against this KVM: it finishes (a probe guest that hangs
     would raise), execute breakpoints are delivered (every KVM we know: this host too), and a second

@@ -549,3 +549,20 @@ def test_write_watch_needs_every_byte_mapped(
     assert not d.insert_breakpoint(0, BreakpointType.WRITE_WATCH, m.ram.size - 2, 4)  # runs off RAM
     assert not d.insert_breakpoint(0, BreakpointType.WRITE_WATCH, 0x6000, 0)
     assert m.layouts == [] and d.watch_pages() == frozenset()
+
+
+def test_machine_lays_out_the_hypercall_page_and_the_watched_pages_together() -> None:
+    """Machine._lay_out_readonly_pages: one read-only layout for both users of read-only slots, so
+    neither a hypercall-page move nor a watchpoint change drops the other's pages."""
+    from types import SimpleNamespace
+
+    from hv1.machine.machine import Machine
+
+    layouts: list[list[int]] = []
+    d = SimpleNamespace(watch_pages=lambda: frozenset({0x103000, 0x5000}))
+    fake = SimpleNamespace(debugger=d, vm=SimpleNamespace(set_readonly_pages=layouts.append))
+    Machine._lay_out_readonly_pages(fake, 0x7000)  # type: ignore[arg-type]
+    Machine._lay_out_readonly_pages(fake, None)  # type: ignore[arg-type]
+    fake.debugger = None
+    Machine._lay_out_readonly_pages(fake, 0x7000)  # type: ignore[arg-type]
+    assert layouts == [[0x5000, 0x7000, 0x103000], [0x5000, 0x103000], [0x7000]]
