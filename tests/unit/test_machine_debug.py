@@ -551,6 +551,17 @@ def test_write_watch_needs_every_byte_mapped(
     assert m.layouts == [] and d.watch_pages() == frozenset()
 
 
+def test_a_reset_lays_the_watched_pages_out_again() -> None:
+    """The partition reset drops every read-only slot (Machine._reboot); the watch must survive it."""
+    m = FakeMachine()
+    d = MachineDebugTarget(m, hw_support=HwDebugSupport(write=False))  # type: ignore[arg-type]
+    m.debugger = d
+    d.stop_all()  # no VP thread yet
+    assert d.insert_breakpoint(0, BreakpointType.WRITE_WATCH, 0x6000, 4)
+    d.after_reset()
+    assert m.layouts == [frozenset({0x6000})] * 2
+
+
 def test_machine_lays_out_the_hypercall_page_and_the_watched_pages_together() -> None:
     """Machine._lay_out_readonly_pages: one read-only layout for both users of read-only slots, so
     neither a hypercall-page move nor a watchpoint change drops the other's pages."""
