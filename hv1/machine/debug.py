@@ -228,6 +228,13 @@ class MachineDebugTarget:
     # ---- on a VP's thread ----
     def _park(self, vp: Vp) -> None:
         """Stay out of the guest while gdb holds this VP, serving debugger requests and VP work."""
+        if vp.parking_others:
+            # This VP holds the park lock and is waiting for the others to leave KVM_RUN (a
+            # hypercall-page move, a watch-page relayout). Parked for gdb here it would keep the
+            # lock, and a VP already parked for it would wait forever instead of serving gdb. It
+            # parks for gdb as soon as its change is done.
+            vp.after_parking_others.append(lambda: self._park(vp))
+            return
         i = vp.vp_index
         with self.cond:
             if i not in self.hold:

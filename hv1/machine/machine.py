@@ -209,6 +209,10 @@ class Vp:
         # Work other threads need done on this VP's own thread while it is out of guest mode (a
         # TLB flush must happen on the target vCPU). Serviced before every entry and while waiting.
         self._work: collections.deque[Callable[[], None]] = collections.deque()
+        # True while this VP holds the park lock and waits for the others to park
+        # (VpHost._with_vps_parked); work that must not run then (a gdb park) waits in the list.
+        self.parking_others = False
+        self.after_parking_others: list[Callable[[], None]] = []
 
     # ---- ExitHandler ----
     def count_exit(self, reason: int) -> None:
@@ -680,6 +684,8 @@ class VpHost(abc.ABC):
 
         if not serve_while(lambda: self._park_lock.acquire(timeout=0.0002)):
             return
+        if me is not None:
+            me.parking_others = True
         release = threading.Event()
         try:
             parked: list[threading.Event] = []
@@ -701,6 +707,11 @@ class VpHost(abc.ABC):
         finally:
             release.set()
             self._park_lock.release()
+            if me is not None:
+                me.parking_others = False
+                held, me.after_parking_others = me.after_parking_others, []
+                for work in held:
+                    me.post_work(work)
 
     def flush_tlb(self, src_vp: int, targets: Iterable[int]) -> None:
         """Flush the guest TLB of every target VP and return only when all are done (TLFS

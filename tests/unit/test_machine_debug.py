@@ -206,6 +206,8 @@ class FakeVp:
         self.ticks = 0
         self.thread: threading.Thread | None = None
         self.hv_vp = m.partition.vps[vp_index]
+        self.parking_others = False  # as machine.Vp: set by VpHost._with_vps_parked
+        self.after_parking_others: list[Callable[[], None]] = []
 
     def post_work(self, fn: Callable[[], None]) -> None:
         self.work.append(fn)
@@ -577,3 +579,44 @@ def test_machine_lays_out_the_hypercall_page_and_the_watched_pages_together() ->
     fake.debugger = None
     Machine._lay_out_readonly_pages(fake, 0x7000)  # type: ignore[arg-type]
     assert layouts == [[0x5000, 0x7000, 0x103000], [0x5000, 0x103000], [0x7000]]
+
+
+def test_a_gdb_stop_while_a_vp_parks_the_others_does_not_deadlock() -> None:
+    """VP 0 is in VpHost._with_vps_parked (a hypercall-page move: every other VP must leave KVM_RUN)
+    when gdb stops everyone. If VP 0 parked for gdb there, holding the park lock, VP 1, parked for
+    VP 0, would wait for it forever and never serve gdb (stop_all, register reads hung). VP 0 must
+    finish its change first, then park."""
+    from types import SimpleNamespace
+
+    from hv1.machine.machine import VpHost
+
+    m = FakeMachine()
+    d = MachineDebugTarget(m)  # type: ignore[arg-type]
+    m.debugger = d
+    host = SimpleNamespace(vps=m.vps, _park_lock=threading.Lock(), _stop=threading.Event())
+    host._current_vp = lambda: next((v for v in m.vps if v.thread is threading.current_thread()), None)
+    gate = threading.Event()  # VP 1 serves no work until the stop has been requested
+    vp1_loop = m.vps[1].loop
+
+    def gated_loop() -> None:
+        gate.wait(10)
+        vp1_loop()
+
+    m.vps[1].loop = gated_loop  # type: ignore[method-assign]
+    changed = threading.Event()
+    m.start()
+    try:
+        m.vps[0].post_work(lambda: VpHost._with_vps_parked(host, changed.set))  # type: ignore[arg-type]
+        for _ in range(500):  # VP 0 holds the park lock and waits for VP 1
+            if host._park_lock.locked():
+                break
+            time.sleep(0.002)
+        d.interrupt()  # gdb's Ctrl-C: parks posted to both VPs
+        time.sleep(0.05)  # VP 0 serves its work while it waits: the gdb park among it
+        gate.set()
+        ev = _wait(d)
+        assert ev.kind is StopKind.INTERRUPT and d.parked == {0, 1}
+        assert changed.is_set() and not host._park_lock.locked()
+        assert d.read_registers(1)["rip"] == 0x1001  # VP 1 serves gdb
+    finally:
+        m.halt()
