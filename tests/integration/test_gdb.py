@@ -307,3 +307,35 @@ def test_guest_debug_probe_is_cheap_and_finds_execute_breakpoints() -> None:
         assert took < 1.0, took  # ~1 ms here; generous for a loaded host
     finally:
         system.close()
+
+
+@requires_kvm
+@needs_tools
+@pytest.mark.timeout(90)
+def test_gdb_watch_every_pass_of_a_conformance_guest(guest: Callable[[str], Path], tmp_path: Path) -> None:
+    """A watch on the console's `n_pass` (bumped with `lock inc` by both VPs) through a whole
+    hv_hypercalls run on KVM: gdb counts one hit per PASS line, and the guest, which enables the
+    hypercall page (read-only too) and writes all over the watched page, still passes everything."""
+    elf = guest("hv_hypercalls")
+    cmd = [sys.executable, "-m", "hv1", "run", str(elf), "--cpus", "2", "--gdb", "127.0.0.1:0", "--gdb-wait",
+           "--timeout", "60"]  # fmt: skip
+    hv1 = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert hv1.stderr is not None
+        line = hv1.stderr.readline()
+        m = re.search(r"gdb stub listening on [^:]+:(\d+)", line)
+        assert m, line
+        script = tmp_path / "count.gdb"
+        script.write_text(
+            "set $hits = 0\nwatch n_pass\ncommands\nsilent\nset $hits = $hits + 1\ncontinue\nend\n"
+            "continue\nprint $hits\n"
+        )
+        out = run_gdb(elf.with_suffix(".elf64"), int(m.group(1)), [f"source {script}"], timeout=70)
+        stdout, stderr = hv1.communicate(timeout=15)
+    finally:
+        if hv1.poll() is None:
+            hv1.kill()
+            hv1.wait()
+    passes = stdout.count("\nPASS ") + stdout.startswith("PASS ")
+    assert hv1.returncode == 1 and "0 failed" in stdout and passes > 100, stdout + stderr
+    assert "exited with code 01" in out and f"$1 = {passes}" in out, out + stdout
