@@ -284,7 +284,7 @@ def _cmd_info(a: argparse.Namespace) -> int:
         print(capsmod.describe(c))
         return EXIT_OK
     from hv1.backends.base import kvm_usable
-    from hv1.backends.kvm import host_workarounds
+    from hv1.backends.kvm import guest_debug_probe, host_workarounds
     from hv1.backends.kvm.vm import KvmSystem, host_info
 
     print("backends (hv1 run --backend kvm|emu|auto; default kvm):")
@@ -302,8 +302,14 @@ def _cmd_info(a: argparse.Namespace) -> int:
     if not kvm_usable():
         return EXIT_OK
     system = KvmSystem()
-    h = host_info(system)
-    system.close()
+    try:
+        h = host_info(system)
+        try:
+            dbg: str = guest_debug_probe.host_support(system.fd, system.vcpu_mmap_size).describe()
+        except OSError as e:
+            dbg = f"probe failed: {e}"
+    finally:
+        system.close()
     yes = {True: "yes", False: "no"}
     print("host KVM (/dev/kvm):")
     print(f"  API version            {h.api_version}")
@@ -317,6 +323,8 @@ def _cmd_info(a: argparse.Namespace) -> int:
     print(f"  in-kernel Hyper-V      {yes[h.in_kernel_hyperv]} (hv1 implements Hv#1 itself either way)")
     print(f"  KVM SynIC (SYNIC2)     {yes[h.synic_auto_eoi]} (its AutoEOI bitmap: AutoEOI in --apic kernel)")
     print(f"  PV CPUID enforcement   {yes[h.enforce_pv_cpuid]} (KVM's own PV MSRs #GP)")
+    print(f"  debug registers        deliver (probed at CPL0): {dbg}")
+    print("                         (--gdb: without write breakpoints, `watch` write-protects the page)")
     print("hv1 will use:")
     print("  hypercall trap         `out` to port 0x90 from the hypercall page (VMCALL is not used)")
     print("  APIC modes             kernel (split irqchip + KVM_SIGNAL_MSI), user (hv1's APIC model)")

@@ -68,6 +68,25 @@ class GuestDebug:
         return addrs[0], addrs[1], addrs[2], addrs[3], dr7
 
 
+@dataclass(frozen=True)
+class HwDebugSupport:
+    """Per condition: does the backend deliver a debug-register breakpoint of that kind? Not every
+    KVM that takes KVM_GUESTDBG_USE_HW_BP does (hv1/backends/kvm/guest_debug_probe.py finds out)."""
+
+    exec: bool = True
+    write: bool = True
+    access: bool = True
+
+    def works(self, cond: Condition) -> bool:
+        return {Condition.EXEC: self.exec, Condition.WRITE: self.write, Condition.ACCESS: self.access}[cond]
+
+    def describe(self) -> str:
+        def yn(b: bool) -> str:
+            return "yes" if b else "no"
+
+        return f"execute {yn(self.exec)}, write {yn(self.write)}, read/write {yn(self.access)}"
+
+
 class DebugRegisters:
     """The four slots as gdb fills them (Z1-Z4 insert, z1-z4 remove)."""
 

@@ -10,12 +10,14 @@ Breakpoints: software breakpoints are int3 bytes in RAM (hv1/gdbstub/swbreak.py)
 KVM_GUESTDBG_USE_SW_BP; on this development host KVM cannot emulate a ring-0 int3 and reports an
 emulation failure instead (../shared/notes/host-kvm.md §2), and that failure at a planted int3 is
 the breakpoint hit. Hardware breakpoints and watchpoints are the four debug registers
-(hv1/backends/guest_debug.py) loaded with KVM_SET_GUEST_DEBUG, as is single step.
+(hv1/backends/guest_debug.py) loaded with KVM_SET_GUEST_DEBUG, as is single step, for each kind of
+breakpoint the host's KVM really delivers (`hw_support`, probed once by the machine:
+hv1/backends/kvm/guest_debug_probe.py). A write watchpoint the host would not deliver is served by
+write-protecting its pages instead (hv1/machine/write_watch.py): the guest's store exits as an MMIO
+write, `watched_write` performs it and stops there. Read/write watchpoints and execute breakpoints
+have no such fallback and are refused where the debug registers do not deliver them.
 
-UNVERIFIED on the development machine of this change (no /dev/kvm that session): everything that
-touches a vCPU here, i.e. KVM_SET_GUEST_DEBUG, the KVM_EXIT_DEBUG decoding and the emulation-failure
-breakpoint. The protocol side is tested against real gdb with a fake CPU (tests/integration/
-test_gdb.py); tests/integration/test_gdb.py::test_gdb_on_kvm is the end-to-end check on a KVM host.
+Tested end to end on this host's KVM (tests/integration/test_gdb.py::test_gdb_on_kvm, real gdb).
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from hv1.backends.guest_debug import DR6_BS, Condition, DebugRegisters, GuestDebug, HwBreakpoint
+from hv1.backends.guest_debug import (
+    DR6_BS,
+    Condition,
+    DebugRegisters,
+    GuestDebug,
+    HwBreakpoint,
+    HwDebugSupport,
+)
 from hv1.errors import EXIT_OK
 from hv1.gdbstub.server import GdbServer
 from hv1.gdbstub.swbreak import SoftwareBreakpoints
@@ -34,6 +43,7 @@ from hv1.gdbstub.target import BreakpointType, StopEvent, StopKind
 from hv1.hv.interfaces import GuestMemory
 from hv1.hv.synic import synic_of
 from hv1.machine.paging import translate
+from hv1.machine.write_watch import WriteWatch, WriteWatchpoints, split_pages
 
 if TYPE_CHECKING:
     from hv1.machine.machine import Machine, Vp
@@ -41,6 +51,7 @@ if TYPE_CHECKING:
 BP_VECTOR, DB_VECTOR = 3, 1
 Paging = tuple[int, int, int, int]  # CR0, CR3, CR4, EFER
 _POLL = 0.05  # parked VPs look at the end of the run this often (nothing is timed by it)
+MAX_WATCH_BYTES = 0x1000  # a write-protection watchpoint of up to a page (debug registers: 1-8 bytes)
 
 
 class DebugVcpu(Protocol):
@@ -121,11 +132,17 @@ class _Request:
 
 
 class MachineDebugTarget:
-    """A `DebugTarget` over `machine` (VPs named by VP index, as in hv1/hv)."""
+    """A `DebugTarget` over `machine` (VPs named by VP index, as in hv1/hv). `hw_support` says which
+    debug-register breakpoints the backend delivers; a write watchpoint it does not deliver is
+    served by page write-protection (the machine calls `watched_write` for such stores)."""
 
-    def __init__(self, machine: Machine, block_irq: bool = False) -> None:
+    def __init__(
+        self, machine: Machine, block_irq: bool = False, hw_support: HwDebugSupport | None = None
+    ) -> None:
         self.m = machine
         self.block_irq = block_irq
+        self.hw_support = hw_support if hw_support is not None else HwDebugSupport()
+        self.watches = WriteWatchpoints()
         self.cond = threading.Condition()
         self.hold: set[int] = set()  # VP indexes that must stay parked
         self.parked: set[int] = set()
@@ -146,7 +163,10 @@ class MachineDebugTarget:
         self.server = GdbServer(self, host, port)
         self.server.start()
         h, p = self.server.address
-        self.m.diag.write(f"hv1: gdb stub listening on {h}:{p}{' (waiting for gdb)' if wait else ''}\n")
+        self.m.diag.write(
+            f"hv1: gdb stub listening on {h}:{p}{' (waiting for gdb)' if wait else ''}; "
+            f"{self.watch_method()}\n"
+        )
         self.m.diag.flush()
 
     def machine_stopped(self, status: int) -> None:
@@ -159,6 +179,8 @@ class MachineDebugTarget:
         again): put the planted int3s back over the new image, and if a stop was under way, post
         the parks again so the new threads honour it."""
         self.sw.replant()
+        if len(self.watches):
+            self.m.watch_pages_changed()  # the reset laid RAM out without the write-protected pages
         with self.cond:
             stopping = self.stopping
         if stopping:
@@ -197,9 +219,22 @@ class MachineDebugTarget:
             if vp.vp_index not in self.parked:
                 vp.post_work(lambda vp=vp: self._park(vp))  # type: ignore[misc]
 
+    def wake(self) -> None:
+        """Work was posted to a VP (Vp.post_work): a parked one serves it now rather than at its
+        next poll (a relayout of the watched pages parks every VP twice per gdb stop)."""
+        with self.cond:
+            self.cond.notify_all()
+
     # ---- on a VP's thread ----
     def _park(self, vp: Vp) -> None:
         """Stay out of the guest while gdb holds this VP, serving debugger requests and VP work."""
+        if vp.parking_others:
+            # This VP holds the park lock and is waiting for the others to leave KVM_RUN (a
+            # hypercall-page move, a watch-page relayout). Parked for gdb here it would keep the
+            # lock, and a VP already parked for it would wait forever instead of serving gdb. It
+            # parks for gdb as soon as its change is done.
+            vp.after_parking_others.append(lambda: self._park(vp))
+            return
         i = vp.vp_index
         with self.cond:
             if i not in self.hold:
@@ -256,17 +291,49 @@ class MachineDebugTarget:
                 self._arm(vp, self._config(vp.vp_index), inject=vector)
                 return True
             kind, addr = what
-            ev = StopEvent(kind, vp.vp_index, addr=addr)
-            self.m.tracer.emit("vp", vp.index, "gdb-stop", kind=kind.value, pc=pc, addr=addr or 0)
-            if self.stopping:
-                # Another VP's stop is being reported. A breakpoint will be hit again when this VP
-                # resumes; a completed step or store will not, so it is reported next.
-                if kind in _NOT_RECURRING:
-                    self.pending.append(ev)
-            else:
-                self._request_stop(ev)
+            self._stop_event(vp, kind, pc, addr)
         self._park(vp)
         return True
+
+    def _stop_event(self, vp: Vp, kind: StopKind, pc: int, addr: int | None) -> None:
+        """Report `kind` for `vp` (under the lock; the caller parks afterwards)."""
+        ev = StopEvent(kind, vp.vp_index, addr=addr)
+        self.m.tracer.emit("vp", vp.index, "gdb-stop", kind=kind.value, pc=pc, addr=addr or 0)
+        if self.stopping:
+            # Another VP's stop is being reported. A breakpoint will be hit again when this VP
+            # resumes; a completed step or store will not, so it is reported next.
+            if kind in _NOT_RECURRING:
+                self.pending.append(ev)
+        else:
+            self._request_stop(ev)
+
+    def watched_write(self, vp: Vp, gpa: int, size: int, value: int) -> bool:
+        """A guest store to RAM that exited as an MMIO write, on `vp`'s thread. With the debugger
+        attached the only read-only RAM besides the hypercall page (which the machine answers first)
+        is a page write-protected for a watchpoint, now or until the layout catches up with a
+        removal: so the store is performed here, planted int3s kept, and if it writes into a
+        watched range, `vp` stops after it (KVM has moved RIP past the instruction) for gdb to
+        print Old value / New value. False: not RAM, not ours."""
+        if not self.m.ram.contains(gpa, size):
+            return False
+        self.m.ram.write(gpa, self.sw.write_through(gpa, value.to_bytes(size, "little")))
+        w = self.watches.hit(gpa, size)
+        if w is None:
+            return True
+        with self.cond:
+            self._stop_event(vp, StopKind.WATCH, vp.vcpu.get("rip"), w.addr)
+        self._park(vp)
+        return True
+
+    def watch_pages(self) -> frozenset[int]:
+        """Guest-physical pages the machine must keep read-only for the guest."""
+        return self.watches.pages()
+
+    def watch_method(self) -> str:
+        """How `watch` is served (the listening line on stderr, `monitor hv debug`)."""
+        if self.hw_support.write:
+            return "watchpoints in the debug registers"
+        return "watch: write-protected pages (this KVM delivers no data breakpoints)"
 
     # ---- the gdb thread: requests to a parked VP ----
     def _on_vp(self, vp_index: int, fn: Callable[[], Any]) -> Any:
@@ -363,14 +430,18 @@ class MachineDebugTarget:
         self.m.stop(EXIT_OK, "killed from gdb")
 
     def detach(self) -> None:
+        had_watches = len(self.watches) > 0
         with self.cond:
             self.sw.remove_all()
             self.hw.clear()
+            self.watches.clear()
             self.step_vp = None
             self.pending.clear()
             self.stopping = False
             self.hold = set()
             self.cond.notify_all()
+        if had_watches:
+            self.m.watch_pages_changed()  # outside the lock: parked VPs need it to serve the relayout
 
     def read_registers(self, vp: int) -> dict[str, int]:
         values: dict[str, int] = self._on_vp(vp, self._vcpu(self._vp(vp)).debug_read_registers)
@@ -396,13 +467,46 @@ class MachineDebugTarget:
             gpa = translate(self.m.ram, addr, *self._paging(vp))
             return gpa is not None and self.m.ram.contains(gpa, 1) and self.sw.insert(addr, gpa)
         cond = _HW_CONDITION.get(typ)
-        return cond is not None and self.hw.insert(HwBreakpoint(addr, cond, length))
+        if cond is None:
+            return False
+        if self.hw_support.works(cond):
+            return self.hw.insert(HwBreakpoint(addr, cond, length))
+        return cond is Condition.WRITE and self._insert_write_watch(vp, addr, length)
 
     def remove_breakpoint(self, vp: int, typ: BreakpointType, addr: int, length: int) -> bool:
         if typ is BreakpointType.SOFTWARE:
             return self.sw.remove(addr)
         cond = _HW_CONDITION.get(typ)
-        return cond is not None and self.hw.remove(HwBreakpoint(addr, cond, length))
+        if cond is None:
+            return False
+        if self.hw_support.works(cond):
+            return self.hw.remove(HwBreakpoint(addr, cond, length))
+        if cond is not Condition.WRITE:
+            return False
+        before = self.watches.pages()
+        if not self.watches.remove(addr, length):
+            return False
+        if self.watches.pages() != before:
+            self.m.watch_pages_changed()
+        return True
+
+    def _insert_write_watch(self, vp: int, addr: int, length: int) -> bool:
+        """A write watchpoint by page write-protection: the bytes' GPAs through `vp`'s page tables
+        now (all mapped, all RAM, or refused)."""
+        if not 0 < length <= MAX_WATCH_BYTES or addr + length > 1 << 64:
+            return False
+        paging = self._paging(vp)
+        pieces = []
+        for va, n in split_pages(addr, length):
+            gpa = translate(self.m.ram, va, *paging)
+            if gpa is None or not self.m.ram.contains(gpa, n):
+                return False
+            pieces.append((gpa, n))
+        before = self.watches.pages()
+        self.watches.insert(WriteWatch(addr, length, tuple(pieces)))
+        if self.watches.pages() != before:
+            self.m.watch_pages_changed()
+        return True
 
     def monitor(self, command: str) -> str | None:
         words = command.split()
@@ -411,11 +515,22 @@ class MachineDebugTarget:
                 "  hv partition      capability profile, VPs, hypercall page, resets\n"
                 "  hv synic          SynIC registers and queued messages of every VP\n"
                 "  hv timers         synthetic timers of every VP\n"
+                "  hv debug          which breakpoints use debug registers, which page protection\n"
             )
+        if words == ["hv", "debug"]:
+            return self._hv_debug()
         if len(words) == 2 and words[0] == "hv":
             fn = _MONITOR.get(words[1])
             return fn(self.m) if fn is not None else None
         return None
+
+    def _hv_debug(self) -> str:
+        pages = sorted(self.watches.pages())
+        return (
+            f"debug registers deliver (probed): {self.hw_support.describe()}\n"
+            f"{self.watch_method()}\n"
+            f"write-protected for watchpoints: {', '.join(f'{p:#x}' for p in pages) or 'no page'}\n"
+        )
 
 
 # ---- monitor commands: hv1 state as text -----------------------------------------------------------

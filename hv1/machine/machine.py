@@ -32,7 +32,8 @@ from hv1.backends.base import (
     open_vm,
     resolve_backend,
 )
-from hv1.backends.kvm import host_workarounds
+from hv1.backends.guest_debug import HwDebugSupport
+from hv1.backends.kvm import guest_debug_probe, host_workarounds
 from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.vcpu import KvmVcpu
 from hv1.backends.kvm.vm import KvmVm
@@ -208,6 +209,10 @@ class Vp:
         # Work other threads need done on this VP's own thread while it is out of guest mode (a
         # TLB flush must happen on the target vCPU). Serviced before every entry and while waiting.
         self._work: collections.deque[Callable[[], None]] = collections.deque()
+        # True while this VP holds the park lock and waits for the others to park
+        # (VpHost._with_vps_parked); work that must not run then (a gdb park) waits in the list.
+        self.parking_others = False
+        self.after_parking_others: list[Callable[[], None]] = []
 
     # ---- ExitHandler ----
     def count_exit(self, reason: int) -> None:
@@ -295,6 +300,9 @@ class Vp:
                 self.m.tracer.emit("mmio", self.index, "hypercall-page-write-gp", addr=addr, size=size)
             self.vcpu.inject_exception(GP_VECTOR, 0)
             return
+        d = self.m.debugger
+        if d is not None and d.watched_write(self, addr, size, value):
+            return  # a store to a page write-protected for a gdb watchpoint (hv1/machine/write_watch.py)
         if self.apic_mmio_write(addr, size, value):
             return
         if self.m.ioapic.contains(addr):
@@ -454,6 +462,9 @@ class Vp:
     def post_work(self, fn: Callable[[], None]) -> None:
         self._work.append(fn)
         self.kick()
+        d = self.m.debugger
+        if d is not None:
+            d.wake()  # a VP gdb holds waits on the debugger's condition, outside KVM_RUN: no kick reaches it
 
     def service_work(self) -> None:
         while self._work:
@@ -673,6 +684,8 @@ class VpHost(abc.ABC):
 
         if not serve_while(lambda: self._park_lock.acquire(timeout=0.0002)):
             return
+        if me is not None:
+            me.parking_others = True
         release = threading.Event()
         try:
             parked: list[threading.Event] = []
@@ -694,6 +707,11 @@ class VpHost(abc.ABC):
         finally:
             release.set()
             self._park_lock.release()
+            if me is not None:
+                me.parking_others = False
+                held, me.after_parking_others = me.after_parking_others, []
+                for work in held:
+                    me.post_work(work)
 
     def flush_tlb(self, src_vp: int, targets: Iterable[int]) -> None:
         """Flush the guest TLB of every target VP and return only when all are done (TLFS
@@ -1020,7 +1038,14 @@ class Machine(VpHost):
         if not self.vm.system.check(k.KVM_CAP_SET_GUEST_DEBUG):
             raise UsageError("--gdb: this KVM has no KVM_SET_GUEST_DEBUG (breakpoints and single step)")
         block_irq = bool(self.vm.system.check(k.KVM_CAP_SET_GUEST_DEBUG2) & k.KVM_GUESTDBG_BLOCKIRQ)
-        d = MachineDebugTarget(self, block_irq=block_irq)
+        # Which debug-register breakpoints this KVM delivers: one throwaway VM, ~1 ms (a host that
+        # emulates ring-0 code delivers no data breakpoints; write watchpoints then use page protection).
+        try:
+            support = guest_debug_probe.host_support(self.vm.system.fd, self.vm.system.vcpu_mmap_size)
+        except OSError as e:
+            self.diag.write(f"hv1: gdb stub: debug-register probe failed ({e}); using page protection\n")
+            support = HwDebugSupport(exec=False, write=False, access=False)
+        d = MachineDebugTarget(self, block_irq=block_irq, hw_support=support)
         try:
             d.listen(host, port, wait)
         except OSError as e:
@@ -1091,10 +1116,21 @@ class Machine(VpHost):
         """Keep the hypercall page read/execute-only for the guest: a read-only memory slot over
         its GPA (TLFS hypercall-interface.md "Hypercall Page"). Memory slots change with every other
         VP parked outside KVM_RUN."""
-        pages = (gpa,) if gpa is not None else ()
-        self._with_vps_parked(lambda: self.vm.set_readonly_pages(pages))
+        self._with_vps_parked(lambda: self._lay_out_readonly_pages(gpa))
         self.hypercall_page_gpa = gpa
         self.tracer.emit("vp", -1, "hypercall-page-readonly", gpa=gpa if gpa is not None else -1)
+
+    def watch_pages_changed(self) -> None:
+        """The gdb stub write-protects other pages now (hv1/machine/write_watch.py): lay the slots out
+        again with every VP outside KVM_RUN (from the gdb thread, or the main thread after a reset)."""
+        self._with_vps_parked(lambda: self._lay_out_readonly_pages(self.hypercall_page_gpa))
+
+    def _lay_out_readonly_pages(self, hypercall_page: int | None) -> None:
+        """The guest's read-only RAM: the hypercall page and the pages of gdb write watchpoints."""
+        pages = set(self.debugger.watch_pages()) if self.debugger is not None else set()
+        if hypercall_page is not None:
+            pages.add(hypercall_page)
+        self.vm.set_readonly_pages(sorted(pages))
 
     # ---- running ----
     def _debug_exit(self, status: int) -> None:

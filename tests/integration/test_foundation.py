@@ -120,6 +120,7 @@ def test_triple_fault_stops_with_a_dump(guest: Guest) -> None:
 def test_info_reports_host_capabilities() -> None:
     r = run_hv1("info")
     assert r.status == 0 and "sync regs" in r.stdout and "TSC frequency" in r.stdout
+    assert "deliver (probed at CPL0): execute yes" in r.stdout, r.stdout  # guest_debug_probe ran
 
 
 @pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed")

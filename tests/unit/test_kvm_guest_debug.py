@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import hv1.backends.kvm.vcpu as vcpu_mod
-from hv1.backends.guest_debug import Condition, GuestDebug, HwBreakpoint
+from hv1.backends.guest_debug import Condition, GuestDebug, HwBreakpoint, HwDebugSupport
 from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.vcpu import KvmVcpu, x87_registers
 
@@ -184,3 +184,43 @@ def test_x87_registers_from_fxsave() -> None:
     assert r["st0"] == one and r["st1"] == 0 and r["fctrl"] == 0x37F
     assert r["ftag"] == (0b00 << 14) | (0b01 << 0) | 0x3FFC  # 7 valid, 0 zero, 1-6 empty
     assert (r["fioff"], r["fiseg"], r["fop"]) == (0x2000, 1, 0x7FF)
+
+
+# ---- the probe's reading of its debug exits (hv1/backends/kvm/guest_debug_probe.py) -------------
+
+
+class _ArmRecorder:
+    stop_requested = False
+
+    def __init__(self) -> None:
+        self.armed: list[GuestDebug] = []
+
+    def set_guest_debug(self, dbg: GuestDebug, block_irq: bool, inject: int | None = None) -> None:
+        self.armed.append(dbg)
+
+
+@pytest.mark.parametrize(
+    ("exits", "expect"),
+    [
+        ([(1, 0x0, 0xFFFF0FF1)], HwDebugSupport(exec=True, write=False, access=False)),  # this host
+        ([(1, 0x0, 0x1), (1, 0x6, 0x2), (1, 0xB, 0x4)], HwDebugSupport()),  # an ordinary KVM
+        ([], HwDebugSupport(exec=False, write=False, access=False)),
+    ],
+)
+def test_probe_reads_dr6_and_disarms_the_execute_breakpoint(
+    exits: list[tuple[int, int, int]], expect: HwDebugSupport
+) -> None:
+    from hv1.backends.kvm.guest_debug_probe import _SLOTS, _ProbeExits
+
+    vcpu = _ArmRecorder()
+    h = _ProbeExits(vcpu)  # type: ignore[arg-type]
+    for vector, pc, dr6 in exits:
+        assert h.debug_stop(vector, pc, dr6, False)
+    assert not h.debug_stop(1, 0x20, 1 << 14, False)  # a single-step trap is not the probe's
+    assert not h.debug_stop(3, 0x20, 0, True)  # nor an int3
+    h.io_out(0x10, 1, 0)
+    assert vcpu.stop_requested and h.failure is None
+    got = HwDebugSupport(exec=0 in h.fired, write=1 in h.fired, access=2 in h.fired)
+    assert got == expect
+    if expect.exec:  # re-armed without DR0, which would fault again on the same instruction
+        assert vcpu.armed[-1].slots == (None, *_SLOTS[1:])

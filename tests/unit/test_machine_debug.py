@@ -14,12 +14,21 @@ from typing import Any
 
 import pytest
 
-from hv1.backends.guest_debug import DR6_BS, Condition, DebugRegisters, GuestDebug, HwBreakpoint, valid
+from hv1.backends.guest_debug import (
+    DR6_BS,
+    Condition,
+    DebugRegisters,
+    GuestDebug,
+    HwBreakpoint,
+    HwDebugSupport,
+    valid,
+)
 from hv1.gdbstub.swbreak import SoftwareBreakpoints
 from hv1.gdbstub.target import BreakpointType, StopKind
 from hv1.hv.caps import parse_profile
 from hv1.hv.partition import Partition
 from hv1.machine.debug import MachineDebugTarget, classify, read_virtual, write_virtual
+from hv1.machine.write_watch import WriteWatch, WriteWatchpoints, split_pages
 from hv1.trace import Tracer
 from tests.fakes import FakeClock, FakeHooks, FakeIrq, FakeMemory
 
@@ -168,6 +177,9 @@ class FakeDebugVcpu:
     def debug_paging(self) -> tuple[int, int, int, int]:
         return (0x11, 0, 0, 0)  # protected mode, paging off
 
+    def get(self, name: str) -> int:
+        return self.regs[name]
+
     refuse: bool = False
 
     def set_guest_debug(self, dbg: GuestDebug, block_irq: bool, inject: int | None = None) -> None:
@@ -189,9 +201,13 @@ class FakeVp:
         self.work: collections.deque[Callable[[], None]] = collections.deque()
         self.script: list[tuple[int, int, int, bool]] = []
         self.results: list[bool] = []
+        self.stores: list[tuple[int, int, int]] = []  # MMIO write exits: (gpa, size, value)
+        self.store_results: list[bool] = []
         self.ticks = 0
         self.thread: threading.Thread | None = None
         self.hv_vp = m.partition.vps[vp_index]
+        self.parking_others = False  # as machine.Vp: set by VpHost._with_vps_parked
+        self.after_parking_others: list[Callable[[], None]] = []
 
     def post_work(self, fn: Callable[[], None]) -> None:
         self.work.append(fn)
@@ -208,6 +224,10 @@ class FakeVp:
                 vec, pc, dr6, failed = self.script.pop(0)
                 assert self.m.debugger is not None
                 self.results.append(self.m.debugger.debug_stop(self, vec, pc, dr6, failed))  # type: ignore[arg-type]
+            if self.stores:
+                gpa, size, value = self.stores.pop(0)
+                assert self.m.debugger is not None
+                self.store_results.append(self.m.debugger.watched_write(self, gpa, size, value))  # type: ignore[arg-type]
             time.sleep(0.0005)
 
 
@@ -224,6 +244,7 @@ class FakeMachine:
         self.debugger: MachineDebugTarget | None = None
         self.hypercall_page_gpa: int | None = 0x5000
         self.resets = 0
+        self.layouts: list[frozenset[int]] = []  # the watched pages at each watch_pages_changed()
         self.reftime = FakeClock(1234)
         self.tracer = Tracer()
 
@@ -237,6 +258,10 @@ class FakeMachine:
 
     def stop(self, status: int, reason: str) -> None:
         self.stopped = (status, reason)
+
+    def watch_pages_changed(self) -> None:
+        assert self.debugger is not None
+        self.layouts.append(self.debugger.watch_pages())
 
     def start(self) -> None:
         for vp in self.vps:
@@ -431,3 +456,167 @@ def test_a_refused_kvm_set_guest_debug_costs_the_step_not_the_run(
     ev = _wait(d)
     assert ev.kind is StopKind.INTERRUPT and m.vps[0].thread.is_alive()  # type: ignore[union-attr]
     assert "KVM_SET_GUEST_DEBUG failed on VP 0" in m.diag.getvalue()
+
+
+# ---- write watchpoints by page write-protection (hv1/machine/write_watch.py) --------------------
+
+
+def test_write_watch_pieces_pages_and_hits() -> None:
+    assert split_pages(0x1FFE, 4) == [(0x1FFE, 2), (0x2000, 2)]
+    assert split_pages(0x3000, 0x1000) == [(0x3000, 0x1000)]
+    ww = WriteWatchpoints()
+    a = WriteWatch(0xFFFF_8000_0000_1FFE, 4, ((0x51FFE, 2), (0x90000, 2)))  # virtually contiguous only
+    b = WriteWatch(0x4000, 1, ((0x51000, 1),))
+    ww.insert(a)
+    ww.insert(b)
+    assert ww.pages() == {0x51000, 0x90000}
+    assert ww.hit(0x51FFC, 2) is None  # on the page, before the range: the store is just performed
+    assert ww.hit(0x51FFC, 4) == a and ww.hit(0x90001, 1) == a and ww.hit(0x90002, 8) is None
+    assert ww.hit(0x51000, 8) == b
+    assert ww.remove(0x4000, 1) and not ww.remove(0x4000, 1)
+    assert ww.pages() == {0x51000, 0x90000}  # a still holds its first page
+    ww.clear()
+    assert ww.pages() == frozenset() and len(ww) == 0
+
+
+@pytest.fixture
+def no_data_breakpoints() -> Iterator[tuple[FakeMachine, MachineDebugTarget]]:
+    """A debugger on a host like this one: execute breakpoints only (guest_debug_probe's answer)."""
+    m = FakeMachine()
+    d = MachineDebugTarget(m, hw_support=HwDebugSupport(exec=True, write=False, access=False))  # type: ignore[arg-type]
+    m.debugger = d
+    m.start()
+    yield m, d
+    m.halt()
+
+
+def test_watch_without_data_breakpoints_write_protects_and_stops_after_the_store(
+    no_data_breakpoints: tuple[FakeMachine, MachineDebugTarget],
+) -> None:
+    m, d = no_data_breakpoints
+    d.stop_all()
+    m.ram.write(0x6000, (5).to_bytes(4, "little"))
+    assert d.insert_breakpoint(0, BreakpointType.WRITE_WATCH, 0x6000, 4)
+    assert m.layouts == [frozenset({0x6000})] and d.watch_pages() == {0x6000}
+    assert all(s is None for s in d.hw.slots)  # not in a debug register: KVM would not deliver it
+    assert not d.insert_breakpoint(0, BreakpointType.ACCESS_WATCH, 0x6000, 4)  # no fallback for reads
+    assert d.insert_breakpoint(0, BreakpointType.HARDWARE, 0x1000, 1)  # execute breakpoints do work
+    assert "write-protected pages" in (d.monitor("hv debug") or "")
+    assert "0x6000" in (d.monitor("hv debug") or "")
+    m.vps[1].vcpu.regs["rip"] = 0x1236  # KVM reports the MMIO write with RIP past the store
+    m.vps[1].stores += [(0x6010, 4, 0xAABBCCDD), (0x6000, 4, 6)]  # elsewhere on the page, then it
+    d.resume(None, frozenset({0, 1}))
+    ev = _wait(d)
+    assert (ev.kind, ev.vp, ev.addr) == (StopKind.WATCH, 1, 0x6000)
+    assert m.ram.read(0x6010, 4) == (0xAABBCCDD).to_bytes(4, "little")  # performed, no stop
+    assert m.ram.read(0x6000, 4) == (6).to_bytes(4, "little")  # the new value is in RAM at the stop
+    assert d.parked == {0, 1} and d.read_registers(1)["rip"] == 0x1236
+    assert any("gdb-stop" in e and "watch" in e for e in m.tracer.last_events())
+
+
+def test_removing_the_watch_unprotects_and_a_late_store_is_still_performed(
+    no_data_breakpoints: tuple[FakeMachine, MachineDebugTarget],
+) -> None:
+    m, d = no_data_breakpoints
+    d.stop_all()
+    assert d.insert_breakpoint(0, BreakpointType.WRITE_WATCH, 0x6000, 4)
+    assert d.insert_breakpoint(0, BreakpointType.WRITE_WATCH, 0x6FFC, 8)  # crosses into 0x7000
+    assert m.layouts[-1] == {0x6000, 0x7000}
+    assert d.remove_breakpoint(0, BreakpointType.WRITE_WATCH, 0x6FFC, 8)
+    assert m.layouts[-1] == {0x6000}
+    assert not d.remove_breakpoint(0, BreakpointType.WRITE_WATCH, 0x6FFC, 8)
+    m.ram.write(0x7002, b"\x90")
+    assert d.insert_breakpoint(0, BreakpointType.SOFTWARE, 0x7002, 1)
+    # A store that left KVM before the layout dropped 0x7000: performed, int3 kept, no stop.
+    m.vps[0].stores.append((0x7000, 4, 0x11223344))
+    d.resume(None, frozenset({0, 1}))
+    for _ in range(200):
+        if m.vps[0].store_results:
+            break
+        time.sleep(0.01)
+    assert m.vps[0].store_results == [True] and d.wait(0.05) is None
+    assert m.ram.read(0x7000, 4) == bytes((0x44, 0x33, 0xCC, 0x11))
+    d.stop_all()
+    assert d.read_virtual(0, 0x7000, 4) == (0x11223344).to_bytes(4, "little")
+    assert not d.watched_write(m.vps[0], m.ram.size, 4, 0)  # not RAM: not the debugger's
+    d.detach()
+    assert m.layouts[-1] == frozenset() and d.watch_pages() == frozenset()
+
+
+def test_write_watch_needs_every_byte_mapped(
+    no_data_breakpoints: tuple[FakeMachine, MachineDebugTarget],
+) -> None:
+    m, d = no_data_breakpoints
+    d.stop_all()
+    assert not d.insert_breakpoint(0, BreakpointType.WRITE_WATCH, m.ram.size - 2, 4)  # runs off RAM
+    assert not d.insert_breakpoint(0, BreakpointType.WRITE_WATCH, 0x6000, 0)
+    assert m.layouts == [] and d.watch_pages() == frozenset()
+
+
+def test_a_reset_lays_the_watched_pages_out_again() -> None:
+    """The partition reset drops every read-only slot (Machine._reboot); the watch must survive it."""
+    m = FakeMachine()
+    d = MachineDebugTarget(m, hw_support=HwDebugSupport(write=False))  # type: ignore[arg-type]
+    m.debugger = d
+    d.stop_all()  # no VP thread yet
+    assert d.insert_breakpoint(0, BreakpointType.WRITE_WATCH, 0x6000, 4)
+    d.after_reset()
+    assert m.layouts == [frozenset({0x6000})] * 2
+
+
+def test_machine_lays_out_the_hypercall_page_and_the_watched_pages_together() -> None:
+    """Machine._lay_out_readonly_pages: one read-only layout for both users of read-only slots, so
+    neither a hypercall-page move nor a watchpoint change drops the other's pages."""
+    from types import SimpleNamespace
+
+    from hv1.machine.machine import Machine
+
+    layouts: list[list[int]] = []
+    d = SimpleNamespace(watch_pages=lambda: frozenset({0x103000, 0x5000}))
+    fake = SimpleNamespace(debugger=d, vm=SimpleNamespace(set_readonly_pages=layouts.append))
+    Machine._lay_out_readonly_pages(fake, 0x7000)  # type: ignore[arg-type]
+    Machine._lay_out_readonly_pages(fake, None)  # type: ignore[arg-type]
+    fake.debugger = None
+    Machine._lay_out_readonly_pages(fake, 0x7000)  # type: ignore[arg-type]
+    assert layouts == [[0x5000, 0x7000, 0x103000], [0x5000, 0x103000], [0x7000]]
+
+
+def test_a_gdb_stop_while_a_vp_parks_the_others_does_not_deadlock() -> None:
+    """VP 0 is in VpHost._with_vps_parked (a hypercall-page move: every other VP must leave KVM_RUN)
+    when gdb stops everyone. If VP 0 parked for gdb there, holding the park lock, VP 1, parked for
+    VP 0, would wait for it forever and never serve gdb (stop_all, register reads hung). VP 0 must
+    finish its change first, then park."""
+    from types import SimpleNamespace
+
+    from hv1.machine.machine import VpHost
+
+    m = FakeMachine()
+    d = MachineDebugTarget(m)  # type: ignore[arg-type]
+    m.debugger = d
+    host = SimpleNamespace(vps=m.vps, _park_lock=threading.Lock(), _stop=threading.Event())
+    host._current_vp = lambda: next((v for v in m.vps if v.thread is threading.current_thread()), None)
+    gate = threading.Event()  # VP 1 serves no work until the stop has been requested
+    vp1_loop = m.vps[1].loop
+
+    def gated_loop() -> None:
+        gate.wait(10)
+        vp1_loop()
+
+    m.vps[1].loop = gated_loop  # type: ignore[method-assign]
+    changed = threading.Event()
+    m.start()
+    try:
+        m.vps[0].post_work(lambda: VpHost._with_vps_parked(host, changed.set))  # type: ignore[arg-type]
+        for _ in range(500):  # VP 0 holds the park lock and waits for VP 1
+            if host._park_lock.locked():
+                break
+            time.sleep(0.002)
+        d.interrupt()  # gdb's Ctrl-C: parks posted to both VPs
+        time.sleep(0.05)  # VP 0 serves its work while it waits: the gdb park among it
+        gate.set()
+        ev = _wait(d)
+        assert ev.kind is StopKind.INTERRUPT and d.parked == {0, 1}
+        assert changed.is_set() and not host._park_lock.locked()
+        assert d.read_registers(1)["rip"] == 0x1001  # VP 1 serves gdb
+    finally:
+        m.halt()

@@ -78,6 +78,7 @@ def fake_vp(vcpu: FakeVcpu, *, user_apic: bool, index: int = 1) -> Vp:
         tracer=Tracer(),
         start_lock=threading.Lock(),
         partition=SimpleNamespace(counters=collections.Counter()),
+        debugger=None,  # Vp.post_work wakes a gdb stub's parked VPs when there is one
     )
     fields: dict[str, Any] = {
         "m": m, "index": index, "vp_index": index, "vcpu": vcpu, "started": False, "has_run": False,
