@@ -297,6 +297,11 @@ class ChildVp(Vp):
             # KVM's IN: taken back, RIP on it; it runs again unless the parent steps over it.
             start, length = undone
             resume = start
+        elif self.vcpu.io_rip_after and (rep := self._rep_outs_at(rip, port)):
+            # KVM's `rep outs`: each unit exits with RIP on the instruction, which KVM runs again
+            # for the next unit: the parent stepping over it (or not) changes nothing.
+            start, length = rip, rep
+            resume = start + length
         elif self.vcpu.io_rip_after:
             # KVM's OUT: retired at the exit, RIP past it (host-kvm.md): find where it began.
             before = self._code(rip - min(rip, 3), min(rip, 3))  # an OUT at IP 0 has no bytes before it
@@ -317,14 +322,27 @@ class ChildVp(Vp):
         rax = self.vcpu.get("rax")
         if is_write:
             rax = (rax & ~ALL_ONES[size]) | (value & ALL_ONES[size])
+        string = bool(insn) and insn[-1] in (0x6C, 0x6D, 0x6E, 0x6F)
+        ctx = self._ctx()
         kind, payload = io_port_message(
-            self._context(start, length, insn), port, size, is_write, rax,
-            string=insn[-1] in (0x6C, 0x6D, 0x6E, 0x6F) if insn else False,
+            self._context(start, length, insn), port, size, is_write, rax, string=string,
+            # A string form's operands (PDF §13.2 I/O port message: RCX, RSI, RDI, DS, ES).
+            rep=string and bool({0xF2, 0xF3} & set(insn[:-1])),
+            rcx=self.vcpu.get("rcx") if string else 0, rsi=self.vcpu.get("rsi") if string else 0,
+            rdi=self.vcpu.get("rdi") if string else 0, ds=ctx.ds, es=ctx.es,
         )  # fmt: skip
         if not self._intercept(kind, payload, start, resume):
             return ALL_ONES[size]
         rec = self.host.engine_vp(self.vp_index)
         return (rec.registers.gprs["rax"] if rec is not None else ALL_ONES[size]) & ALL_ONES[size]
+
+    def _rep_outs_at(self, rip: int, port: int) -> int:
+        """The length of a REP OUTS to `port` (DX) at `rip`, else 0."""
+        code = self._code(rip, 15)
+        n = io_instruction_length(code) or 0
+        if n < 2 or code[n - 1] not in (0x6E, 0x6F) or 0xF3 not in code[: n - 1]:
+            return 0
+        return n if self.vcpu.get("rdx") & 0xFFFF == port else 0
 
     def _default_operand_size(self) -> int:
         """2 in 16-bit code (real mode, a 16-bit CS), else 4 (an I/O instruction's operand size

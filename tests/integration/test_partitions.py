@@ -158,6 +158,29 @@ def test_intercepted_in_and_wrmsr_carry_the_instructions_rip_and_length(hv: Hype
     assert rip == 12  # suspended at its debug-exit `out`, RIP on it
 
 
+def test_rep_outsb_is_one_intercept_per_byte_at_the_instructions_rip(hv: Hypervisor) -> None:
+    """A string OUT: one I/O intercept per unit (StringOp and RepPrefix in the access info), each
+    with the RIP and length of the whole REP OUTSB; the parent steps over it and the REP goes on.
+    On KVM each unit exits with RIP on the instruction (it runs again for the next unit): before,
+    the message said RIP 8, length 1 (the byte before it, by the search for a retired OUT)."""
+    pages = Pages()
+    c, ram = new_child(hv, pages)
+    # mov si, 0x20; mov cx, 5; mov dx, 0x3f8; rep outsb (@9); mov al, 2; out 0xf4, al; hlt
+    code = bytes.fromhex("be2000 b90500 baf803 f36e b002 e6f4 f4").ljust(0x20, b"\x90") + b"hello"
+    start_real_mode(hv, c, ram, code)
+    hv.resume_vp(c, 0)
+    seen = []
+    for _ in range(6):
+        m = hv.next_message(timeout=30)
+        port, _size, _w, rax = m.io_port()
+        seen.append((m.header.rip, m.header.instruction_length, port, rax & 0xFF))
+        if port == 0x3F8:
+            info = m.payload[40 + 2]
+            assert info & 0x18 == 0x18, f"{info:#x}"  # StringOp, RepPrefix
+        hv.complete_intercept(m)
+    assert seen == [(9, 2, 0x3F8, b) for b in b"hello"] + [(13, 2, 0xF4, 2)], seen
+
+
 def test_an_intercept_nobody_handles_ends_the_wait_at_once(hv: Hypervisor) -> None:
     """serve_consoles with a child stuck in InterceptSuspend: it says so instead of waiting for a
     debug exit that cannot come (a broken intercept path used to show as a 180 s timeout)."""
