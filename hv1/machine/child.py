@@ -292,8 +292,15 @@ class ChildVp(Vp):
             return None
         rip = self.vcpu.get("rip")
         insn = b""
-        undone = self.vcpu.undo_exit()
-        if undone is not None:
+        # A string IN's unit gets its value from this handler (the parent's RAX) on both backends:
+        # KVM writes it to [ES:RDI] on the next entry, so it is not taken back (and its RIP is on
+        # the instruction, which KVM runs again while the REP goes on).
+        string_in = self._string_in_at(rip, port) if not is_write and self.vcpu.io_rip_after else 0
+        undone = None if string_in else self.vcpu.undo_exit()
+        if string_in:
+            start, length = rip, string_in
+            resume = start + length
+        elif undone is not None:
             # KVM's IN: taken back, RIP on it; it runs again unless the parent steps over it.
             start, length = undone
             resume = start
@@ -335,6 +342,14 @@ class ChildVp(Vp):
             return ALL_ONES[size]
         rec = self.host.engine_vp(self.vp_index)
         return (rec.registers.gprs["rax"] if rec is not None else ALL_ONES[size]) & ALL_ONES[size]
+
+    def _string_in_at(self, rip: int, port: int) -> int:
+        """The length of an INS from `port` (DX) at `rip`, else 0."""
+        code = self._code(rip, 15)
+        n = io_instruction_length(code) or 0
+        if not n or code[n - 1] not in (0x6C, 0x6D):
+            return 0
+        return n if self.vcpu.get("rdx") & 0xFFFF == port else 0
 
     def _rep_outs_at(self, rip: int, port: int) -> int:
         """The length of a REP OUTS to `port` (DX) at `rip`, else 0."""

@@ -181,6 +181,32 @@ def test_rep_outsb_is_one_intercept_per_byte_at_the_instructions_rip(hv: Hypervi
     assert seen == [(9, 2, 0x3F8, b) for b in b"hello"] + [(13, 2, 0xF4, 2)], seen
 
 
+def test_rep_insb_takes_each_unit_from_the_parents_rax(hv: Hypervisor) -> None:
+    """A string IN: one intercept per unit, the parent's RAX is the unit's value (as for IN), the
+    REP goes on. Before, on KVM the unit was taken back like an IN, so the parent's value never
+    reached memory."""
+    pages = Pages()
+    c, ram = new_child(hv, pages)
+    # mov di, 0x40; mov cx, 3; mov dx, 0x60; rep insb (@9); mov si, 0x40; mov cx, 3; mov dx, 0x3f8;
+    # rep outsb; mov al, 2; out 0xf4, al; hlt
+    code = bytes.fromhex("bf4000 b90300 ba6000 f36c be4000 b90300 baf803 f36e b002 e6f4 f4")
+    start_real_mode(hv, c, ram, code)
+    hv.install_intercept(c, InterceptAccess.READ, InterceptType.X64IoPort, 0x60)
+    ins: list[tuple[int, int]] = []
+
+    def handle(m: Message) -> bool:
+        if m.message_type != HvMessageType.HvMessageTypeX64IoPortIntercept or m.io_port()[0] != 0x60:
+            return False
+        ins.append((m.header.rip, m.header.instruction_length))
+        hv.complete_intercept(m, rax=ord("a") + len(ins) - 1)
+        return True
+
+    hv.resume_vp(c, 0)
+    runs = serve_consoles(hv, [c], timeout=60, on_message=handle)
+    assert ins == [(9, 2)] * 3
+    assert runs[c].text == "abc" and runs[c].exit_status == 5, runs[c]
+
+
 def test_an_intercept_nobody_handles_ends_the_wait_at_once(hv: Hypervisor) -> None:
     """serve_consoles with a child stuck in InterceptSuspend: it says so instead of waiting for a
     debug exit that cannot come (a broken intercept path used to show as a 180 s timeout)."""
