@@ -227,10 +227,12 @@ class Hypervisor:
         if advance and message.is_intercept:
             h = message.header
             values.setdefault(HvRegisterName.Rip, h.rip + h.instruction_length)
-        pid, vp = message.partition_id, message.vp_index
-        if values:
-            self.set_vp_registers(pid, vp, values)
-        self.set_vp_registers(pid, vp, {HvRegisterName.InterceptSuspend: 0})
+        # One HvCallSetVpRegisters: the engine applies the pairs in order and lets the VP run only
+        # after the whole list, so InterceptSuspend goes last (a register after it would meet a
+        # running VP: INVALID_VP_STATE). One engine call less per intercept.
+        values.pop(HvRegisterName.InterceptSuspend, None)
+        values[HvRegisterName.InterceptSuspend] = 0
+        self.set_vp_registers(message.partition_id, message.vp_index, values)
 
     # ---- lifecycle (virtualization-host.md "Partition Lifecycle") ----
     def create_partition(
