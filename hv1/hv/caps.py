@@ -95,8 +95,9 @@ DEVIATIONS: tuple[tuple[str, str], ...] = (
         "hypercall page writes",
         "A guest write to the hypercall page raises #GP and changes nothing, as hypercall-interface.md says "
         "(the machine backs the page's GPA with a read-only KVM memory slot). KVM completes the writing "
-        "instruction before userspace sees the write, so the #GP frame holds the RIP after the instruction, "
-        "not the instruction itself. (KVM and Xen let the write land in RAM, inventory §7.3.)",
+        "instruction before userspace sees the write; hv1 puts RIP back on it when it is a MOV store (what "
+        "compilers emit), for any other form (stos, movs, push, vector stores) the #GP frame holds the RIP "
+        "after the instruction. (KVM and Xen let the write land in RAM, inventory §7.3.)",
     ),
     (
         "hypercall page location",

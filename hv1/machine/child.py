@@ -46,13 +46,18 @@ from hv1.hv.hypercall_page import HYPERCALL_PORT
 from hv1.hv.hypercalls.vp_calls import InitialVpContext
 from hv1.hv.hypervisor import ASSERTED_INTERRUPTS_KEPT, Hypervisor, VpRecord
 from hv1.hv.intercepts import InterceptContext, io_port_message, memory_message, msr_message
-from hv1.hv.interfaces import CpuMode, GuestMemory
+from hv1.hv.interfaces import GuestMemory
 from hv1.hv.partition import Partition
 from hv1.hv.reftime import ReferenceTime
 from hv1.hv.virtual_interrupt import AssertedInterrupt
 from hv1.machine.devices.base import IoBus
 from hv1.machine.devices.ioapic import IoApic
-from hv1.machine.instruction_start import io_instruction_length, io_instruction_start, store_instruction_start
+from hv1.machine.instruction_start import (
+    default_operand_size,
+    io_instruction_length,
+    io_instruction_start,
+    retired_store_start,
+)
 from hv1.machine.machine import (
     APIC_MSR_BASE,
     NESTED_SYNTHETIC_MSRS,
@@ -78,9 +83,6 @@ T = TypeVar("T")
 XAPIC_PAGE = 0xFEE00000  # the local APIC's default base: MMIO in every child (hv1's APIC model)
 CHILD_MMIO = [(XAPIC_PAGE, XAPIC_PAGE + 0x1000)]
 ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFF_FFFF}
-# The GPRs by their number in an instruction encoding (ModRM.reg with REX.R; Intel SDM Vol. 2 §2.1.5).
-GPRS_BY_NUMBER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-                  "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 # Deliver(parent partition id, child partition id, child VP index, message type, payload).
 Deliver = Callable[[int, int, int, int, bytes], None]
 
@@ -360,10 +362,8 @@ class ChildVp(Vp):
         return n if self.vcpu.get("rdx") & 0xFFFF == port else 0
 
     def _default_operand_size(self) -> int:
-        """2 in 16-bit code (real mode, a 16-bit CS), else 4 (an I/O instruction's operand size
-        without a 66 prefix; REX.W does not widen it)."""
-        cs = self._ctx().cs
-        return 4 if self.vcpu.mode() is not CpuMode.REAL and (cs.db or cs.long) else 2
+        """An I/O instruction's operand size without a 66 prefix (REX.W does not widen it)."""
+        return default_operand_size(self._ctx())
 
     def io_out(self, port: int, size: int, value: int) -> None:
         if port == HYPERCALL_PORT and size == 1 and self.host.partition.hypercall_page_enabled():
@@ -419,11 +419,7 @@ class ChildVp(Vp):
         form is reported at RIP past it, docs/partitions.md "Not there yet")."""
         rip = start = self.vcpu.get("rip")
         if self.vcpu.undo_exit() is None and is_write and self.vcpu.io_rip_after:
-            n = min(rip, 15)
-            found = store_instruction_start(
-                self._code(rip - n, n), rip, size, value, self.vcpu.mode() is CpuMode.LONG,
-                self._default_operand_size(), lambda reg: self.vcpu.get(GPRS_BY_NUMBER[reg]),
-            )  # fmt: skip
+            found = retired_store_start(self.vcpu, self.host.memory, self._ctx(), size, value)
             start = rip if found is None else found
         insn = self._code(start, 15)
         mapped = self.host.memory_mapped(addr)

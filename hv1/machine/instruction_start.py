@@ -13,7 +13,19 @@ recipient ... must fetch and decode the instruction").
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from hv1.machine.paging import read_virtual
+
+if TYPE_CHECKING:
+    from hv1.backends.base import Vcpu
+    from hv1.hv.hypercalls.vp_calls import InitialVpContext
+    from hv1.hv.interfaces import GuestMemory
+
+EFER_LMA = 1 << 10
+# The GPRs by their number in an instruction encoding (ModRM.reg with REX.R; Intel SDM Vol. 2 §2.1.5).
+GPRS_BY_NUMBER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+                  "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
 
 
@@ -145,3 +157,26 @@ def store_instruction_start(
                 continue
             return rip - n
     return None
+
+
+def default_operand_size(ctx: InitialVpContext) -> int:
+    """2 in 16-bit code (real mode, a 16-bit CS), else 4 (the operand size without a 66 prefix)."""
+    return 4 if ctx.cr0 & 1 and (ctx.cs.db or ctx.cs.long) else 2
+
+
+def code_before(memory: GuestMemory, ctx: InitialVpContext, n: int) -> bytes:
+    """The (up to) `n` bytes of code before RIP, through the VP's paging (b"" where unmapped)."""
+    n = min(ctx.rip, n)
+    la = ctx.rip - n + (0 if ctx.cr0 & 1 else ctx.cs.base)
+    return read_virtual(memory, la, n, ctx.cr0, ctx.cr3, ctx.cr4, ctx.efer) or b""
+
+
+def retired_store_start(
+    vcpu: Vcpu, memory: GuestMemory, ctx: InitialVpContext, size: int, value: int
+) -> int | None:
+    """Where the MOV store KVM retired before its MMIO write exit began (RIP past it), or None."""
+    long_mode = bool(ctx.efer & EFER_LMA) and ctx.cs.long
+    return store_instruction_start(
+        code_before(memory, ctx, 15), ctx.rip, size, value, long_mode, default_operand_size(ctx),
+        lambda reg: vcpu.get(GPRS_BY_NUMBER[reg]),
+    )  # fmt: skip

@@ -64,6 +64,7 @@ from hv1.machine.devices.ioapic import PIN_COM1, IoApic, decode_msi
 from hv1.machine.devices.legacy import Cmos, Pic8259Pair, Pit8254, PostPort
 from hv1.machine.devices.time_testdev import TIME_TESTDEV_PORT, TimeTestPort
 from hv1.machine.devices.uart import COM1, Uart16550
+from hv1.machine.instruction_start import retired_store_start
 from hv1.machine.linux.payload import default_cache_dir
 from hv1.machine.paging import read_virtual
 from hv1.machine.scheduler import Scheduler
@@ -293,9 +294,15 @@ class Vp:
         page = self.m.hypercall_page_gpa
         if page is not None and page <= addr < page + 0x1000:
             # A guest write to the read-only hypercall page: discarded, and #GP as the TLFS says. KVM
-            # has completed the instruction before userspace sees the write, so the #GP reports the
-            # RIP after it (caps.DEVIATIONS).
+            # has retired the instruction before userspace sees the write (RIP past it); a fault's
+            # frame must hold the instruction's RIP, so RIP goes back to it where it is found (a MOV
+            # store, hv1/machine/instruction_start.py; else caps.DEVIATIONS).
             self.m.hypercall_page_writes += 1
+            if self.vcpu.io_rip_after:
+                ctx = self.vcpu.get_context()
+                start = retired_store_start(self.vcpu, self.m.partition.memory, ctx, size, value)
+                if start is not None:
+                    self.vcpu.set("rip", start)
             if self.m.tracer.wants("mmio"):
                 self.m.tracer.emit("mmio", self.index, "hypercall-page-write-gp", addr=addr, size=size)
             self.vcpu.inject_exception(GP_VECTOR, 0)

@@ -19,8 +19,14 @@ from hv1.backends.base import MemoryRegion
 from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.vcpu import KvmVcpu
 from hv1.backends.kvm.vm import KvmVm, slot_layout
+from hv1.backends.memory import GuestRam
 from hv1.hv.hypercalls.vp_calls import InitialVpContext, SegmentRegister
-from hv1.machine.instruction_start import io_instruction_start, store_instruction_start
+from hv1.machine.instruction_start import (
+    code_before,
+    default_operand_size,
+    io_instruction_start,
+    store_instruction_start,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -403,3 +409,13 @@ def test_finding_an_instruction_start_never_fails_on_guest_bytes(
     assert got is None or 0x1000 - len(before) <= got < 0x1000
     start = io_instruction_start(before[-3:], 0x1000, min(size, 4), 0x3F8, 0x3F8, default)
     assert 0x1000 - 3 <= start < 0x1000
+
+
+def test_code_before_rip_goes_through_cs_in_real_mode_and_stops_at_ip_0() -> None:
+    ram = GuestRam(0x20000)
+    ram.write(0x10000, bytes(range(16)))
+    cs = SegmentRegister(base=0x10000, limit=0xFFFF, selector=0x1000, attributes=0x9B)
+    ctx = InitialVpContext(rip=5, cs=cs, cr0=0x10)
+    assert code_before(ram, ctx, 15) == bytes(range(5)) and default_operand_size(ctx) == 2
+    assert default_operand_size(long_mode_context(0, 0)) == 4
+    ram.close()
