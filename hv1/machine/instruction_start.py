@@ -7,7 +7,8 @@ how long the instruction was, so hv1/machine/child.py finds the start from the b
 the candidate must end exactly at RIP and agree with what the exit says (port, access size, the
 value written). The forms are the ones compilers emit for port and MMIO writes; anything else is
 reported at RIP as it is (the message's InstructionLength is 0 for memory intercepts anyway: "the
-recipient ... must fetch and decode the instruction").
+recipient ... must fetch and decode the instruction"). The root machine uses the same to raise the
+#GP of a store to its read-only hypercall page on the store itself (a fault's RIP).
 """
 
 from __future__ import annotations
