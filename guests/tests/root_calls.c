@@ -647,6 +647,48 @@ static void teardown(void)
     check(hv_status(call(HVCALL_DELETE_PARTITION, 0, &child, 8)) == 0, "root.teardown.delete");
 }
 
+/* ------------------------------------------------------------------------------------ a plain guest */
+/* Without CreatePartitions (and the other host privileges) every virtualization-host call is refused
+ * with HV_STATUS_ACCESS_DENIED, checked before its input (hc "Ordering of Error Conditions": the
+ * privilege status is preferred), so a zeroed input is enough. Get/SetVpRegisters are not here: they
+ * are gated per target partition by AccessVpRegisters (hv_hypercalls.c checks them). */
+static void test_plain_guest_refused(void)
+{
+    static const struct { uint16_t code; uint8_t rep; const char *rule; } calls[] = {
+        { 0x0040, 0, "root.plain.create-partition-access-denied [hc/HvCallCreatePartition]" },
+        { 0x0041, 0, "root.plain.initialize-partition-access-denied [hc/HvCallInitializePartition]" },
+        { 0x0042, 0, "root.plain.finalize-partition-access-denied [hc/HvCallFinalizePartition]" },
+        { 0x0043, 0, "root.plain.delete-partition-access-denied [hc/HvCallDeletePartition]" },
+        { 0x0045, 0, "root.plain.set-partition-property-access-denied [hc/HvCallSetPartitionProperty]" },
+        { 0x0047, 0, "root.plain.get-next-child-partition-access-denied [hc/HvCallGetNextChildPartition]" },
+        { 0x0048, 1, "root.plain.deposit-memory-access-denied [hc/HvCallDepositMemory]" },
+        { 0x0049, 1, "root.plain.withdraw-memory-access-denied [hc/HvCallWithdrawMemory]" },
+        { 0x004A, 0, "root.plain.get-memory-balance-access-denied [hc/HvCallGetMemoryBalance]" },
+        { 0x004B, 1, "root.plain.map-gpa-pages-access-denied [hc/HvCallMapGpaPages]" },
+        { 0x006E, 1, "root.plain.map-sparse-gpa-pages-access-denied [hc/HvCallMapSparseGpaPages]" },
+        { 0x0090, 1, "root.plain.modify-sparse-gpa-pages-access-denied [hc/HvCallModifySparseGpaPages]" },
+        { 0x004C, 1, "root.plain.unmap-gpa-pages-access-denied [hc/HvCallUnmapGpaPages]" },
+        { 0x004D, 0, "root.plain.install-intercept-access-denied [hc/HvCallInstallIntercept]" },
+        { 0x004E, 0, "root.plain.create-vp-access-denied [hc/HvCallCreateVp]" },
+        { 0x004F, 0, "root.plain.delete-vp-access-denied [hc/HvCallDeleteVp]" },
+        { 0x0052, 0, "root.plain.translate-virtual-address-access-denied [hc/HvCallTranslateVirtualAddress]" },
+        { 0x00F4, 1, "root.plain.get-vp-cpuid-values-access-denied [hc/HvCallGetVpCpuidValues]" },
+        { 0x00AD, 0, "root.plain.check-for-io-intercept-access-denied [hc/HvCallCheckForIoIntercept]" },
+        { 0x0091, 0, "root.plain.register-intercept-result-access-denied [hc/HvCallRegisterInterceptResult]" },
+        { 0x0092, 0, "root.plain.unregister-intercept-result-access-denied [hc/HvCallUnregisterInterceptResult]" },
+        { 0x00AC, 0, "root.plain.translate-virtual-address-ex-access-denied [hc/HvCallTranslateVirtualAddressEx]" },
+        { 0x0094, 0, "root.plain.assert-virtual-interrupt-access-denied [hc/HvCallAssertVirtualInterrupt]" },
+        { 0x00E1, 0, "root.plain.map-vp-state-page-access-denied [hc/HvCallMapVpStatePage]" },
+        { 0x00E2, 0, "root.plain.unmap-vp-state-page-access-denied [hc/HvCallUnmapVpStatePage]" },
+        { 0x0131, 0, "root.plain.map-stats-page2-access-denied [hc/HvCallMapStatsPage2]" },
+        { 0x006C, 0, "root.plain.map-stats-page-access-denied [hc/HvCallMapStatsPage]" },
+        { 0x006D, 0, "root.plain.unmap-stats-page-access-denied [hc/HvCallUnmapStatsPage]" },
+    };
+    static const uint8_t zero[64];
+    for (unsigned i = 0; i < sizeof calls / sizeof calls[0]; i++)
+        expect_status(call(calls[i].code, calls[i].rep, zero, sizeof zero), HV_STATUS_ACCESS_DENIED, calls[i].rule);
+}
+
 void kmain(const struct boot_info *bi)
 {
     if (!hv_present()) {
@@ -657,6 +699,7 @@ void kmain(const struct boot_info *bi)
         return;
     if (!hv_has_privilege(PRIV_CREATE_PARTITIONS)) {
         skip("root.setup.create-partition", "not a virtualization host (run with --hv root)");
+        test_plain_guest_refused();
         return;
     }
     if (!make_child())

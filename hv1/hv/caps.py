@@ -440,6 +440,7 @@ FEATURES: tuple[Feature, ...] = (
 )
 
 FEATURES_BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
+MANDATORY_FEATURES: frozenset[str] = frozenset(f.name for f in FEATURES if f.mandatory)  # `minimal`
 PROFILES = ("minimal", "default", "root")
 # `root`: a virtualization host (virtualization-host.md): `default` plus the privileges that let a
 # guest kernel create and manage child partitions, and its own ID and properties.
@@ -520,6 +521,12 @@ class Caps:
     # SINTx AutoEOI is honoured (TLFS inter-partition-communication.md "SINTx Registers"). True unless
     # the host cannot (see `without_auto_eoi`); the SynIC then traces and logs each AutoEOI SINT.
     auto_eoi: bool = True
+
+    @property
+    def beyond_requirements(self) -> bool:
+        """Any feature beyond the Requirements-doc set (`minimal`): hv1 then presents the whole
+        hypercall interface, the virtualization-host calls included (refused without their privilege)."""
+        return not self.features <= MANDATORY_FEATURES
 
     # --- gate helpers -----------------------------------------------------------------------------
     def has_privilege(self, flag: int) -> bool:

@@ -148,6 +148,26 @@ class Partition:
         for vp in self.vps:
             self.time.attach_vp(vp, synic_of(vp))
         register_time_msrs(self.msrs, self.time)
+        if caps.beyond_requirements:
+            self._register_host_calls_refused()
+
+    def _register_host_calls_refused(self) -> None:
+        """The privilege-gated virtualization-host calls, before any engine is attached: a guest without
+        CreatePartitions (etc.) gets HV_STATUS_ACCESS_DENIED, the status each call's TLFS page lists
+        for a caller without the privilege (hypercalls/HvCallCreatePartition.md, ...), not
+        INVALID_HYPERCALL_CODE as if hv1 did not implement them. Their handlers need the engine; the
+        gate refuses before a handler runs, and `attach_hypervisor` puts the working calls in place for
+        a partition that gets the privilege. A Requirements-only partition (`minimal`) leaves them
+        unimplemented (INVALID_HYPERCALL_CODE, Requirements doc "unimplemented hypercalls")."""
+        from hv1.hv.hypercalls import virtualization_host
+
+        for d in virtualization_host.DEFS:
+            if (
+                d.gate.privileges
+                and self.hypercalls.get(d.code) is None
+                and not self.caps.has_privilege(d.gate.privileges)
+            ):
+                self.hypercalls.register(d)
 
     # --- state --------------------------------------------------------------------------------------
     @property
@@ -168,14 +188,17 @@ class Partition:
     def attach_hypervisor(self, hv: Hypervisor, partition_id: int) -> None:
         """Make this partition `partition_id` of `hv` and give it the virtualization-host hypercalls
         (hv/hypercalls/virtualization_host.py), each still gated by its privilege. A partition that is
-        not attached answers those codes HV_STATUS_INVALID_HYPERCALL_CODE, as before."""
+        not attached refuses them (`_register_host_calls_refused`)."""
         from hv1.hv.hypercalls import virtualization_host
 
         with self.lock:
             self.hypervisor = hv
             self.partition_id = partition_id
             for d in virtualization_host.DEFS:
-                self.hypercalls.register(d)
+                if self.hypercalls.get(d.code) is None:
+                    self.hypercalls.register(d)
+                else:  # registered refused-only by _register_host_calls_refused
+                    self.hypercalls.replace(d)
             self.hypercalls.replace(virtualization_host.GET_PARTITION_PROPERTY)
             # Ports between partitions (hv1/hv/port_registry.py): the port calls may name a child, and
             # connections the engine holds for this partition are reachable from its guest.

@@ -169,12 +169,15 @@ def test_emu_root_calls(guest: Guest) -> None:
     assert len(r.results) >= 80, r.describe()
 
 
-def test_emu_root_calls_as_a_plain_guest_skips_every_root_call(guest: Guest) -> None:
-    """Without CreatePartitions (the default profile) the guest creates nothing and skips its checks."""
+def test_emu_root_calls_as_a_plain_guest_is_refused_every_root_call(guest: Guest) -> None:
+    """Without CreatePartitions (the default profile) the guest creates nothing, and every
+    virtualization-host call it makes answers HV_STATUS_ACCESS_DENIED (issue 11)."""
     r = emu_run(guest, "root_calls")
     assert r.status == 1 and not r.failed, r.describe()
     assert "SKIP root.setup.create-partition (not a virtualization host" in r.stdout, r.describe()
-    assert not any(rule.startswith("root.") for rule in r.results), r.describe()
+    plain = [rule for rule in r.results if rule.startswith("root.plain.")]
+    assert len(plain) >= 28 and all(r.results[rule] == "PASS" for rule in plain), r.describe()
+    assert not any(rule.startswith("root.") and not rule.startswith("root.plain.") for rule in r.results)
 
 
 def test_emu_root_calls_trace_partitions(guest: Guest, tmp_path: Path) -> None:

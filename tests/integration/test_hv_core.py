@@ -263,3 +263,13 @@ def test_root_calls(guest: Guest, apic: str) -> None:
     )
     assert r.results and not r.failed and r.status == 1, r.describe()
     assert len(r.results) >= 80, r.describe()
+
+
+@pytest.mark.parametrize("apic", ["kernel", "user"])
+def test_root_calls_as_a_plain_guest_is_refused(guest: Guest, apic: str) -> None:
+    """The same kernel without --hv root: every virtualization-host call answers ACCESS_DENIED (issue 11:
+    "a guest without the privilege cannot touch any of it")."""
+    r = run_hv1("run", str(guest("root_calls")), "--apic", apic, "--timeout", "60", timeout=90)
+    assert r.status == 1 and not r.failed, r.describe()
+    plain = [rule for rule in r.results if rule.startswith("root.plain.")]
+    assert len(plain) >= 28 and all(r.results[rule] == "PASS" for rule in plain), r.describe()

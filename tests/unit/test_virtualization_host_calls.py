@@ -142,8 +142,23 @@ def test_a_plain_guest_is_refused_at_the_gate() -> None:
     assert status(call(p, C.HvCallGetVpRegisters, rep_count=1)) == S.ACCESS_DENIED
 
 
-def test_a_partition_without_the_engine_keeps_invalid_hypercall_code() -> None:
-    """hv_hypercalls.c checks 0x0040 and 0x0048 answer INVALID_HYPERCALL_CODE on a plain guest."""
+def test_a_plain_guest_is_refused_every_host_call_with_access_denied() -> None:
+    """Without the privileges (the default profile, no engine) each privilege-gated virtualization-host
+    call answers HV_STATUS_ACCESS_DENIED, the status its TLFS page lists (issue 11: "a guest without the
+    privilege gets HV_STATUS_ACCESS_DENIED"); root_calls.c checks the same from a guest."""
+    from hv1.hv.hypercalls import virtualization_host
+
     p, _ = make()
+    gated = [d for d in virtualization_host.DEFS if d.gate.privileges]
+    assert len(gated) >= 25
+    for d in gated:
+        rep = 1 if d.kind.name == "REP" else 0
+        assert status(call(p, d.code, rep_count=rep)) == S.ACCESS_DENIED, d.name
+
+
+def test_a_requirements_only_partition_leaves_the_host_calls_unimplemented() -> None:
+    """`minimal` is the Requirements doc's set: hv_hypercalls.c checks 0x0040 and 0x0048 answer
+    INVALID_HYPERCALL_CODE there (Requirements doc, "unimplemented hypercalls")."""
+    p, _ = make(parse_profile("minimal"))
     assert status(call(p, C.HvCallCreatePartition)) == S.INVALID_HYPERCALL_CODE
     assert status(call(p, C.HvCallDepositMemory, rep_count=1)) == S.INVALID_HYPERCALL_CODE
