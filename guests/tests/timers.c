@@ -362,6 +362,31 @@ static bool on_grid(struct rx *x, uint32_t from, uint32_t n, uint64_t period, bo
     return true;
 }
 
+/* After a stall within the catch-up window a non-lazy timer signals every missed expiry (period
+ * modulation, timers.md "Periodic Timers"), unless the guest cannot keep up: "the hypervisor may be
+ * unable to compensate by using period modulation. In this case, some timer expiration signals may be
+ * skipped completely". hv1 spaces catch-up expiries half a period apart; one that finds the previous
+ * message still in the slot waits for it (MessagePending, EOM) and is delivered then, and the timer
+ * skips to its grid after it (hv1/hv/timers.py). So a gap after expiry i-1 is allowed only if expiry
+ * i-2 was consumed more than half a period after its delivery and expiry i-1 was delivered only after
+ * that (it waited for the slot): on a loaded host the handler can be that late. Any other gap is a
+ * missed expiry. */
+static bool caught_up(struct rx *x, uint32_t from, uint32_t n, uint64_t period)
+{
+    for (uint32_t i = from + 1; i < from + n; i++) {
+        uint64_t d = x->r[i].expiration - x->r[i - 1].expiration;
+        if (d == 0 || d % period)
+            return false;
+        if (d == period)
+            continue;
+        bool waited = i >= 2 && x->r[i - 2].seen >= x->r[i - 2].delivery + period / 2 &&
+                      x->r[i - 1].delivery >= x->r[i - 2].seen;
+        if (!waited)
+            return false;
+    }
+    return true;
+}
+
 static bool never_early(struct rx *x, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++)
@@ -472,8 +497,14 @@ static void test_stimer_periodic(bool lazy)
     check(enabled, rule);
     bool ok;
     if (!lazy) {
-        ok = got && after && on_grid(x, before - 1, n - before + 1, period, stall_periods < CATCHUP_MAX_PERIODS);
+        ok = got && after &&
+             (stall_periods < CATCHUP_MAX_PERIODS ? caught_up(x, before - 1, n - before + 1, period)
+                                                  : on_grid(x, before - 1, n - before + 1, period, false));
         checkf(ok, "stimer.periodic.catch-up", "count=%u stall=%lu periods", n, stall_periods);
+        if (!ok)
+            for (uint32_t i = before - 1; i < n; i++)
+                printf("  expiry %u: expiration %lu delivery +%lu seen +%lu\n", i, x->r[i].expiration,
+                       x->r[i].delivery - x->r[i].expiration, x->r[i].seen - x->r[i].expiration);
     } else {
         bool gap = false;
         for (uint32_t i = before; i < n; i++)
