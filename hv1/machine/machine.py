@@ -990,7 +990,7 @@ class Machine(VpHost):
             DeliveryMode(msi.delivery_mode), msi.vector, level=True, trigger_level=msi.level_triggered,
         )  # fmt: skip
 
-    def _emulation_failure_handler(self, vp: Vp) -> Callable[[], bool]:
+    def _emulation_failure_handler(self, vp: Vp) -> Callable[[bytes | None], bool]:
         vcpu = vp.vcpu
         assert isinstance(vcpu, KvmVcpu)  # the workaround layer is KVM's
 
@@ -1004,7 +1004,9 @@ class Machine(VpHost):
             if self.tracer.wants("exits"):
                 self.tracer.emit("exits", vp.index, "host-workaround", action=action, rip=rip)
 
-        return lambda: host_workarounds.handle_emulation_failure(self.workarounds, vp.vcpu, read_insn, note)
+        return lambda reported: host_workarounds.handle_emulation_failure(
+            self.workarounds, vp.vcpu, read_insn, note, reported
+        )
 
     def _attach_debugger(self, spec: str, wait: bool) -> MachineDebugTarget:
         """The gdb stub's hook point: the target adapter and its server (hv1/machine/debug.py)."""

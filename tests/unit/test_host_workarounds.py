@@ -4,6 +4,7 @@ the host; here the decision logic and the register effects are checked on a fake
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,51 @@ def test_other_failures_stay_fatal_and_untouched() -> None:
     assert not hw.handle_emulation_failure(ON, v, lambda rip: b"\x0f\x01\xca")
     assert not hw.handle_emulation_failure(hw.OFF, v, lambda rip: b"\xcc")
     assert v.regs["rip"] == 0x1000 and v.injected == []
+
+
+def test_int3_another_vp_already_patched_back_is_retried() -> None:
+    # Regression: a 2-VP Linux boot stopped with "emulation failure" at a jump-label site: KVM failed
+    # on `cc 90 41 f7 c7 ...` (text_poke_bp's int3 over `66 90`), and by the time hv1 read RAM the
+    # patching VP had restored `66`; deciding from RAM alone made it fatal. The instruction changed
+    # under the failure, so it runs again as it now is: no #BP (Linux's int3 handler would no longer
+    # claim it and die), RIP unchanged.
+    v = FakeVcpu(0xFFFFFFFF811451D7)
+    notes: list[tuple[str, int]] = []
+    reported = bytes.fromhex("cc9041f7c7000010000f847d010000")
+    ram_now = b"\x66"
+
+    def note(action: str, rip: int) -> None:
+        notes.append((action, rip))
+
+    assert hw.handle_emulation_failure(ON, v, lambda rip: ram_now, note, reported)
+    assert v.regs["rip"] == 0xFFFFFFFF811451D7 and v.injected == []
+    assert notes == [("retry", 0xFFFFFFFF811451D7)]
+
+
+@pytest.mark.parametrize(
+    ("ram", "reported", "expect"),
+    [
+        (b"\xcc", b"\xcc\x90", (hw.Action.INJECT_BREAKPOINT, 1)),  # still there: the breakpoint
+        (b"\x66", b"\xcc\x90", (hw.Action.RETRY, 0)),
+        (b"\x90", b"\x9b", (hw.Action.RETRY, 0)),
+        (b"\xcc", b"\x0f\x01\xca", None),  # KVM failed on clac: fatal whatever RAM holds now
+        (b"\xcc", None, (hw.Action.INJECT_BREAKPOINT, 1)),  # no report: RAM decides, as before
+    ],
+)
+def test_decide_trusts_the_reported_bytes(ram: bytes, reported: bytes | None, expect: object) -> None:
+    assert hw.decide(ON, ram, reported) == expect
+
+
+def test_emulation_failure_bytes_from_kvm_run() -> None:
+    from hv1.backends.kvm.vcpu import emulation_failure_bytes
+
+    run = bytearray(4096)
+    insn = bytes.fromhex("cc9041f7c7")
+    struct.pack_into("<IIQB15s", run, 32, k.KVM_INTERNAL_ERROR_EMULATION, 3, 1, len(insn), insn)
+    assert emulation_failure_bytes(bytes(run), 3) == insn
+    assert emulation_failure_bytes(bytes(run), 0) is None  # no data: nothing reported
+    struct.pack_into("<Q", run, 40, 0)  # flags without INSTRUCTION_BYTES
+    assert emulation_failure_bytes(bytes(run), 3) is None
 
 
 def test_cx16_hidden_only_when_needed() -> None:

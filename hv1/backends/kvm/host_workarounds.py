@@ -10,6 +10,13 @@ hosts.md §2), and what this layer does about each:
   guest meant a breakpoint trap, so hv1 delivers it: RIP past the instruction (int3 is a trap: the
   #BP frame holds the next RIP, SDM Vol. 3 6.5 "Exception Classifications") and vector 3 injected
   with KVM_SET_VCPU_EVENTS. Verified on that host to work.
+  A text-patching int3 (text_poke_bp, arch/x86/kernel/alternative.c) lives only while another CPU
+  patches the site: by the time hv1 handles the failure, that CPU may have put the instruction's
+  first byte back (seen on a 2-VP boot: KVM reported `cc 90 ...`, RAM held `66 90 ...`). KVM's
+  report of the bytes it failed on (KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) is compared
+  with RAM: when the first byte changed under the failure, the instruction is retried as it now
+  stands (RIP unchanged, nothing injected), since a #BP for an int3 that is gone is one Linux's int3
+  handler no longer claims, and it dies with "int3" (exc_int3).
 - `fwait` (0x9B) in fpu__drop: skipped (RIP + 1). It only checks for pending x87 exceptions, which a
   freshly dropped FPU state has none of.
 - `lock cmpxchg16b` (SLUB): avoided by hiding CPUID.1:ECX.CX16 (bit 13), which that host honours.
@@ -74,16 +81,23 @@ def detect(mode: str = "auto", sysfs_modules: Path = SYSFS_MODULES) -> HostWorka
 class Action(enum.Enum):
     INJECT_BREAKPOINT = "int3->#BP"  # RIP past the int3, inject #BP
     SKIP = "skip"  # RIP past the instruction, nothing else
+    RETRY = "retry"  # the instruction changed under the failure: run it again as it is now
 
 
-def decide(w: HostWorkarounds, insn: bytes | None) -> tuple[Action, int] | None:
-    """What to do about an emulation failure on the instruction starting with `insn` (at least
-    its first byte; None when it cannot be read): (action, instruction length), or None for fatal."""
+def decide(
+    w: HostWorkarounds, insn: bytes | None, reported: bytes | None = None
+) -> tuple[Action, int] | None:
+    """What to do about an emulation failure: `insn` is what RAM holds at RIP now (at least its
+    first byte; None when it cannot be read), `reported` the bytes KVM says it failed on (None when
+    KVM did not report them). (action, instruction length), or None for fatal."""
     if not w.enabled or not insn:
         return None
-    if insn[0] == INT3:
+    failed = reported if reported else insn
+    if failed[0] in (INT3, FWAIT) and failed[0] != insn[0]:
+        return Action.RETRY, 0  # patched back by another VP (module docstring)
+    if failed[0] == INT3:
         return Action.INJECT_BREAKPOINT, 1
-    if insn[0] == FWAIT:
+    if failed[0] == FWAIT:
         return Action.SKIP, 1
     return None
 
@@ -108,11 +122,13 @@ def handle_emulation_failure(
     vcpu: WorkaroundVcpu,
     read_insn: Callable[[int], bytes | None],
     note: Callable[[str, int], None] | None = None,
+    reported: bytes | None = None,
 ) -> bool:
     """Apply the workaround for an emulation failure at the vCPU's RIP; False if there is none (the
-    failure stays fatal). `read_insn(rip)` returns the bytes at RIP (through the guest's page tables)."""
+    failure stays fatal). `read_insn(rip)` returns the bytes at RIP (through the guest's page tables);
+    `reported` is KVM's copy of the instruction bytes it failed on, when it gave one."""
     rip = vcpu.get("rip")
-    decision = decide(w, read_insn(rip))
+    decision = decide(w, read_insn(rip), reported)
     if decision is None:
         return False
     action, length = decision
