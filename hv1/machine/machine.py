@@ -37,7 +37,14 @@ from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.vcpu import KvmVcpu
 from hv1.backends.kvm.vm import KvmVm
 from hv1.backends.memory import GuestRam
-from hv1.errors import EXIT_GUEST_CRASH, EXIT_GUEST_FATAL, EXIT_INTERNAL, EXIT_TIMEOUT, UsageError
+from hv1.errors import (
+    EXIT_GUEST_CRASH,
+    EXIT_GUEST_FATAL,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_TIMEOUT,
+    UsageError,
+)
 from hv1.hv import enlightenments
 from hv1.hv.apic import ApicHooks, ApicRouter, DeliveryMode, DestMode, LocalApic, Shorthand, inject_pending
 from hv1.hv.caps import Caps, parse_profile, without_auto_eoi
@@ -1194,7 +1201,15 @@ class Machine(VpHost):
         deadline = None if self.cfg.timeout is None else time.monotonic() + self.cfg.timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._stop.wait(remaining):
+            try:
+                stopped = self._stop.wait(remaining)
+            except KeyboardInterrupt:
+                # Ctrl-C (or the SIGINT a test sends a Linux boot that cannot finish on a host where
+                # user space cannot run) stops the partition like a timeout does, so --stats and
+                # --profile still report what the run did.
+                self.stop(EXIT_INTERRUPTED, "interrupted (SIGINT)")
+                break
+            if not stopped:
                 self.stop(EXIT_TIMEOUT, f"timeout after {self.cfg.timeout:g} s")
                 break
             with self._stop_lock:
