@@ -91,6 +91,9 @@ SYNTHETIC_MSRS = (0x40000000, 0x400001FF)
 NESTED_SYNTHETIC_MSRS = (0x40001000, 0x400010FF)
 
 
+SIGNAL_POLL_S = 0.5  # how often Machine.run wakes to let Python run a pending SIGINT handler
+
+
 @dataclass
 class MachineConfig:
     kernel: str
@@ -1202,16 +1205,22 @@ class Machine(VpHost):
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                stopped = self._stop.wait(remaining)
+                # In slices: the kernel may deliver SIGINT to a vCPU thread, and then only the main
+                # thread's next wakeup runs Python's handler (a wait for the whole timeout did not
+                # see a SIGINT for up to --timeout seconds).
+                step = SIGNAL_POLL_S if remaining is None else min(remaining, SIGNAL_POLL_S)
+                stopped = self._stop.wait(step)
             except KeyboardInterrupt:
                 # Ctrl-C (or the SIGINT a test sends a Linux boot that cannot finish on a host where
                 # user space cannot run) stops the partition like a timeout does, so --stats and
                 # --profile still report what the run did.
                 self.stop(EXIT_INTERRUPTED, "interrupted (SIGINT)")
                 break
-            if not stopped:
+            if not stopped and remaining is not None and remaining <= SIGNAL_POLL_S:
                 self.stop(EXIT_TIMEOUT, f"timeout after {self.cfg.timeout:g} s")
                 break
+            if not stopped:
+                continue
             with self._stop_lock:
                 rebooting = self._reset_requested and self.result is None
                 self._reset_requested = False
