@@ -23,6 +23,11 @@ hosts.md §2), and what this layer does about each:
 - `xrstor`/`xgetbv`, `clac`, `popcnt`, `ldmxcsr` and the crypto self-tests: the guest must be told on
   its command line (those CPUID bits cannot be hidden there): RECOMMENDED_CMDLINE, printed by
   `hv1 info`.
+- Slowness itself (~0.5 µs per ring-0 instruction): a kernel loop that never reschedules holds its
+  CPU for a minute here (Debian's 6.1, 2 VPs: ftrace's weak-function check, ftrace_check_work_func,
+  ~37,700 kallsyms lookups), long enough for "BUG: soft lockup" on that CPU and on the other one,
+  whose stop_machine (the clocksource switch) waits for it. `preempt=full` (the kernel is
+  PREEMPT_DYNAMIC) makes that loop preemptible, so the stopper and the watchdog run.
 
 Detection: the kvm_pvm module is loaded (/sys/module/kvm_pvm). `hv1 run --host-workarounds on|off`
 overrides it. Anything other than int3/fwait stays a fatal emulation failure with the usual dump.
@@ -38,7 +43,7 @@ from typing import Protocol
 
 from hv1.backends.base import CpuidEntry
 
-RECOMMENDED_CMDLINE = "noxsave clearcpuid=smap,popcnt,ssse3 mitigations=off cryptomgr.notests"
+RECOMMENDED_CMDLINE = "noxsave clearcpuid=smap,popcnt,ssse3 mitigations=off cryptomgr.notests preempt=full"
 CPUID1_ECX_CX16 = 1 << 13
 INT3, FWAIT = 0xCC, 0x9B
 BP_VECTOR = 3
