@@ -11,7 +11,7 @@ page, the VP assist page, the reference TSC page, direct-mode STIMER0 when adver
 Two kinds of host (hv1/backends/kvm/host_workarounds.py): where ring 0 runs natively, Linux must reach
 the initramfs's user space, which reports the clocksource and clockevent in use and reboots (exit 0
 with --no-reboot). Where KVM emulates ring 0 (kvm_pvm), user space cannot run (SYSCALL from ring 3 is
-broken there), so the boot is checked up to "Run /init as init process" (~200 s there) and stopped.
+broken there), so the boot is checked up to "Run /init as init process" (minutes there) and stopped.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def boot_linux(tmp_path: Path, apic: str, cpus: int = 2) -> LinuxBoot:
     cmd = [
         sys.executable, "-m", "hv1", "run", str(kernel), "--initrd", str(initrd), "--append", append,
         "--cpus", str(cpus), "--apic", apic, "--memory", "512M", "--serial", str(serial), "--no-reboot",
-        "--trace", "msrs", "--timeout", str(BOOT_TIMEOUT),
+        "--trace", "msrs", "--stats", "--timeout", str(BOOT_TIMEOUT),
     ]  # fmt: skip
     t0 = time.monotonic()
     init_seconds: float | None = None  # when "Run /init" first showed in the serial log (polled: ±1 s)
