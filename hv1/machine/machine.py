@@ -1006,8 +1006,23 @@ class Machine(VpHost):
 
         def read_insn(rip: int) -> bytes | None:
             s = vcpu.sregs  # the kvm_run sync area: valid at every exit
-            return read_virtual(self.ram, rip + (s.cs.base if not s.cr0 & 1 else 0), 1, s.cr0, s.cr3, s.cr4,
-                                s.efer)  # fmt: skip
+            gva = rip + (s.cs.base if not s.cr0 & 1 else 0)
+            # 15 bytes (the longest instruction) when mapped; the first byte alone at a page end
+            for n in (15, 1):
+                insn = read_virtual(self.ram, gva, n, s.cr0, s.cr3, s.cr4, s.efer)
+                if insn is not None:
+                    return insn
+            return None
+
+        def read_descriptor(selector: int) -> tuple[int, int] | None:
+            """(the GDT descriptor of `selector`, CPL) for LSL; None for an LDT selector or one past
+            the GDT limit (TI = 1 would need the LDT: not handled)."""
+            s = vcpu.sregs
+            index = selector & ~7
+            if selector & 4 or index + 7 > s.gdt.limit:
+                return None
+            raw = read_virtual(self.ram, s.gdt.base + index, 8, s.cr0, s.cr3, s.cr4, s.efer)
+            return None if raw is None else (int.from_bytes(raw, "little"), s.cs.dpl)
 
         def note(action: str, rip: int) -> None:
             vp.workaround_count += 1
@@ -1015,7 +1030,7 @@ class Machine(VpHost):
                 self.tracer.emit("exits", vp.index, "host-workaround", action=action, rip=rip)
 
         return lambda reported: host_workarounds.handle_emulation_failure(
-            self.workarounds, vp.vcpu, read_insn, note, reported
+            self.workarounds, vp.vcpu, read_insn, note, reported, read_descriptor
         )
 
     def _attach_debugger(self, spec: str, wait: bool) -> MachineDebugTarget:

@@ -158,3 +158,68 @@ def test_cx16_hidden_only_when_needed() -> None:
     off = leaves()
     hw.adjust_cpuid(hw.OFF, off)
     assert off[0].ecx == 0xFFFFFFFF
+
+
+# Linux 6.1's __CPUNODE_SEG descriptor (arch/x86/kernel/cpu/common.c setup_getcpu): a DPL-3 read-only
+# data segment whose 20-bit limit is (node << 12) | cpu, byte granular; here cpu 1, node 0.
+CPUNODE = (0x1 & 0xFFFF) | (0xF3 << 40)  # P=1, DPL=3, S=1, type 3 (data, read/write, accessed)
+
+
+def test_lsl_register_form_decodes() -> None:
+    assert hw.lsl_operands(bytes.fromhex("480f03c0")) == hw.LslOperands("rax", "rax", 8, 4)
+    assert hw.lsl_operands(bytes.fromhex("4d0f03c8")) == hw.LslOperands("r9", "r8", 8, 4)  # REX.R/B
+    assert hw.lsl_operands(bytes.fromhex("0f03d1")) == hw.LslOperands("rdx", "rcx", 4, 3)
+    assert hw.lsl_operands(bytes.fromhex("660f03d1")) == hw.LslOperands("rdx", "rcx", 2, 4)
+    assert hw.lsl_operands(bytes.fromhex("0f0300")) is None  # memory source: not handled (fatal)
+    assert hw.lsl_operands(bytes.fromhex("0f02c0")) is None  # lar
+
+
+@pytest.mark.parametrize(
+    ("descriptor", "cpl", "rpl", "limit"),
+    [
+        (CPUNODE, 0, 3, 1),
+        (CPUNODE | 0xFFFF | 0xF << 48 | 1 << 55, 0, 3, 0xFFFFFFFF),  # G: limit << 12 | 0xFFF
+        (CPUNODE & ~(3 << 45), 0, 3, None),  # DPL 0 < RPL 3
+        (0x00AF9B000000FFFF, 3, 3, 0xFFFFFFFF),  # 64-bit kernel code seen from CPL 3: below
+    ],
+)
+def test_lsl_limit(descriptor: int, cpl: int, rpl: int, limit: int | None) -> None:
+    if descriptor == 0x00AF9B000000FFFF:  # kernel code (type 0xB: execute/read, accessed), DPL 0
+        assert hw.lsl_limit(descriptor, cpl, rpl) is None  # DPL 0 < CPL 3
+        assert hw.lsl_limit(descriptor | 0b0100 << 40, cpl, rpl) == limit  # conforming: no DPL check
+        return
+    assert hw.lsl_limit(descriptor, cpl, rpl) == limit
+
+
+def test_lsl_system_descriptors() -> None:
+    tss = 0x67 | 0x89 << 40  # available 64-bit TSS, DPL 0
+    assert hw.lsl_limit(tss, 0, 0) == 0x67
+    gate = 0x8E << 40  # interrupt gate: LSL refuses it
+    assert hw.lsl_limit(gate, 0, 0) is None
+
+
+def test_nmi_entry_lsl_is_emulated() -> None:
+    # Regression: the RCU-stall NMI backtrace ended a 2-VP Linux boot with "emulation failure" at
+    # paranoid_entry's `lsl rax, rax` (48 0f 03 c0, rax = 0x7b = __CPUNODE_SEG).
+    v = FakeVcpu(0xFFFFFFFF81C012CE)
+    v.regs.update(rax=0x7B, rflags=0x46 & ~hw.RFLAGS_ZF)
+    code = bytes.fromhex("480f03c0482 5ff0f0000".replace(" ", ""))
+    seen: list[int] = []
+
+    def gdt(selector: int) -> tuple[int, int]:
+        seen.append(selector)
+        return CPUNODE, 0
+
+    assert hw.handle_emulation_failure(ON, v, lambda rip: code, None, code, gdt)
+    assert seen == [0x7B] and v.regs["rax"] == 1 and v.regs["rflags"] & hw.RFLAGS_ZF
+    assert v.regs["rip"] == 0xFFFFFFFF81C012D2 and v.injected == []
+
+
+def test_lsl_of_an_unreadable_descriptor_clears_zf_and_keeps_the_destination() -> None:
+    v = FakeVcpu(0x1000)
+    v.regs.update(rax=0x7B, rdx=0x1234, rflags=0x46)
+    code = bytes.fromhex("0f03d0")  # lsl edx, eax
+    assert hw.handle_emulation_failure(ON, v, lambda rip: code, None, None, lambda sel: None)
+    assert v.regs["rdx"] == 0x1234 and not v.regs["rflags"] & hw.RFLAGS_ZF and v.regs["rip"] == 0x1003
+    # without a descriptor reader (a caller that cannot read the GDT) it stays fatal
+    assert not hw.handle_emulation_failure(ON, FakeVcpu(0x1000), lambda rip: code, None, None, None)
