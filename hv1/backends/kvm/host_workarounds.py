@@ -29,11 +29,14 @@ hosts.md §2), and what this layer does about each:
 - `xrstor`/`xgetbv`, `clac`, `popcnt`, `ldmxcsr` and the crypto self-tests: the guest must be told on
   its command line (those CPUID bits cannot be hidden there): RECOMMENDED_CMDLINE, printed by
   `hv1 info`.
-- Slowness itself (~0.5 µs per ring-0 instruction): a kernel loop that never reschedules holds its
-  CPU for a minute here (Debian's 6.1, 2 VPs: ftrace's weak-function check, ftrace_check_work_func,
-  ~37,700 kallsyms lookups), long enough for "BUG: soft lockup" on that CPU and on the other one,
-  whose stop_machine (the clocksource switch) waits for it. `preempt=full` (the kernel is
-  PREEMPT_DYNAMIC) makes that loop preemptible, so the stopper and the watchdog run.
+- Slowness itself (~0.5 µs per ring-0 instruction, and each timer tick costs milliseconds): kernel
+  loops that never reschedule hold a CPU for one to several minutes here (Debian's 6.1, 2 VPs:
+  ftrace's weak-function check, ftrace_check_work_func, ~37,700 kallsyms lookups; the trace-event
+  eval-map update), long enough for "BUG: soft lockup" at the default 20 s on that CPU and on the
+  other one, whose stop_machine (the clocksource switch) waits for it. `watchdog_thresh=60` (the
+  most Linux takes: soft lockups at 120 s) lets such a boot reach /init with no report; the
+  measured boot that did had none. (`preempt=full` instead made those loops preemptible, but in
+  both boots that used it VP 0 stopped making progress before /init; not understood yet.)
 
 Detection: the kvm_pvm module is loaded (/sys/module/kvm_pvm). `hv1 run --host-workarounds on|off`
 overrides it. Anything other than int3/fwait stays a fatal emulation failure with the usual dump.
@@ -49,7 +52,9 @@ from typing import Protocol
 
 from hv1.backends.base import CpuidEntry
 
-RECOMMENDED_CMDLINE = "noxsave clearcpuid=smap,popcnt,ssse3 mitigations=off cryptomgr.notests preempt=full"
+RECOMMENDED_CMDLINE = (
+    "noxsave clearcpuid=smap,popcnt,ssse3 mitigations=off cryptomgr.notests watchdog_thresh=60"
+)
 CPUID1_ECX_CX16 = 1 << 13
 INT3, FWAIT = 0xCC, 0x9B
 BP_VECTOR = 3
