@@ -7,6 +7,7 @@ carries the sources as package data (`hv1._guests`) and builds into the user's c
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -21,9 +22,12 @@ _CHECKOUT = Path(__file__).resolve().parents[2] / "guests"
 def source_dir() -> Path:
     if (_CHECKOUT / "Makefile").is_file():
         return _CHECKOUT
-    import hv1._guests  # type: ignore[import-not-found,unused-ignore]  # the installed copy of guests/
-
-    return Path(next(iter(hv1._guests.__path__)))
+    # The installed copy of guests/ (a data package without __init__.py: find_spec, not import,
+    # so that no type checker needs to know it).
+    spec = importlib.util.find_spec("hv1._guests")
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError("the guest kernel sources are not installed (hv1._guests): reinstall hv1")
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def build_dir(src: Path) -> Path:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hv1.backends.kvm import host_workarounds
 from tests.integration.conftest import ROOT, requires_kvm, run_hv1
 
 pytestmark = [requires_kvm, pytest.mark.timeout(180)]
@@ -67,14 +68,21 @@ KERNEL_APIC_HOST_QUIRKS = {
 }
 
 
+# The kvm_pvm host (kernel 6.18.44-fc-v1098 on) keeps a guest's IA32_TSC_ADJUST write but does not move
+# the TSC, and answers CPUID leaf 7 from the real CPU so the bit cannot be hidden
+# (hv1/backends/kvm/host_workarounds.py). Allowed to fail there only, in both APIC modes.
+PVM_HOST_QUIRKS = {"tsc-adjust.write-moves-the-tsc", "tsc-adjust.write-back-restores"}
+
+
 @pytest.mark.parametrize("apic", ["kernel", "user"])
 def test_interrupts(guest: Guest, apic: str) -> None:
     r = run_hv1("run", str(guest("interrupts")), "--apic", apic, "--cpus", "2", "--timeout", "120")
+    allowed = PVM_HOST_QUIRKS if host_workarounds.detect().enabled else set()
     if apic == "kernel":
-        assert r.results and set(r.failed) <= KERNEL_APIC_HOST_QUIRKS, r.describe()
-        assert r.status in (1, 3), r.describe()
-    else:
-        _assert_all_pass(r)
+        allowed = allowed | KERNEL_APIC_HOST_QUIRKS
+    assert r.results and set(r.failed) <= allowed, r.describe()
+    assert r.results.get("tsc-adjust.read-returns-the-adjustment") == "PASS", r.describe()
+    assert r.status == 1 or (r.status == 3 and r.failed), r.describe()
 
 
 @pytest.mark.parametrize("apic", ["kernel", "user"])

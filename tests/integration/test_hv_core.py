@@ -11,13 +11,16 @@ Requirements doc independently.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from hv1.hv.caps import parse_profile
+from hv1.backends.kvm import ioctls as k
+from hv1.backends.kvm.vm import KvmSystem
+from hv1.hv.caps import parse_profile, without_auto_eoi
 from tests.integration.conftest import GuestRun, requires_kvm, run_hv1
 
 pytestmark = [requires_kvm]
@@ -28,10 +31,24 @@ CRASH_LINE = "hv1: guest crash reported by vp0: P0=0x1e P1=0xc0000005 P2=0xfffff
 CRASH_MESSAGE = "hv1: crash message: hv1 crash message test"
 
 
+def host_has_synic2() -> bool:
+    """KVM_CAP_HYPERV_SYNIC2: what AutoEOI in `--apic kernel` needs (hv1/machine/auto_eoi.py)."""
+    system = KvmSystem()
+    try:
+        return bool(system.check(k.KVM_CAP_HYPERV_SYNIC2))
+    finally:
+        os.close(system.fd)
+
+
 def expectations(profile: str, apic: str) -> str:
     """The guest's `hv=` argument: max leaf, 0x40000003 EAX..EDX, 0x40000004 EAX..ECX, 0x40000005 EAX..ECX,
-    0x40000006 EAX, as hv1's capability model computes them for this profile and APIC mode."""
-    leaves = parse_profile(profile, apic).cpuid_leaves()
+    0x40000006 EAX, as hv1's capability model computes them for this profile and APIC mode. In kernel
+    mode on a host without KVM_CAP_HYPERV_SYNIC2 hv1 cannot honour AutoEOI and recommends its
+    deprecation instead (0x40000004.EAX[9], caps.without_auto_eoi), as Machine does."""
+    caps = parse_profile(profile, apic)
+    if apic == "kernel" and not host_has_synic2():
+        caps = without_auto_eoi(caps)
+    leaves = caps.cpuid_leaves()
     l3, l4, l5 = leaves[0x40000003], leaves[0x40000004], leaves[0x40000005]
     l6 = leaves.get(0x40000006, (0, 0, 0, 0))
     values = [leaves[0x40000000][0], *l3, *l4[:3], *l5[:3], l6[0]]

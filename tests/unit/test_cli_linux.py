@@ -18,6 +18,7 @@ from tests.unit.test_linux_loader import tiny_bzimage, tiny_vmlinux
 
 def no_kvm(monkeypatch: pytest.MonkeyPatch) -> None:
     """/dev/kvm is missing, whatever this host has: nothing here may start a VM."""
+    import hv1.backends.base as base
     import hv1.backends.kvm.vm as vm
 
     real_open = os.open
@@ -28,6 +29,7 @@ def no_kvm(monkeypatch: pytest.MonkeyPatch) -> None:
         return real_open(path, flags, *a)  # type: ignore[arg-type]
 
     monkeypatch.setattr(vm.os, "open", fake_open)
+    monkeypatch.setattr(base, "kvm_usable", lambda: False)
 
 
 @pytest.mark.parametrize(
