@@ -33,6 +33,7 @@ import re
 import select
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -652,6 +653,143 @@ def measure_startup(cfg: Config) -> RowResult:
     return RowResult("startup", "ok", figures=figs, extra=extra)
 
 
+# --- Linux (issue 12): time to "Run /init" under hv1 vs QEMU, same kernel, initramfs, cmdline, CPUs ---
+
+RUN_INIT = b"Run /init as init process"
+LINUX_CMDLINE = "console=ttyS0 panic=-1 nokaslr clocksource=hyperv_clocksource_tsc_page"
+
+
+@dataclass
+class BootSample:
+    init_s: float | None  # spawn -> "Run /init" on the serial output (None: never)
+    stderr: str
+
+
+def time_to_init(cmd: Sequence[str], timeout: float, env: dict[str, str] | None = None) -> BootSample:
+    """Spawn `cmd` (serial on stdout), time spawn -> RUN_INIT on stdout, then SIGINT it (hv1 then still
+    prints --stats/--profile; QEMU just quits) and collect stderr."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            env=env,
+            # SIGINT at its default in the child (a background job of a shell starts with it ignored,
+            # and then hv1 installs no handler and never prints its --stats/--profile)
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        assert p.stdout is not None
+        fd = p.stdout.fileno()
+        seen, tail = None, b""
+        while seen is None and time.perf_counter() - t0 < timeout:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if not ready:
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            tail = (tail + data)[-4096:]
+            if RUN_INIT in tail:
+                seen = time.perf_counter() - t0
+        p.send_signal(signal.SIGINT)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+        err.seek(0)
+        return BootSample(seen, err.read().decode(errors="replace"))
+
+
+def _hv1_time_split(profile: dict[str, Any]) -> tuple[float, float]:
+    """(seconds inside KVM_RUN, seconds in hv1 between exits) summed over every VP thread's exits, from
+    `hv1 run --profile` JSON: the `run` phase is the guest running (here: emulated ring 0) or halted
+    in the kernel; the rest of each exit's round trip is the VMM."""
+    run_ns = vmm_ns = 0.0
+    for kind in profile["kinds"].values():
+        n = kind["count"]
+        total = kind["total"]["mean"] * n
+        run = kind["phases"].get("run", {}).get("mean", 0.0) * n
+        run_ns += run
+        vmm_ns += total - run
+    return run_ns / 1e9, vmm_ns / 1e9
+
+
+def measure_linux_boot(cfg: Config) -> RowResult:
+    need_kvm()
+    sys.path.insert(0, str(REPO))
+    from hv1.backends.kvm import host_workarounds
+    from tests.linux_artifacts import BUSYBOX_SKIP, KERNEL_SKIP, busybox_initramfs, debian_kernel
+
+    if KERNEL_SKIP or BUSYBOX_SKIP:
+        raise Skip(KERNEL_SKIP or BUSYBOX_SKIP or "")
+    kernel = debian_kernel()
+    assert kernel is not None
+    w = host_workarounds.detect()
+    cmdline = " ".join(filter(None, [LINUX_CMDLINE, w.recommended_cmdline]))
+    cpus, memory = "2", "512M"
+    timeout = 1800.0  # one boot took 930-1,120 s to Run /init on this host (README "Booting Linux")
+    qemu = qemu_binary()
+    with tempfile.TemporaryDirectory() as d:
+        initrd = Path(d) / "initramfs.cpio"
+        initrd.write_bytes(busybox_initramfs())
+        profile = Path(d) / "profile.json"
+        hv1 = [*hv1_command(cfg), "run", str(kernel), "--initrd", str(initrd), "--append", cmdline,
+               "--cpus", cpus, "--memory", memory, "--no-reboot", "--stats", "--profile", str(profile),
+               "--timeout", str(int(timeout))]  # fmt: skip
+        # QEMU+KVM stops at the first ring-0 int3 on a host that emulates ring 0 (host_workarounds.py),
+        # so there the floor is QEMU's TCG; elsewhere QEMU+KVM.
+        accel = ["-accel", "tcg"] if w.enabled else ["-enable-kvm", "-cpu", "host"]
+        floor_label = "QEMU TCG" if w.enabled else "QEMU+KVM"
+        qemu_cmd_ = [qemu, *accel, "-smp", cpus, "-m", memory, "-kernel", str(kernel), "-initrd", str(initrd),
+                     "-append", cmdline, "-serial", "stdio", "-display", "none", "-no-reboot"]  # fmt: skip
+        log(f"linux-boot: {shlex.join(hv1)}")
+        h = time_to_init(hv1, timeout, env=hv1_env())
+        log(f"linux-boot: {shlex.join(qemu_cmd_)}")
+        q = time_to_init(qemu_cmd_, timeout)
+        extra: dict[str, Any] = {
+            "kernel": kernel.name,
+            "cmdline": cmdline,
+            "cpus": int(cpus),
+            "runs": 1,
+            "hv1_cmdline": portable_cmdline(hv1),
+            "qemu_cmdline": portable_cmdline(qemu_cmd_),
+            "host_workarounds": w.reason,
+        }
+        exits = re.search(r"hv1: exits: (.*)", h.stderr)
+        extra["hv1_exits"] = exits.group(1) if exits else None
+        if profile.exists():
+            in_run, in_vmm = _hv1_time_split(json.loads(profile.read_text()))
+            extra["hv1_vp_seconds_in_kvm_run"] = round(in_run, 1)
+            extra["hv1_vp_seconds_in_vmm"] = round(in_vmm, 1)
+    if h.init_s is None:
+        return RowResult("linux-boot", "error", "hv1 never printed Run /init", extra=extra)
+    figs = [
+        Figure(
+            'hv1: start → "Run /init" (Debian 12 cloud kernel, 2 VPs)',
+            "s",
+            Stat.of([h.init_s]),
+            floor_label,
+            Stat.of([q.init_s]) if q.init_s is not None else None,
+        )
+    ]
+    if "hv1_vp_seconds_in_kvm_run" in extra:
+        run_s, vmm_s = extra["hv1_vp_seconds_in_kvm_run"], extra["hv1_vp_seconds_in_vmm"]
+        figs.append(
+            Figure(
+                "hv1: VP-thread seconds in KVM_RUN (guest code; emulated ring 0 here)",
+                "s",
+                Stat.of([run_s]),
+                "VP-thread seconds in hv1 between exits",
+                Stat.of([vmm_s]),
+            )  # fmt: skip
+        )
+    return RowResult("linux-boot", "ok", figures=figs, extra=extra)
+
+
 # --- rows with several figures from one set of guest runs (SynIC, time, VP enlightenments) ---
 
 
@@ -934,6 +1072,11 @@ ROWS: list[Row] = [
     Row("kvm-ioctl", "one KVM ioctl (KVM_CHECK_EXTENSION) from Python vs from C", measure_ioctl),
     Row(
         "startup", "process start → first serial byte / exit for hello.elf: hv1 run vs QEMU", measure_startup
+    ),
+    Row(
+        "linux-boot",
+        "time to Run /init (Debian 12 kernel, busybox initramfs, 2 VPs): hv1 vs QEMU (TCG if ring 0 is slow)",
+        measure_linux_boot,
     ),
     # Hv#1 core (issue 6): hv_bench.elf under `--hv default`; the floor is the same guest's bare `out` exit.
     *(

@@ -12,6 +12,7 @@ EXIT_GUEST_FATAL = 4  # triple fault, emulation failure, entry failure: the part
 EXIT_GUEST_CRASH = 6  # the guest reported a crash through the Hyper-V crash MSRs (--on-crash stop)
 EXIT_INTERNAL = 8  # an internal VMM fault stopped the partition (a bug in hv1: please report)
 EXIT_TIMEOUT = 124  # --timeout expired (same as timeout(1))
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C) stopped the run: 128 + SIGINT, as a shell reports it
 
 
 class Hv1Error(Exception):

@@ -38,7 +38,14 @@ from hv1.backends.kvm import ioctls as k
 from hv1.backends.kvm.vcpu import KvmVcpu
 from hv1.backends.kvm.vm import KvmVm
 from hv1.backends.memory import GuestRam
-from hv1.errors import EXIT_GUEST_CRASH, EXIT_GUEST_FATAL, EXIT_INTERNAL, EXIT_TIMEOUT, UsageError
+from hv1.errors import (
+    EXIT_GUEST_CRASH,
+    EXIT_GUEST_FATAL,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_TIMEOUT,
+    UsageError,
+)
 from hv1.hv import enlightenments
 from hv1.hv.apic import ApicHooks, ApicRouter, DeliveryMode, DestMode, LocalApic, Shorthand, inject_pending
 from hv1.hv.caps import Caps, parse_profile, without_auto_eoi
@@ -84,6 +91,9 @@ APIC_MSR_BASE = 0x1B
 X2APIC_FIRST, X2APIC_LAST = 0x800, 0x8FF
 SYNTHETIC_MSRS = (0x40000000, 0x400001FF)
 NESTED_SYNTHETIC_MSRS = (0x40001000, 0x400010FF)
+
+
+SIGNAL_POLL_S = 0.5  # how often Machine.run wakes to let Python run a pending SIGINT handler
 
 
 @dataclass
@@ -1015,21 +1025,38 @@ class Machine(VpHost):
             DeliveryMode(msi.delivery_mode), msi.vector, level=True, trigger_level=msi.level_triggered,
         )  # fmt: skip
 
-    def _emulation_failure_handler(self, vp: Vp) -> Callable[[], bool]:
+    def _emulation_failure_handler(self, vp: Vp) -> Callable[[bytes | None], bool]:
         vcpu = vp.vcpu
         assert isinstance(vcpu, KvmVcpu)  # the workaround layer is KVM's
 
         def read_insn(rip: int) -> bytes | None:
             s = vcpu.sregs  # the kvm_run sync area: valid at every exit
-            return read_virtual(self.ram, rip + (s.cs.base if not s.cr0 & 1 else 0), 1, s.cr0, s.cr3, s.cr4,
-                                s.efer)  # fmt: skip
+            gva = rip + (s.cs.base if not s.cr0 & 1 else 0)
+            # 15 bytes (the longest instruction) when mapped; the first byte alone at a page end
+            for n in (15, 1):
+                insn = read_virtual(self.ram, gva, n, s.cr0, s.cr3, s.cr4, s.efer)
+                if insn is not None:
+                    return insn
+            return None
+
+        def read_descriptor(selector: int) -> tuple[int, int] | None:
+            """(the GDT descriptor of `selector`, CPL) for LSL; None for an LDT selector or one past
+            the GDT limit (TI = 1 would need the LDT: not handled)."""
+            s = vcpu.sregs
+            index = selector & ~7
+            if selector & 4 or index + 7 > s.gdt.limit:
+                return None
+            raw = read_virtual(self.ram, s.gdt.base + index, 8, s.cr0, s.cr3, s.cr4, s.efer)
+            return None if raw is None else (int.from_bytes(raw, "little"), s.cs.dpl)
 
         def note(action: str, rip: int) -> None:
             vp.workaround_count += 1
             if self.tracer.wants("exits"):
                 self.tracer.emit("exits", vp.index, "host-workaround", action=action, rip=rip)
 
-        return lambda: host_workarounds.handle_emulation_failure(self.workarounds, vp.vcpu, read_insn, note)
+        return lambda reported: host_workarounds.handle_emulation_failure(
+            self.workarounds, vp.vcpu, read_insn, note, reported, read_descriptor
+        )
 
     def _attach_debugger(self, spec: str, wait: bool) -> MachineDebugTarget:
         """The gdb stub's hook point: the target adapter and its server (hv1/machine/debug.py)."""
@@ -1235,9 +1262,23 @@ class Machine(VpHost):
         deadline = None if self.cfg.timeout is None else time.monotonic() + self.cfg.timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._stop.wait(remaining):
+            try:
+                # In slices: the kernel may deliver SIGINT to a vCPU thread, and then only the main
+                # thread's next wakeup runs Python's handler (a wait for the whole timeout did not
+                # see a SIGINT for up to --timeout seconds).
+                step = SIGNAL_POLL_S if remaining is None else min(remaining, SIGNAL_POLL_S)
+                stopped = self._stop.wait(step)
+            except KeyboardInterrupt:
+                # Ctrl-C (or the SIGINT a test sends a Linux boot that cannot finish on a host where
+                # user space cannot run) stops the partition like a timeout does, so --stats and
+                # --profile still report what the run did.
+                self.stop(EXIT_INTERRUPTED, "interrupted (SIGINT)")
+                break
+            if not stopped and remaining is not None and remaining <= SIGNAL_POLL_S:
                 self.stop(EXIT_TIMEOUT, f"timeout after {self.cfg.timeout:g} s")
                 break
+            if not stopped:
+                continue
             with self._stop_lock:
                 rebooting = self._reset_requested and self.result is None
                 self._reset_requested = False

@@ -3,8 +3,12 @@ CLI errors, and the same output as `qemu-system-x86_64 -kernel` (issue: Foundati
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,6 +113,30 @@ def test_timeout_stops_a_stuck_guest(guest: Guest) -> None:
     r = run_hv1("run", str(guest("hello")), "--append", "hang", "--timeout", "2")
     assert r.status == 124, r.describe()
     assert "timeout" in r.stderr
+
+
+def test_sigint_stops_a_stuck_guest_and_still_reports_stats(guest: Guest) -> None:
+    # Regression: SIGINT (how tests/integration/test_linux.py ends a Linux boot that cannot finish on
+    # a host where user space cannot run) left --stats and --profile unprinted (a KeyboardInterrupt
+    # through Machine.run) and gave Python's traceback-free 130 only by accident.
+    cmd = [sys.executable, "-m", "hv1", "run", str(guest("hello")), "--append", "hang", "--stats",
+           "--profile", "-", "--timeout", "60"]  # fmt: skip
+    # The kernel may hand a process-directed SIGINT to any thread: send it to a vCPU thread on
+    # purpose (tgkill), the case where a main thread blocked for the whole --timeout never saw it.
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # started and spinning
+    task = Path(f"/proc/{p.pid}/task")
+    comm = (task / str(p.pid) / "comm").read_text()  # not KVM's own kernel threads (kvm-nx-lpage-re)
+    tids = sorted(
+        int(t.name) for t in task.iterdir() if int(t.name) != p.pid and (t / "comm").read_text() == comm
+    )
+    sys_tgkill = 234  # x86-64
+    assert ctypes.CDLL(None, use_errno=True).syscall(sys_tgkill, p.pid, tids[-1], signal.SIGINT) == 0
+    t0 = time.monotonic()
+    out, err = p.communicate(timeout=30)
+    assert time.monotonic() - t0 < 10, "SIGINT took effect only at --timeout"
+    assert p.returncode == 130, err
+    assert "interrupted (SIGINT)" in err and "hv1: exits: " in err and "per-exit profile" in err, err
 
 
 def test_triple_fault_stops_with_a_dump(guest: Guest) -> None:

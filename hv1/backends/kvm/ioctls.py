@@ -285,6 +285,9 @@ RUN_SYNC_SREGS = RUN_SYNC_REGS + ctypes.sizeof(kvm_regs)
 RUN_SYNC_EVENTS = RUN_SYNC_SREGS + ctypes.sizeof(kvm_sregs)
 
 KVM_INTERNAL_ERROR_EMULATION = 1
+# kvm_run.emulation_failure (api.rst, KVM_EXIT_INTERNAL_ERROR): u32 suberror, ndata; u64 flags; then,
+# with this flag, u8 insn_size and insn_bytes[15]: the instruction the emulator failed on.
+KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES = 1 << 0
 INTERNAL_SUBERRORS = {
     1: "emulation failure",
     2: "simultaneous exceptions",

@@ -37,6 +37,7 @@ _IO = struct.Struct("<BBHIQ")  # direction, size, port, count, data_offset
 _MMIO = struct.Struct("<Q8sIB")  # phys_addr, data, len, is_write
 _MSR = struct.Struct("<B7xIIQ")  # error, reason, index, data
 _INTERNAL = struct.Struct("<II")
+_EMULATION_FAILURE = struct.Struct("<QB15s")  # flags, insn_size, insn_bytes (after suberror, ndata)
 _DEBUG = struct.Struct("<I4xQQ")  # kvm_debug_exit_arch: exception, pc, dr6
 _GPR_INDEX = {name: i for i, name in enumerate(GPR_NAMES)}
 
@@ -99,6 +100,18 @@ CR4_PGE = 1 << 7
 KVM_CPUID_FLAG_SIGNIFCANT_INDEX = 1
 
 
+def emulation_failure_bytes(run: mmap.mmap | bytes, ndata: int) -> bytes | None:
+    """The instruction bytes KVM reports with an emulation failure (kvm_run.emulation_failure, after
+    suberror and ndata at RUN_EXIT), or None when it gave none: they are what the emulator fetched,
+    which another VP may have rewritten in RAM by the time hv1 looks (host_workarounds.py)."""
+    if ndata < 3:  # flags + the two u64 the 16 instruction-bytes fields take
+        return None
+    flags, size, insn = _EMULATION_FAILURE.unpack_from(run, k.RUN_EXIT + 8)
+    if not flags & k.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES or size == 0:
+        return None
+    return bytes(insn[: min(size, 15)])
+
+
 class KvmVcpu:
     """A KVM vCPU: implements the backend interface's Vcpu (hv1/backends/base.py)."""
 
@@ -140,9 +153,10 @@ class KvmVcpu:
         self._sync_valid = 0
         self._fpu: k.kvm_fpu | None = None
         self._fpu_dirty = False
-        # Called on an emulation failure (KVM_EXIT_INTERNAL_ERROR, suberror 1); True means it was
-        # handled and the vCPU may run on (host_workarounds.py). None: every such failure is fatal.
-        self.on_emulation_failure: Callable[[], bool] | None = None
+        # Called on an emulation failure (KVM_EXIT_INTERNAL_ERROR, suberror 1) with the instruction
+        # bytes KVM reports it failed on (None if it reported none); True means it was handled and
+        # the vCPU may run on (host_workarounds.py). None: every such failure is fatal.
+        self.on_emulation_failure: Callable[[bytes | None], bool] | None = None
         self._pristine_lapic: bytearray | None = None  # the in-kernel LAPIC before the first entry
 
     # ---- setup-time register access (ioctls; fine outside the hot path) ----
@@ -636,7 +650,11 @@ class KvmVcpu:
                 if sub == k.KVM_INTERNAL_ERROR_EMULATION and h.debug_stop(3, self._linear_rip(), 0, True):
                     continue
                 handler = self.on_emulation_failure
-                if sub == k.KVM_INTERNAL_ERROR_EMULATION and handler is not None and handler():
+                if (
+                    sub == k.KVM_INTERNAL_ERROR_EMULATION
+                    and handler is not None
+                    and handler(emulation_failure_bytes(mm, ndata))
+                ):
                     continue
                 data = struct.unpack_from(f"<{min(ndata, 16)}Q", mm, 40)
                 what = k.INTERNAL_SUBERRORS.get(sub, f"suberror {sub}")
