@@ -59,7 +59,7 @@ def test_wrmsr_parser_reads_hv1_trace_lines() -> None:
         1.6, "msrs", 0, "wrmsr", {"msr": "HV_X64_MSR_VP_ASSIST_PAGE", "value": 0x1001, "gp": True}
     )
     small = format_line(1.7, "msrs", 0, "wrmsr", {"msr": "HV_X64_MSR_HYPERCALL", "value": 1})
-    r = boot_test.LinuxBoot(None, "", "\n".join([ok, gp, small]), 0.0, False)
+    r = boot_test.LinuxBoot(None, "", "\n".join([ok, gp, small]), 0.0, False, None)
     assert r.wrmsrs("HV_X64_MSR_STIMER0_CONFIG") == [0x1000B]
     assert r.wrmsrs("HV_X64_MSR_VP_ASSIST_PAGE") == []  # refused with #GP: not counted
     assert r.wrmsrs("HV_X64_MSR_HYPERCALL") == [1]
