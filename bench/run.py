@@ -759,8 +759,9 @@ def measure_linux_boot(cfg: Config) -> RowResult:
             "qemu_cmdline": portable_cmdline(qemu_cmd_),
             "host_workarounds": w.reason,
         }
-        exits = re.search(r"hv1: exits: (.*)", h.stderr)
-        extra["hv1_exits"] = exits.group(1) if exits else None
+        for kind in ("exits", "hypercalls", "rdmsr", "wrmsr"):  # hv1 run --stats (hv1/cli.py)
+            m = re.search(rf"hv1: {kind}: (.*)", h.stderr)
+            extra[f"hv1_{kind}"] = m.group(1) if m else None
         if profile.exists():
             in_run, in_vmm = _hv1_time_split(json.loads(profile.read_text()))
             extra["hv1_vp_seconds_in_kvm_run"] = round(in_run, 1)

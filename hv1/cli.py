@@ -16,7 +16,7 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hv1.backends.base import BACKENDS, resolve_backend
 from hv1.errors import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, Hv1Error, UsageError
@@ -24,6 +24,9 @@ from hv1.hv.inject import InjectError, Injector
 from hv1.profiler import Profiler
 from hv1.timeline import Timeline
 from hv1.trace import TraceError, Tracer, parse_categories
+
+if TYPE_CHECKING:
+    from hv1.machine.machine import RunResult
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -94,7 +97,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="what a guest crash notification does (default: stop, exit 6)")  # fmt: skip
     r.add_argument("--no-reboot", action="store_true",
                    help="exit (status 0) instead of rebooting when the guest resets")  # fmt: skip
-    r.add_argument("--stats", action="store_true", help="print exit counts when the guest stops")
+    r.add_argument("--stats", action="store_true",
+                   help="print exit, hypercall and MSR counts when the guest stops")  # fmt: skip
     r.add_argument("--profile", metavar="FILE",
                    help="per-exit cost breakdown (hv1/profiler.py): a table on stderr when the guest "
                    "stops, and the JSON summary in FILE ('-': the table only)")  # fmt: skip
@@ -229,10 +233,24 @@ def _cmd_run(a: argparse.Namespace) -> int:
     if prof is not None:
         _write_profile(prof, a.profile)
     if a.stats:
-        sys.stderr.write(
-            "hv1: exits: " + ", ".join(f"{k}={v}" for k, v in sorted(result.exits.items())) + "\n"
-        )
+        sys.stderr.write(format_run_stats(result))
     return result.status
+
+
+def format_run_stats(result: RunResult) -> str:
+    """`--stats`: exits by kind, then hypercalls by TLFS name and MSR reads/writes by name, the most
+    frequent first (one line each, "none" when there were none)."""
+
+    def by_count(counts: dict[str, int]) -> str:
+        items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return ", ".join(f"{k}={v}" for k, v in items) or "none"
+
+    return (
+        "hv1: exits: " + ", ".join(f"{k}={v}" for k, v in sorted(result.exits.items())) + "\n"
+        f"hv1: hypercalls: {by_count(result.hypercalls)}\n"
+        f"hv1: rdmsr: {by_count(result.rdmsrs)}\n"
+        f"hv1: wrmsr: {by_count(result.wrmsrs)}\n"
+    )
 
 
 def _write_profile(prof: Profiler, path: str) -> None:

@@ -75,6 +75,8 @@ from hv1.machine.instruction_start import retired_store_start
 from hv1.machine.linux.payload import default_cache_dir
 from hv1.machine.paging import read_virtual
 from hv1.machine.scheduler import Scheduler
+from hv1.tlfs.hypercalls import hypercall_name
+from hv1.tlfs.msrs import msr_name
 from hv1.tlfs.partition import PartitionPrivilege
 from hv1.trace import Tracer
 
@@ -124,6 +126,11 @@ class RunResult:
     status: int
     reason: str
     exits: dict[str, int] = field(default_factory=dict)
+    # --stats per call: hypercalls by TLFS name, MSR accesses by MSR name (hv1/tlfs/msrs.py), summed
+    # over the VPs. Counted where the VMM answers them, so MSRs KVM handles itself do not show.
+    hypercalls: dict[str, int] = field(default_factory=dict)
+    rdmsrs: dict[str, int] = field(default_factory=dict)
+    wrmsrs: dict[str, int] = field(default_factory=dict)
 
 
 def cpuid_template(
@@ -210,6 +217,10 @@ class Vp:
         self.sipi_vector: int | None = None
         self.init_pending = False
         self.exit_counts = [0] * 64
+        # --stats: call code -> count, MSR index -> count (RunResult.hypercalls / rdmsrs / wrmsrs)
+        self.hypercall_counts: collections.Counter[int] = collections.Counter()
+        self.rdmsr_counts: collections.Counter[int] = collections.Counter()
+        self.wrmsr_counts: collections.Counter[int] = collections.Counter()
         self.workaround_count = 0  # emulation failures turned into #BP or skipped (host_workarounds)
         self.tlb_flushes = 0
         self._trace_exits = machine.tracer.wants("exits")
@@ -264,6 +275,7 @@ class Vp:
         return self.m.bus.read(self.index, port, size)
 
     def _hypercall(self) -> None:
+        self.hypercall_counts[self.vcpu.get("rcx") & 0xFFFF] += 1  # the call code (TLFS hypercall input)
         try:
             self.m.partition.hypercall(self.vp_index, self.vcpu)
         except GuestException as e:
@@ -329,6 +341,7 @@ class Vp:
             self.m.tracer.emit("mmio", self.index, "write-unassigned", addr=addr, size=size, value=value)
 
     def rdmsr(self, index: int) -> int | None:
+        self.rdmsr_counts[index] += 1
         try:
             if self.m.partition.owns_msr(index):
                 return self.m.partition.rdmsr(self.vp_index, index)
@@ -341,6 +354,7 @@ class Vp:
         return None
 
     def wrmsr(self, index: int, value: int) -> bool:
+        self.wrmsr_counts[index] += 1
         try:
             if self.m.partition.owns_msr(index):
                 self.m.partition.wrmsr(self.vp_index, index, value)
@@ -1227,6 +1241,21 @@ class Machine(VpHost):
             totals["host-workaround"] = handled
         return totals
 
+    def call_counts(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+        """Hypercalls by TLFS name and MSR reads/writes by MSR name, summed over the VPs (--stats)."""
+        calls: collections.Counter[int] = collections.Counter()
+        reads: collections.Counter[int] = collections.Counter()
+        writes: collections.Counter[int] = collections.Counter()
+        for vp in self.vps:
+            calls.update(vp.hypercall_counts)
+            reads.update(vp.rdmsr_counts)
+            writes.update(vp.wrmsr_counts)
+        return (
+            {hypercall_name(c): n for c, n in calls.items()},
+            {msr_name(i): n for i, n in reads.items()},
+            {msr_name(i): n for i, n in writes.items()},
+        )
+
     def _start_threads(self) -> None:
         for vp in self.vps:
             vp.vcpu.stop_requested = False
@@ -1295,6 +1324,7 @@ class Machine(VpHost):
         self.uart.flush()
         assert self.result is not None
         self.result.exits = self.exit_counts()
+        self.result.hypercalls, self.result.rdmsrs, self.result.wrmsrs = self.call_counts()
         return self.result
 
     def _halt_all(self) -> None:

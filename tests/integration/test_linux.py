@@ -65,6 +65,8 @@ PRIVILEGES = re.compile(rf"Hyper-V: privilege flags low {HEX}, high {HEX}, hints
 # assist page, so that write gets the #GP the TLFS prescribes and Linux logs it and goes on.)
 OOPS = re.compile(r"Oops|BUG:|kernel BUG|Kernel panic|general protection fault|WARNING: CPU")
 WRMSR = re.compile(r"\bmsrs\s+vp(\d+)\s+wrmsr msr=(\S+) value=(0x[0-9a-f]+|\d+)(\s+gp=true)?")
+HYPERCALL = re.compile(r"\bhypercalls\s+vp\d+\s+(HvCall\w+)")
+STATS = re.compile(r"^hv1: (hypercalls|rdmsr|wrmsr): (.*)$", re.M)  # hv1 run --stats (hv1/cli.py)
 
 # What Linux needs of HV_PARTITION_PRIVILEGE_MASK (CPUID 0x40000003 EAX, TLFS feature-discovery.md),
 # and the direct-mode synthetic timer bit (0x40000003 EDX); STIMERx_CONFIG Enable and DirectMode
@@ -96,6 +98,14 @@ class LinuxBoot:
             int(m.group(3), 0) for m in WRMSR.finditer(self.trace) if m.group(2) == name and not m.group(4)
         ]
 
+    def stats(self, kind: str) -> dict[str, int] | None:
+        """`--stats`'s per-call counts of one kind (hypercalls, rdmsr, wrmsr); None if not printed."""
+        for m in STATS.finditer(self.trace):
+            if m.group(1) == kind:
+                pairs = [] if m.group(2) == "none" else [kv.split("=") for kv in m.group(2).split(", ")]
+                return {k: int(v) for k, v in pairs}
+        return None
+
 
 def default_sigint() -> None:
     """In the child: SIGINT back to its default, so hv1's handler is installed and the SIGINT that
@@ -115,7 +125,7 @@ def boot_linux(tmp_path: Path, apic: str, cpus: int = 2) -> LinuxBoot:
     cmd = [
         sys.executable, "-m", "hv1", "run", str(kernel), "--initrd", str(initrd), "--append", append,
         "--cpus", str(cpus), "--apic", apic, "--memory", "512M", "--serial", str(serial), "--no-reboot",
-        "--trace", "msrs", "--stats", "--timeout", str(BOOT_TIMEOUT),
+        "--trace", "msrs,hypercalls", "--stats", "--timeout", str(BOOT_TIMEOUT),
     ]  # fmt: skip
     t0 = time.monotonic()
     init_seconds: float | None = None  # when "Run /init" first showed in the serial log (polled: ±1 s)
@@ -205,6 +215,20 @@ def test_debian_kernel_boots_and_uses_the_enlightenments(tmp_path: Path, apic: s
     if low & SYNTIMER and misc & STIMER_DIRECT_MODE:
         configs = r.wrmsrs("HV_X64_MSR_STIMER0_CONFIG")
         assert any(v & STIMER_ENABLE and v & STIMER_DIRECT for v in configs), r.describe()
+
+    # `--stats` counts per hypercall and per MSR (issue 12 item 5), the same as the trace shows.
+    hypercalls, wrmsrs = r.stats("hypercalls"), r.stats("wrmsr")
+    print("\n".join(m.group(0) for m in STATS.finditer(r.trace)))
+    assert hypercalls is not None and wrmsrs is not None and r.stats("rdmsr") is not None, r.describe()
+    traced: dict[str, int] = {}
+    for m in WRMSR.finditer(r.trace):
+        traced[m.group(2)] = traced.get(m.group(2), 0) + 1
+    counted = {k: wrmsrs.get(k, 0) for k in traced}  # the trace shows the synthetic MSRs only
+    assert counted == traced and traced, f"--stats {wrmsrs} vs --trace {traced}"
+    calls: dict[str, int] = {}
+    for m in HYPERCALL.finditer(r.trace):
+        calls[m.group(1)] = calls.get(m.group(1), 0) + 1
+    assert hypercalls == calls, f"--stats {hypercalls} vs --trace {calls}"
 
     if not r.workarounds:  # ring 0 runs natively: user space too
         assert USERSPACE_MARKER in log, r.describe()

@@ -39,9 +39,11 @@ def test_minimal_profile_hides_time(guest: Guest) -> None:
     assert r.status == 1 and not r.failed, r.describe()
 
 
-def _exits(stderr: str) -> dict[str, int]:
-    line = next(ln for ln in stderr.splitlines() if ln.startswith("hv1: exits: "))
-    return {k: int(v) for k, v in (kv.split("=") for kv in line[len("hv1: exits: ") :].split(", "))}
+def _exits(stderr: str, kind: str = "exits") -> dict[str, int]:
+    """One `--stats` line (hv1/cli.py format_run_stats): exits, hypercalls, rdmsr or wrmsr."""
+    head = f"hv1: {kind}: "
+    line = next(ln for ln in stderr.splitlines() if ln.startswith(head))[len(head) :]
+    return {} if line == "none" else {k: int(v) for k, v in (kv.split("=") for kv in line.split(", "))}
 
 
 def test_tsc_page_read_takes_no_exit(guest: Guest) -> None:
@@ -50,11 +52,15 @@ def test_tsc_page_read_takes_no_exit(guest: Guest) -> None:
     the exit counts of the runs differ only by that loop's exits: 1000 reads of the page add none,
     1000 RDMSR TIME_REF_COUNT add 1000."""
     k = str(guest("time_bench"))
-    counts = {}
+    counts, reads = {}, {}
     for mode in ("none", "page", "msr"):
         r = run_hv1("run", k, "--stats", "--append", f"count={mode} count_n=1000", "--timeout", "120")
         assert r.status == 1, r.describe()
-        counts[mode] = _exits(r.stderr)
+        counts[mode], reads[mode] = _exits(r.stderr), _exits(r.stderr, "rdmsr")
     total = {m: sum(c.values()) for m, c in counts.items()}
     assert total["page"] == total["none"], counts
     assert counts["msr"].get("rdmsr", 0) - counts["none"].get("rdmsr", 0) == 1000, counts
+    # --stats per MSR: the 1000 exits are reads of TIME_REF_COUNT, and every rdmsr exit is counted by name.
+    ref = "HV_X64_MSR_TIME_REF_COUNT"
+    assert reads["msr"].get(ref, 0) - reads["none"].get(ref, 0) == 1000, reads
+    assert {m: sum(r.values()) for m, r in reads.items()} == {m: c.get("rdmsr", 0) for m, c in counts.items()}

@@ -141,3 +141,20 @@ def test_gdb_options_reach_the_machine_config(
     kernel = _kernel(tmp_path, _mb_aout(0x100000, 0x101000))
     assert main(["run", kernel, "--gdb", "tcp::1234", "--gdb-wait"]) == UsageError.status
     assert seen[0].gdb == "tcp::1234" and seen[0].gdb_wait
+
+
+def test_stats_lines_count_per_hypercall_and_msr() -> None:
+    """`hv1 run --stats`: exits by kind (sorted by name), then hypercalls and MSR reads/writes by
+    name, the most frequent first, "none" for a kind that did not occur."""
+    from hv1.cli import format_run_stats
+    from hv1.machine.machine import RunResult
+
+    r = RunResult(0, "debug-exit", exits={"wrmsr": 3, "io": 7},
+                  hypercalls={"HvCallSignalEvent": 1, "HvCallPostMessage": 4},
+                  wrmsrs={"HV_X64_MSR_EOM": 2, "HV_X64_MSR_SIMP": 2})  # fmt: skip
+    assert format_run_stats(r).splitlines() == [
+        "hv1: exits: io=7, wrmsr=3",
+        "hv1: hypercalls: HvCallPostMessage=4, HvCallSignalEvent=1",
+        "hv1: rdmsr: none",
+        "hv1: wrmsr: HV_X64_MSR_EOM=2, HV_X64_MSR_SIMP=2",
+    ]
