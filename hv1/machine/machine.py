@@ -73,10 +73,10 @@ from hv1.machine.devices.time_testdev import TIME_TESTDEV_PORT, TimeTestPort
 from hv1.machine.devices.uart import COM1, Uart16550
 from hv1.machine.instruction_start import retired_store_start
 from hv1.machine.linux.payload import default_cache_dir
+from hv1.machine.msr_names import stats_msr_name
 from hv1.machine.paging import read_virtual
 from hv1.machine.scheduler import Scheduler
 from hv1.tlfs.hypercalls import hypercall_name
-from hv1.tlfs.msrs import msr_name
 from hv1.tlfs.partition import PartitionPrivilege
 from hv1.trace import Tracer
 
@@ -1242,7 +1242,8 @@ class Machine(VpHost):
         return totals
 
     def call_counts(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-        """Hypercalls by TLFS name and MSR reads/writes by MSR name, summed over the VPs (--stats)."""
+        """Hypercalls by TLFS name and MSR reads/writes by name (hv1/machine/msr_names.py), summed over
+        the VPs (--stats)."""
         calls: collections.Counter[int] = collections.Counter()
         reads: collections.Counter[int] = collections.Counter()
         writes: collections.Counter[int] = collections.Counter()
@@ -1252,8 +1253,8 @@ class Machine(VpHost):
             writes.update(vp.wrmsr_counts)
         return (
             {hypercall_name(c): n for c, n in calls.items()},
-            {msr_name(i): n for i, n in reads.items()},
-            {msr_name(i): n for i, n in writes.items()},
+            {stats_msr_name(i): n for i, n in reads.items()},
+            {stats_msr_name(i): n for i, n in writes.items()},
         )
 
     def _start_threads(self) -> None:

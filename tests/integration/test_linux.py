@@ -65,7 +65,7 @@ PRIVILEGES = re.compile(rf"Hyper-V: privilege flags low {HEX}, high {HEX}, hints
 # assist page, so that write gets the #GP the TLFS prescribes and Linux logs it and goes on.)
 OOPS = re.compile(r"Oops|BUG:|kernel BUG|Kernel panic|general protection fault|WARNING: CPU")
 WRMSR = re.compile(r"\bmsrs\s+vp(\d+)\s+wrmsr msr=(\S+) value=(0x[0-9a-f]+|\d+)(\s+gp=true)?")
-HYPERCALL = re.compile(r"\bhypercalls\s+vp\d+\s+(HvCall\w+)")
+HYPERCALL = re.compile(r"\bhypercalls\s+vp\d+\s+(Hv(?:Ext)?Call\w+)")
 STATS = re.compile(r"^hv1: (hypercalls|rdmsr|wrmsr): (.*)$", re.M)  # hv1 run --stats (hv1/cli.py)
 
 # What Linux needs of HV_PARTITION_PRIVILEGE_MASK (CPUID 0x40000003 EAX, TLFS feature-discovery.md),

@@ -421,3 +421,18 @@ def test_machine_is_told_where_the_hypercall_page_is() -> None:
     p.wrmsr(1, M.HV_X64_MSR_HYPERCALL, 0x7000 | 1)
     p.wrmsr(0, M.HV_X64_MSR_GUEST_OS_ID, 0)  # disables the page
     assert hooks.hypercall_pages == [0x5000, 0x7000, None]
+
+
+def test_stats_msr_names() -> None:
+    """`--stats` names: TLFS names for synthetic MSRs, SDM x2APIC names (banked ISR/TMR/IRR by
+    number), a few architectural ones, the hex index for the rest."""
+    from hv1.machine.msr_names import stats_msr_name
+
+    assert stats_msr_name(0x40000073) == "HV_X64_MSR_VP_ASSIST_PAGE"
+    assert stats_msr_name(0x1B) == "IA32_APIC_BASE"
+    assert [stats_msr_name(0x800 + r) for r in (0x02, 0x0F, 0x10, 0x17, 0x18, 0x27, 0x30, 0x3F)] == [
+        "X2APIC_ID", "X2APIC_SVR", "X2APIC_ISR0", "X2APIC_ISR7", "X2APIC_TMR0", "X2APIC_IRR7",
+        "X2APIC_ICR", "X2APIC_SELF_IPI",
+    ]  # fmt: skip
+    assert stats_msr_name(0x801) == "MSR_0x801"  # reserved in the x2APIC range
+    assert stats_msr_name(0x1234) == "MSR_0x1234"
