@@ -76,7 +76,6 @@ from hv1.machine.linux.payload import default_cache_dir
 from hv1.machine.msr_names import stats_msr_name
 from hv1.machine.paging import read_virtual
 from hv1.machine.scheduler import Scheduler
-from hv1.tlfs.hypercalls import hypercall_name
 from hv1.tlfs.partition import PartitionPrivilege
 from hv1.trace import Tracer
 
@@ -217,8 +216,7 @@ class Vp:
         self.sipi_vector: int | None = None
         self.init_pending = False
         self.exit_counts = [0] * 64
-        # --stats: call code -> count, MSR index -> count (RunResult.hypercalls / rdmsrs / wrmsrs)
-        self.hypercall_counts: collections.Counter[int] = collections.Counter()
+        # --stats: MSR index -> count (RunResult.rdmsrs / wrmsrs; hypercalls: the partition's counters)
         self.rdmsr_counts: collections.Counter[int] = collections.Counter()
         self.wrmsr_counts: collections.Counter[int] = collections.Counter()
         self.workaround_count = 0  # emulation failures turned into #BP or skipped (host_workarounds)
@@ -275,7 +273,6 @@ class Vp:
         return self.m.bus.read(self.index, port, size)
 
     def _hypercall(self) -> None:
-        self.hypercall_counts[self.vcpu.get("rcx") & 0xFFFF] += 1  # the call code (TLFS hypercall input)
         try:
             self.m.partition.hypercall(self.vp_index, self.vcpu)
         except GuestException as e:
@@ -1242,17 +1239,18 @@ class Machine(VpHost):
         return totals
 
     def call_counts(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
-        """Hypercalls by TLFS name and MSR reads/writes by name (hv1/machine/msr_names.py), summed over
-        the VPs (--stats)."""
-        calls: collections.Counter[int] = collections.Counter()
+        """Hypercalls by TLFS name (the partition's per-call counters: a call that returned, once however
+        many continuations it took; an undefined code by its hex value) and MSR reads/writes by name
+        (hv1/machine/msr_names.py), summed over the VPs (--stats)."""
+        pre = "hypercalls."
+        calls = {k[len(pre) :]: n for k, n in self.partition.counters.items() if k.startswith(pre) and n}
         reads: collections.Counter[int] = collections.Counter()
         writes: collections.Counter[int] = collections.Counter()
         for vp in self.vps:
-            calls.update(vp.hypercall_counts)
             reads.update(vp.rdmsr_counts)
             writes.update(vp.wrmsr_counts)
         return (
-            {hypercall_name(c): n for c, n in calls.items()},
+            calls,
             {stats_msr_name(i): n for i, n in reads.items()},
             {stats_msr_name(i): n for i, n in writes.items()},
         )

@@ -141,7 +141,8 @@ class Plan:
         self.d = d
         self.name = d.name if d is not None else hypercall_name(ctl.code)
         self.label = "hypercall " + self.name  # the profile's kind (hv1/profiler.py)
-        self.counter_key = d.counter_key if d is not None else "hypercalls.unknown"
+        # An undefined code is counted under its hex name, as it is traced (hv1 run --stats shows it).
+        self.counter_key = d.counter_key if d is not None else "hypercalls." + self.name
         self.status: int | None = None  # a failed check's status: the call is answered with it
         self.ud = False  # a failed check that is #UD
         self.reps = 0  # reps completed reported with `status` (the rep start once checks 2-4 pass)
