@@ -125,8 +125,8 @@ class RunResult:
     status: int
     reason: str
     exits: dict[str, int] = field(default_factory=dict)
-    # --stats per call: hypercalls by TLFS name, MSR accesses by MSR name (hv1/tlfs/msrs.py), summed
-    # over the VPs. Counted where the VMM answers them, so MSRs KVM handles itself do not show.
+    # --stats per call (Machine.call_counts): hypercalls by TLFS name, MSR accesses by name, summed over
+    # the VPs. Counted where the VMM answers them, so MSRs KVM handles itself do not show.
     hypercalls: dict[str, int] = field(default_factory=dict)
     rdmsrs: dict[str, int] = field(default_factory=dict)
     wrmsrs: dict[str, int] = field(default_factory=dict)
