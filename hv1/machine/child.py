@@ -421,7 +421,15 @@ class ChildVp(Vp):
         rip = start = self.vcpu.get("rip")
         if self.vcpu.undo_exit() is None and is_write and self.vcpu.io_rip_after:
             found = retired_store_start(self.vcpu, self.host.memory, self._ctx(), addr, size, value)
-            start = rip if found is None else found.start
+            if found is not None:
+                # Put the vCPU back to before the store (RIP on it, RDI/RSI/RCX/RSP as they were):
+                # KVM has nothing left to complete for a write, so what is set here is what the
+                # message and the register file hold and where the VP resumes.
+                start = rip = found.start
+                self.vcpu.set("rip", start)
+                for name, v in found.rewind:
+                    self.vcpu.set(name, v)
+                self._exit_ctx = None  # RSP (a PUSH) is in the cached context
         insn = self._code(start, 15)
         mapped = self.host.memory_mapped(addr)
         access = InterceptAccessType.WRITE if is_write else InterceptAccessType.READ

@@ -323,6 +323,70 @@ def test_a_write_to_an_unmapped_gpa_runs_again_once_the_parent_maps_the_page(
     assert "probe: read 0x5a5a1234 at 0x2000030" in runs[c].text, runs[c].text
 
 
+# Real-mode stores into GPA page 8 (0x8000), which the parent unmapped: (the program; the RIP,
+# RCX, RSI, RDI, RSP the message's register file must hold, the store not done; RCX, RSI, RDI, RSP
+# at the debug exit; the bytes at 0x7ff8.. then). AX = 0x1234, the word at 0x20 = 0x5678; each
+# program ends with END, whose `out` is at len(program) + 3. (`mov ax, 2`, not `mov al, 2`:
+# serve_consoles takes the exit status from all of EAX.)
+END = "b80200 e6f4 f4"
+STORES = {
+    # mov ax, 0x1234; mov di, 0x8000; cld; stosw (@7)
+    "stosw": ("b83412 bf0080 fc ab", (7, 0, 0, 0x8000, 0x7000), (0, 0, 0x8002, 0x7000), "0000" * 4 + "3412"),
+    # mov ax, 0x1234; mov di, 0x7ff8; mov cx, 8; cld; rep stosw (@10): four words land in page 7,
+    # the fifth is the intercept, and the REP goes on from there once the page is mapped
+    "rep stosw": ("b83412 bff87f b90800 fc f3ab", (10, 4, 0, 0x8000, 0x7000), (0, 0, 0x8008, 0x7000),
+                  "3412" * 8),
+    # the same with CX 1 from DI 0x8000: the REP's last element (KVM leaves RCX 0 and RIP on it)
+    "rep stosw, last element": ("b83412 bf0080 b90100 fc f3ab", (10, 1, 0, 0x8000, 0x7000),
+                                (0, 0, 0x8002, 0x7000), "0000" * 4 + "3412"),
+    # mov si, 0x20; mov di, 0x8000; cld; movsw (@7)
+    "movsw": ("be2000 bf0080 fc a5", (7, 0, 0x20, 0x8000, 0x7000), (0, 0x22, 0x8002, 0x7000),
+              "0000" * 4 + "7856"),
+    # mov ax, 0x1234; mov sp, 0x8004; push ax (@6)
+    "push": ("b83412 bc0480 50", (6, 0, 0, 0, 0x8004), (0, 0, 0, 0x8002), "0000" * 5 + "3412"),
+    # mov sp, 0x8004; push 0xabcd (@3)
+    "push imm16": ("bc0480 68cdab", (3, 0, 0, 0, 0x8004), (0, 0, 0, 0x8002), "0000" * 5 + "cdab"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(STORES))
+def test_a_string_or_stack_store_to_an_unmapped_gpa_lands_once_the_parent_maps_it(
+    hv: Hypervisor, name: str
+) -> None:
+    """STOS, REP STOS, MOVS and PUSH into an unmapped page: the unmapped-GPA message has RIP on the
+    instruction and the registers as before it (for a REP, before the element that faulted); the
+    parent maps the page and leaves RIP, and the store lands exactly once. On KVM the store is
+    retired before the exit, RDI/RSI/RSP moved (RIP past it; a REP element: RIP on it, RCX one
+    less, measured): before its rewind (instruction_start.py) the message said RIP past the
+    instruction and the data was lost."""
+    program, at_intercept, at_exit, memory = STORES[name]
+    pages = Pages()
+    c, ram = new_child(hv, pages)
+    assert hv.unmap_gpa_pages(c, 0x8, 1) == 1
+    code = bytes.fromhex(program + END).ljust(0x20, b"\x90") + bytes.fromhex("7856")
+    start_real_mode(hv, c, ram, code)
+    names = [R.Rip, R.Rcx, R.Rsi, R.Rdi, R.Rsp]
+    seen: list[tuple[int, tuple[int, ...], tuple[int, int]]] = []
+
+    def handle(m: Message) -> bool:
+        if m.message_type != HvMessageType.HvMessageTypeUnmappedGpa:
+            return False
+        regs = tuple(r & 0xFFFF for r in hv.get_vp_registers(c, 0, names))
+        seen.append((m.header.rip, regs, m.memory()))
+        hv.map_gpa_pages(c, 0x8, F.READABLE | F.WRITABLE, [ram[8]])
+        hv.complete_intercept(m, advance=False)
+        return True
+
+    hv.resume_vp(c, 0)
+    runs = serve_consoles(hv, [c], timeout=120, on_message=handle)
+    addr = 0x8000 if at_intercept[4] == 0x7000 else at_intercept[4] - 2
+    assert seen == [(at_intercept[0], at_intercept, (addr, 1))], seen  # HV_INTERCEPT_ACCESS_WRITE
+    assert runs[c].exit_status == 5, runs[c]
+    exit_rip = len(bytes.fromhex(program)) + 3  # suspended at its debug-exit `out`, RIP on it
+    assert tuple(r & 0xFFFF for r in hv.get_vp_registers(c, 0, names)) == (exit_rip, *at_exit)
+    assert hv.read((ram[7] << 12) + 0xFF8, 0x14).hex() == memory.ljust(0x28, "0")  # nothing else written
+
+
 def test_child_cannot_write_a_page_mapped_read_only(hv: Hypervisor, guest: Guest) -> None:
     c, _ = probe(hv, guest, "addr=0x2000020 write=0x1234")
     page = 0x7100
