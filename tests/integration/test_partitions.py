@@ -387,6 +387,67 @@ def test_a_string_or_stack_store_to_an_unmapped_gpa_lands_once_the_parent_maps_i
     assert hv.read((ram[7] << 12) + 0xFF8, 0x14).hex() == memory.ljust(0x28, "0")  # nothing else written
 
 
+# The same in 32-bit flat protected mode (CS.D = 1, no paging), EAX = 0x11223344: (the program,
+# page 8 read-only instead of unmapped, ECX/EDI/ESP at the intercept, at the debug exit, the bytes
+# at 0x7ff8..). END32's `out` is at len(program) + 5.
+END32 = "b802000000 e6f4 f4"
+STORES32 = {
+    # mov eax, 0x11223344; mov edi, 0x8004; mov ecx, 3; std; rep stosd (@16); cld: the elements go
+    # down, 0x8004 first (the intercept), then 0x8000 and 0x7ffc
+    "rep stosd, DF=1": ("b844332211 bf04800000 b903000000 fd f3ab fc", False, (16, 3, 0x8004, 0x7000),
+                        (0, 0x7FF8, 0x7000), "00000000" + "44332211" * 3),
+    # mov edi, 0x7ff8; mov ecx, 4; cld; rep stosd (@16) into a page mapped read-only: the GPA
+    # intercept of its third element; the parent maps the page writable
+    "rep stosd, read-only page": ("b844332211 bff87f0000 b904000000 fc f3ab", True, (16, 2, 0x8000, 0x7000),
+                                  (0, 0x8008, 0x7000), "44332211" * 4),
+    # mov esp, 0x8008; push eax (@10)
+    "push eax": ("b844332211 bc08800000 50", False, (10, 0, 0, 0x8008), (0, 0, 0x8004),
+                 "00000000" * 3 + "44332211"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(STORES32))
+def test_32_bit_string_and_stack_stores_to_a_gpa_the_child_may_not_write(hv: Hypervisor, name: str) -> None:
+    """As above in 32-bit code, with RFLAGS.DF = 1 (RDI goes down: the rewind moves it up) and a
+    read-only page (HvMessageTypeGpaIntercept: the same retired store, TLFS virtualization-host.md
+    "GPA intercepts"). Measured on KVM before the rewind: RIP on the REP, ECX and EDI one element
+    on; a PUSH's RIP past it, ESP 4 down."""
+    program, read_only, at_intercept, at_exit, memory = STORES32[name]
+    pages = Pages()
+    c, ram = new_child(hv, pages)
+    assert hv.unmap_gpa_pages(c, 0x8, 1) == 1
+    if read_only:
+        hv.map_gpa_pages(c, 0x8, F.READABLE, [ram[8]])
+    hv.write(ram[0] << 12, bytes.fromhex(program + END32))
+    code = encode_segment(SegmentRegister(base=0, limit=0xFFFF_FFFF, selector=8, attributes=0xC09B))
+    data = encode_segment(SegmentRegister(base=0, limit=0xFFFF_FFFF, selector=16, attributes=0xC093))
+    hv.set_vp_registers(
+        c, 0, {R.Cs: code, R.Ds: data, R.Es: data, R.Ss: data, R.Cr0: 0x11, R.Rip: 0, R.Rsp: 0x7000}
+    )
+    names = [R.Rip, R.Rcx, R.Rdi, R.Rsp]
+    seen: list[tuple[int, int, tuple[int, ...], tuple[int, int]]] = []
+    kind = HvMessageType.HvMessageTypeGpaIntercept if read_only else HvMessageType.HvMessageTypeUnmappedGpa
+
+    def handle(m: Message) -> bool:
+        if m.message_type != kind:
+            return False
+        seen.append((m.header.rip, m.message_type, tuple(hv.get_vp_registers(c, 0, names)), m.memory()))
+        if read_only:
+            hv.unmap_gpa_pages(c, 0x8, 1)
+        hv.map_gpa_pages(c, 0x8, F.READABLE | F.WRITABLE, [ram[8]])
+        hv.complete_intercept(m, advance=False)
+        return True
+
+    hv.resume_vp(c, 0)
+    runs = serve_consoles(hv, [c], timeout=120, on_message=handle)
+    addr = at_intercept[2] if at_intercept[2] else at_intercept[3] - 4
+    assert seen == [(at_intercept[0], kind, at_intercept, (addr, 1))], seen
+    assert runs[c].exit_status == 5, runs[c]
+    exit_rip = len(bytes.fromhex(program)) + 5
+    assert tuple(hv.get_vp_registers(c, 0, names)) == (exit_rip, *at_exit)
+    assert hv.read((ram[7] << 12) + 0xFF8, 0x14).hex() == memory.ljust(0x28, "0")
+
+
 def test_child_cannot_write_a_page_mapped_read_only(hv: Hypervisor, guest: Guest) -> None:
     c, _ = probe(hv, guest, "addr=0x2000020 write=0x1234")
     page = 0x7100
