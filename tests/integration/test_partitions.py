@@ -325,7 +325,7 @@ def test_a_write_to_an_unmapped_gpa_runs_again_once_the_parent_maps_the_page(
 
 # Real-mode stores into GPA page 8 (0x8000), which the parent unmapped: (the program; the RIP,
 # RCX, RSI, RDI, RSP the message's register file must hold, the store not done; RCX, RSI, RDI, RSP
-# at the debug exit; the bytes at 0x7ff8.. then). AX = 0x1234, the word at 0x20 = 0x5678; each
+# at the debug exit; the bytes at 0x7ff8.. then). AX = 0x1234, the words at 0x20 = 0x5678, 0x9abc; each
 # program ends with END, whose `out` is at len(program) + 3. (`mov ax, 2`, not `mov al, 2`:
 # serve_consoles takes the exit status from all of EAX.)
 END = "b80200 e6f4 f4"
@@ -342,6 +342,10 @@ STORES = {
     # mov si, 0x20; mov di, 0x8000; cld; movsw (@7)
     "movsw": ("be2000 bf0080 fc a5", (7, 0, 0x20, 0x8000, 0x7000), (0, 0x22, 0x8002, 0x7000),
               "0000" * 4 + "7856"),
+    # mov si, 0x20; mov di, 0x7ffe; mov cx, 2; cld; rep movsw (@10): the first word lands in page 7,
+    # the second (0x9abc from 0x22) is the intercept
+    "rep movsw": ("be2000 bffe7f b90200 fc f3a5", (10, 1, 0x22, 0x8000, 0x7000), (0, 0x24, 0x8002, 0x7000),
+                  "0000" * 3 + "7856" + "bc9a"),
     # mov ax, 0x1234; mov sp, 0x8004; push ax (@6)
     "push": ("b83412 bc0480 50", (6, 0, 0, 0, 0x8004), (0, 0, 0, 0x8002), "0000" * 5 + "3412"),
     # mov sp, 0x8004; push 0xabcd (@3)
@@ -363,7 +367,7 @@ def test_a_string_or_stack_store_to_an_unmapped_gpa_lands_once_the_parent_maps_i
     pages = Pages()
     c, ram = new_child(hv, pages)
     assert hv.unmap_gpa_pages(c, 0x8, 1) == 1
-    code = bytes.fromhex(program + END).ljust(0x20, b"\x90") + bytes.fromhex("7856")
+    code = bytes.fromhex(program + END).ljust(0x20, b"\x90") + bytes.fromhex("7856 bc9a")
     start_real_mode(hv, c, ram, code)
     names = [R.Rip, R.Rcx, R.Rsi, R.Rdi, R.Rsp]
     seen: list[tuple[int, tuple[int, ...], tuple[int, int]]] = []
