@@ -452,6 +452,67 @@ def test_32_bit_string_and_stack_stores_to_a_gpa_the_child_may_not_write(hv: Hyp
     assert hv.read((ram[7] << 12) + 0xFF8, 0x14).hex() == memory.ljust(0x28, "0")
 
 
+# And in 64-bit mode with paging (the first 2 MiB identity-mapped, one large page), RAX =
+# 0x1122334455667788: (the program, RCX/RDI/RSP at the intercept, at the debug exit, the bytes at
+# 0x7ff8..). END's `out` is at len(program) + 2.
+STORES64 = {
+    # mov rax, imm64; mov edi, 0x7ff8; mov ecx, 4; cld; rep stosq (@21)
+    "rep stosq": ("48b88877665544332211 bff87f0000 b904000000 fc f348ab", (21, 3, 0x8000, 0x7000),
+                  (0, 0x8018, 0x7000), "8877665544332211" * 4),
+    # the same from 0x8000 with RCX 1: the last element
+    "rep stosq, last element": ("48b88877665544332211 bf00800000 b901000000 fc f348ab",
+                                (21, 1, 0x8000, 0x7000), (0, 0x8008, 0x7000), "00" * 8 + "8877665544332211"),
+    # mov rax, imm64; mov esp, 0x8010; push rax (@15)
+    "push rax": ("48b88877665544332211 bc10800000 50", (15, 0, 0, 0x8010), (0, 0, 0x8008),
+                 "00" * 16 + "8877665544332211"),
+    # mov esp, 0x8010; push 0xdeadbeef (@5): sign-extended to 8 bytes
+    "push imm32": ("bc10800000 68efbeadde", (5, 0, 0, 0x8010), (0, 0, 0x8008),
+                   "00" * 16 + "efbeaddeffffffff"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(STORES64))
+def test_64_bit_string_and_stack_stores_to_an_unmapped_gpa(hv: Hypervisor, name: str) -> None:
+    """As above in 64-bit code through page tables (the finder translates the element's address):
+    measured on KVM before the rewind, the same RIP behaviour (a REP element: RIP on it, RCX one
+    less, also for the last element; a PUSH: RIP past it, RSP 8 down)."""
+    program, at_intercept, at_exit, memory = STORES64[name]
+    pages = Pages()
+    c, ram = new_child(hv, pages)
+    assert hv.unmap_gpa_pages(c, 0x8, 1) == 1
+    base = ram[0] << 12
+    hv.write(base, bytes.fromhex(program + END))
+    # PML4 at 0x1000 -> PDPT at 0x2000 -> PD at 0x3000, whose entry 0 maps 0..2 MiB (PS).
+    hv.write(base + 0x1000, struct.pack("<Q", 0x2003))
+    hv.write(base + 0x2000, struct.pack("<Q", 0x3003))
+    hv.write(base + 0x3000, struct.pack("<Q", 0x83))
+    code = encode_segment(SegmentRegister(base=0, limit=0xFFFF_FFFF, selector=8, attributes=0xA09B))
+    data = encode_segment(SegmentRegister(base=0, limit=0xFFFF_FFFF, selector=16, attributes=0xC093))
+    hv.set_vp_registers(c, 0, {
+        R.Cs: code, R.Ds: data, R.Es: data, R.Ss: data, R.Cr4: 0x20, R.Cr3: 0x1000, R.Efer: 0x500,
+        R.Cr0: 0x8000_0011, R.Rip: 0, R.Rsp: 0x7000,
+    })  # fmt: skip
+    names = [R.Rip, R.Rcx, R.Rdi, R.Rsp]
+    seen: list[tuple[int, tuple[int, ...], tuple[int, int]]] = []
+
+    def handle(m: Message) -> bool:
+        if m.message_type != HvMessageType.HvMessageTypeUnmappedGpa:
+            return False
+        seen.append((m.header.rip, tuple(hv.get_vp_registers(c, 0, names)), m.memory()))
+        hv.map_gpa_pages(c, 0x8, F.READABLE | F.WRITABLE, [ram[8]])
+        hv.complete_intercept(m, advance=False)
+        return True
+
+    hv.resume_vp(c, 0)
+    runs = serve_consoles(hv, [c], timeout=120, on_message=handle)
+    addr = at_intercept[2] if at_intercept[2] else at_intercept[3] - 8
+    assert seen == [(at_intercept[0], at_intercept, (addr, 1))], seen
+    assert runs[c].exit_status == 5, runs[c]
+    exit_rip = len(bytes.fromhex(program)) + 2
+    assert tuple(hv.get_vp_registers(c, 0, names)) == (exit_rip, *at_exit)
+    assert hv.read((ram[7] << 12) + 0xFF8, 0x28).hex() == memory.ljust(0x50, "0")
+
+
 def test_child_cannot_write_a_page_mapped_read_only(hv: Hypervisor, guest: Guest) -> None:
     c, _ = probe(hv, guest, "addr=0x2000020 write=0x1234")
     page = 0x7100
