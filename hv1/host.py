@@ -554,7 +554,9 @@ def serve_consoles(
         if m.message_type == HvMessageType.HvMessageTypeX64IoPortIntercept:
             port, size, is_write, rax = m.io_port()
             if is_write and port == DEBUG_EXIT_PORT:
-                run.exit_status = ((rax & 0xFFFF_FFFF) << 1) | 1
+                # The access's bytes only, as QEMU's isa-debug-exit and hv1's own (devices/debug_exit.py)
+                # take them: `out 0xf4, al` with AH set is AL's status.
+                run.exit_status = ((rax & ((1 << (8 * size)) - 1)) << 1) | 1
                 continue
             if is_write and port == COM1_DATA:
                 run.output.append(rax & 0xFF)

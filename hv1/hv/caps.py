@@ -95,9 +95,10 @@ DEVIATIONS: tuple[tuple[str, str], ...] = (
         "hypercall page writes",
         "A guest write to the hypercall page raises #GP and changes nothing, as hypercall-interface.md says "
         "(the machine backs the page's GPA with a read-only KVM memory slot). KVM completes the writing "
-        "instruction before userspace sees the write; hv1 puts RIP back on it when it is a MOV store (what "
-        "compilers emit), for any other form (stos, movs, push, vector stores) the #GP frame holds the RIP "
-        "after the instruction. (KVM and Xen let the write land in RAM, inventory §7.3.)",
+        "instruction before userspace sees the write; hv1 puts RIP (and RDI/RSI/RCX/RSP) back to before it "
+        "when it is a MOV, STOS, MOVS or PUSH (REP STOS/MOVS: the faulting element), for any other form "
+        "(vector stores, call, enter) the #GP frame holds the RIP after the instruction. (KVM and Xen let "
+        "the write land in RAM, inventory §7.3.)",
     ),
     (
         "hypercall page location",

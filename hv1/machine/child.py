@@ -415,12 +415,21 @@ class ChildVp(Vp):
         instruction: the access has not happened, and a parent that maps the page and leaves RIP
         there re-executes it. The emulator stops before the access; KVM's read is taken back
         (undo_exit); a write KVM retires before it exits (RIP past it, its data dropped), so its
-        start is found from the bytes before RIP (a MOV store: instruction_start.py; any other
-        form is reported at RIP past it, docs/partitions.md "Not there yet")."""
+        start is found from the bytes around RIP (a MOV, STOS, MOVS or PUSH; REP STOS/MOVS one
+        element per exit: instruction_start.py) and the registers it moved are put back; any
+        other form is reported at RIP as KVM left it, docs/partitions.md "Not there yet")."""
         rip = start = self.vcpu.get("rip")
         if self.vcpu.undo_exit() is None and is_write and self.vcpu.io_rip_after:
-            found = retired_store_start(self.vcpu, self.host.memory, self._ctx(), size, value)
-            start = rip if found is None else found
+            found = retired_store_start(self.vcpu, self.host.memory, self._ctx(), addr, size, value)
+            if found is not None:
+                # Put the vCPU back to before the store (RIP on it, RDI/RSI/RCX/RSP as they were):
+                # KVM has nothing left to complete for a write, so what is set here is what the
+                # message and the register file hold and where the VP resumes.
+                start = rip = found.start
+                self.vcpu.set("rip", start)
+                for name, v in found.rewind:
+                    self.vcpu.set(name, v)
+                self._exit_ctx = None  # RSP (a PUSH) is in the cached context
         insn = self._code(start, 15)
         mapped = self.host.memory_mapped(addr)
         access = InterceptAccessType.WRITE if is_write else InterceptAccessType.READ

@@ -315,13 +315,18 @@ class Vp:
             # A guest write to the read-only hypercall page: discarded, and #GP as the TLFS says. KVM
             # has retired the instruction before userspace sees the write (RIP past it); a fault's
             # frame must hold the instruction's RIP, so RIP goes back to it where it is found (a MOV
-            # store, hv1/machine/instruction_start.py; else caps.DEVIATIONS).
+            # store, STOS, MOVS or PUSH, hv1/machine/instruction_start.py, with the registers it
+            # moved put back: a fault leaves them as before the instruction, SDM Vol. 3 §6.5; a
+            # REP STOS/MOVS's element is its own fault point, RCX counting the ones done; else
+            # caps.DEVIATIONS).
             self.m.hypercall_page_writes += 1
             if self.vcpu.io_rip_after:
                 ctx = self.vcpu.get_context()
-                start = retired_store_start(self.vcpu, self.m.partition.memory, ctx, size, value)
-                if start is not None:
-                    self.vcpu.set("rip", start)
+                found = retired_store_start(self.vcpu, self.m.partition.memory, ctx, addr, size, value)
+                if found is not None:
+                    self.vcpu.set("rip", found.start)
+                    for name, v in found.rewind:
+                        self.vcpu.set(name, v)
             if self.m.tracer.wants("mmio"):
                 self.m.tracer.emit("mmio", self.index, "hypercall-page-write-gp", addr=addr, size=size)
             self.vcpu.inject_exception(GP_VECTOR, 0)

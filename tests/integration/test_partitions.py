@@ -323,6 +323,196 @@ def test_a_write_to_an_unmapped_gpa_runs_again_once_the_parent_maps_the_page(
     assert "probe: read 0x5a5a1234 at 0x2000030" in runs[c].text, runs[c].text
 
 
+# Real-mode stores into GPA page 8 (0x8000), which the parent unmapped: (the program; the RIP,
+# RCX, RSI, RDI, RSP the message's register file must hold, the store not done; RCX, RSI, RDI, RSP
+# at the debug exit; the bytes at 0x7ff8.. then). AX = 0x1234, the words at 0x20 = 0x5678, 0x9abc; each
+# program ends with END, whose `out` is at len(program) + 2 (AH is still set: the exit status is
+# AL's, as isa-debug-exit takes it).
+END = "b002 e6f4 f4"
+STORES = {
+    # mov ax, 0x1234; mov di, 0x8000; cld; stosw (@7)
+    "stosw": ("b83412 bf0080 fc ab", (7, 0, 0, 0x8000, 0x7000), (0, 0, 0x8002, 0x7000), "0000" * 4 + "3412"),
+    # mov ax, 0x1234; mov di, 0x7ff8; mov cx, 8; cld; rep stosw (@10): four words land in page 7,
+    # the fifth is the intercept, and the REP goes on from there once the page is mapped
+    "rep stosw": ("b83412 bff87f b90800 fc f3ab", (10, 4, 0, 0x8000, 0x7000), (0, 0, 0x8008, 0x7000),
+                  "3412" * 8),
+    # the same with CX 1 from DI 0x8000: the REP's last element (KVM leaves RCX 0 and RIP on it)
+    "rep stosw, last element": ("b83412 bf0080 b90100 fc f3ab", (10, 1, 0, 0x8000, 0x7000),
+                                (0, 0, 0x8002, 0x7000), "0000" * 4 + "3412"),
+    # mov si, 0x20; mov di, 0x8000; cld; movsw (@7)
+    "movsw": ("be2000 bf0080 fc a5", (7, 0, 0x20, 0x8000, 0x7000), (0, 0x22, 0x8002, 0x7000),
+              "0000" * 4 + "7856"),
+    # mov si, 0x20; mov di, 0x7ffe; mov cx, 2; cld; rep movsw (@10): the first word lands in page 7,
+    # the second (0x9abc from 0x22) is the intercept
+    "rep movsw": ("be2000 bffe7f b90200 fc f3a5", (10, 1, 0x22, 0x8000, 0x7000), (0, 0x24, 0x8002, 0x7000),
+                  "0000" * 3 + "7856" + "bc9a"),
+    # mov ax, 0x1234; mov sp, 0x8004; push ax (@6)
+    "push": ("b83412 bc0480 50", (6, 0, 0, 0, 0x8004), (0, 0, 0, 0x8002), "0000" * 5 + "3412"),
+    # mov sp, 0x8004; push 0xabcd (@3)
+    "push imm16": ("bc0480 68cdab", (3, 0, 0, 0, 0x8004), (0, 0, 0, 0x8002), "0000" * 5 + "cdab"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(STORES))
+def test_a_string_or_stack_store_to_an_unmapped_gpa_lands_once_the_parent_maps_it(
+    hv: Hypervisor, name: str
+) -> None:
+    """STOS, REP STOS, MOVS and PUSH into an unmapped page: the unmapped-GPA message has RIP on the
+    instruction and the registers as before it (for a REP, before the element that faulted); the
+    parent maps the page and leaves RIP, and the store lands exactly once. On KVM the store is
+    retired before the exit, RDI/RSI/RSP moved (RIP past it; a REP element: RIP on it, RCX one
+    less, measured): before its rewind (instruction_start.py) the message said RIP past the
+    instruction and the data was lost."""
+    program, at_intercept, at_exit, memory = STORES[name]
+    pages = Pages()
+    c, ram = new_child(hv, pages)
+    assert hv.unmap_gpa_pages(c, 0x8, 1) == 1
+    code = bytes.fromhex(program + END).ljust(0x20, b"\x90") + bytes.fromhex("7856 bc9a")
+    start_real_mode(hv, c, ram, code)
+    names = [R.Rip, R.Rcx, R.Rsi, R.Rdi, R.Rsp]
+    seen: list[tuple[int, tuple[int, ...], tuple[int, int]]] = []
+
+    def handle(m: Message) -> bool:
+        if m.message_type != HvMessageType.HvMessageTypeUnmappedGpa:
+            return False
+        regs = tuple(r & 0xFFFF for r in hv.get_vp_registers(c, 0, names))
+        seen.append((m.header.rip, regs, m.memory()))
+        hv.map_gpa_pages(c, 0x8, F.READABLE | F.WRITABLE, [ram[8]])
+        hv.complete_intercept(m, advance=False)
+        return True
+
+    hv.resume_vp(c, 0)
+    runs = serve_consoles(hv, [c], timeout=120, on_message=handle)
+    addr = 0x8000 if at_intercept[4] == 0x7000 else at_intercept[4] - 2
+    assert seen == [(at_intercept[0], at_intercept, (addr, 1))], seen  # HV_INTERCEPT_ACCESS_WRITE
+    assert runs[c].exit_status == 5, runs[c]
+    exit_rip = len(bytes.fromhex(program)) + 2  # suspended at its debug-exit `out`, RIP on it
+    assert tuple(r & 0xFFFF for r in hv.get_vp_registers(c, 0, names)) == (exit_rip, *at_exit)
+    assert hv.read((ram[7] << 12) + 0xFF8, 0x14).hex() == memory.ljust(0x28, "0")  # nothing else written
+
+
+# The same in 32-bit flat protected mode (CS.D = 1, no paging), EAX = 0x11223344: (the program,
+# page 8 read-only instead of unmapped, ECX/EDI/ESP at the intercept, at the debug exit, the bytes
+# at 0x7ff8..). END32's `out` is at len(program) + 5.
+END32 = "b802000000 e6f4 f4"
+STORES32 = {
+    # mov eax, 0x11223344; mov edi, 0x8004; mov ecx, 3; std; rep stosd (@16); cld: the elements go
+    # down, 0x8004 first (the intercept), then 0x8000 and 0x7ffc
+    "rep stosd, DF=1": ("b844332211 bf04800000 b903000000 fd f3ab fc", False, (16, 3, 0x8004, 0x7000),
+                        (0, 0x7FF8, 0x7000), "00000000" + "44332211" * 3),
+    # mov edi, 0x7ff8; mov ecx, 4; cld; rep stosd (@16) into a page mapped read-only: the GPA
+    # intercept of its third element; the parent maps the page writable
+    "rep stosd, read-only page": ("b844332211 bff87f0000 b904000000 fc f3ab", True, (16, 2, 0x8000, 0x7000),
+                                  (0, 0x8008, 0x7000), "44332211" * 4),
+    # mov esp, 0x8008; push eax (@10)
+    "push eax": ("b844332211 bc08800000 50", False, (10, 0, 0, 0x8008), (0, 0, 0x8004),
+                 "00000000" * 3 + "44332211"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(STORES32))
+def test_32_bit_string_and_stack_stores_to_a_gpa_the_child_may_not_write(hv: Hypervisor, name: str) -> None:
+    """As above in 32-bit code, with RFLAGS.DF = 1 (RDI goes down: the rewind moves it up) and a
+    read-only page (HvMessageTypeGpaIntercept: the same retired store, TLFS virtualization-host.md
+    "GPA intercepts"). Measured on KVM before the rewind: RIP on the REP, ECX and EDI one element
+    on; a PUSH's RIP past it, ESP 4 down."""
+    program, read_only, at_intercept, at_exit, memory = STORES32[name]
+    pages = Pages()
+    c, ram = new_child(hv, pages)
+    assert hv.unmap_gpa_pages(c, 0x8, 1) == 1
+    if read_only:
+        hv.map_gpa_pages(c, 0x8, F.READABLE, [ram[8]])
+    hv.write(ram[0] << 12, bytes.fromhex(program + END32))
+    code = encode_segment(SegmentRegister(base=0, limit=0xFFFF_FFFF, selector=8, attributes=0xC09B))
+    data = encode_segment(SegmentRegister(base=0, limit=0xFFFF_FFFF, selector=16, attributes=0xC093))
+    hv.set_vp_registers(
+        c, 0, {R.Cs: code, R.Ds: data, R.Es: data, R.Ss: data, R.Cr0: 0x11, R.Rip: 0, R.Rsp: 0x7000}
+    )
+    names = [R.Rip, R.Rcx, R.Rdi, R.Rsp]
+    seen: list[tuple[int, int, tuple[int, ...], tuple[int, int]]] = []
+    kind = HvMessageType.HvMessageTypeGpaIntercept if read_only else HvMessageType.HvMessageTypeUnmappedGpa
+
+    def handle(m: Message) -> bool:
+        if m.message_type != kind:
+            return False
+        seen.append((m.header.rip, m.message_type, tuple(hv.get_vp_registers(c, 0, names)), m.memory()))
+        if read_only:
+            hv.unmap_gpa_pages(c, 0x8, 1)
+        hv.map_gpa_pages(c, 0x8, F.READABLE | F.WRITABLE, [ram[8]])
+        hv.complete_intercept(m, advance=False)
+        return True
+
+    hv.resume_vp(c, 0)
+    runs = serve_consoles(hv, [c], timeout=120, on_message=handle)
+    addr = at_intercept[2] if at_intercept[2] else at_intercept[3] - 4
+    assert seen == [(at_intercept[0], kind, at_intercept, (addr, 1))], seen
+    assert runs[c].exit_status == 5, runs[c]
+    exit_rip = len(bytes.fromhex(program)) + 5
+    assert tuple(hv.get_vp_registers(c, 0, names)) == (exit_rip, *at_exit)
+    assert hv.read((ram[7] << 12) + 0xFF8, 0x14).hex() == memory.ljust(0x28, "0")
+
+
+# And in 64-bit mode with paging (the first 2 MiB identity-mapped, one large page), RAX =
+# 0x1122334455667788: (the program, RCX/RDI/RSP at the intercept, at the debug exit, the bytes at
+# 0x7ff8..). END's `out` is at len(program) + 2.
+STORES64 = {
+    # mov rax, imm64; mov edi, 0x7ff8; mov ecx, 4; cld; rep stosq (@21)
+    "rep stosq": ("48b88877665544332211 bff87f0000 b904000000 fc f348ab", (21, 3, 0x8000, 0x7000),
+                  (0, 0x8018, 0x7000), "8877665544332211" * 4),
+    # the same from 0x8000 with RCX 1: the last element
+    "rep stosq, last element": ("48b88877665544332211 bf00800000 b901000000 fc f348ab",
+                                (21, 1, 0x8000, 0x7000), (0, 0x8008, 0x7000), "00" * 8 + "8877665544332211"),
+    # mov rax, imm64; mov esp, 0x8010; push rax (@15)
+    "push rax": ("48b88877665544332211 bc10800000 50", (15, 0, 0, 0x8010), (0, 0, 0x8008),
+                 "00" * 16 + "8877665544332211"),
+    # mov esp, 0x8010; push 0xdeadbeef (@5): sign-extended to 8 bytes
+    "push imm32": ("bc10800000 68efbeadde", (5, 0, 0, 0x8010), (0, 0, 0x8008),
+                   "00" * 16 + "efbeaddeffffffff"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(STORES64))
+def test_64_bit_string_and_stack_stores_to_an_unmapped_gpa(hv: Hypervisor, name: str) -> None:
+    """As above in 64-bit code through page tables (the finder translates the element's address):
+    measured on KVM before the rewind, the same RIP behaviour (a REP element: RIP on it, RCX one
+    less, also for the last element; a PUSH: RIP past it, RSP 8 down)."""
+    program, at_intercept, at_exit, memory = STORES64[name]
+    pages = Pages()
+    c, ram = new_child(hv, pages)
+    assert hv.unmap_gpa_pages(c, 0x8, 1) == 1
+    base = ram[0] << 12
+    hv.write(base, bytes.fromhex(program + END))
+    # PML4 at 0x1000 -> PDPT at 0x2000 -> PD at 0x3000, whose entry 0 maps 0..2 MiB (PS).
+    hv.write(base + 0x1000, struct.pack("<Q", 0x2003))
+    hv.write(base + 0x2000, struct.pack("<Q", 0x3003))
+    hv.write(base + 0x3000, struct.pack("<Q", 0x83))
+    code = encode_segment(SegmentRegister(base=0, limit=0xFFFF_FFFF, selector=8, attributes=0xA09B))
+    data = encode_segment(SegmentRegister(base=0, limit=0xFFFF_FFFF, selector=16, attributes=0xC093))
+    hv.set_vp_registers(c, 0, {
+        R.Cs: code, R.Ds: data, R.Es: data, R.Ss: data, R.Cr4: 0x20, R.Cr3: 0x1000, R.Efer: 0x500,
+        R.Cr0: 0x8000_0011, R.Rip: 0, R.Rsp: 0x7000,
+    })  # fmt: skip
+    names = [R.Rip, R.Rcx, R.Rdi, R.Rsp]
+    seen: list[tuple[int, tuple[int, ...], tuple[int, int]]] = []
+
+    def handle(m: Message) -> bool:
+        if m.message_type != HvMessageType.HvMessageTypeUnmappedGpa:
+            return False
+        seen.append((m.header.rip, tuple(hv.get_vp_registers(c, 0, names)), m.memory()))
+        hv.map_gpa_pages(c, 0x8, F.READABLE | F.WRITABLE, [ram[8]])
+        hv.complete_intercept(m, advance=False)
+        return True
+
+    hv.resume_vp(c, 0)
+    runs = serve_consoles(hv, [c], timeout=120, on_message=handle)
+    addr = at_intercept[2] if at_intercept[2] else at_intercept[3] - 8
+    assert seen == [(at_intercept[0], at_intercept, (addr, 1))], seen
+    assert runs[c].exit_status == 5, runs[c]
+    exit_rip = len(bytes.fromhex(program)) + 2
+    assert tuple(hv.get_vp_registers(c, 0, names)) == (exit_rip, *at_exit)
+    assert hv.read((ram[7] << 12) + 0xFF8, 0x28).hex() == memory.ljust(0x50, "0")
+
+
 def test_child_cannot_write_a_page_mapped_read_only(hv: Hypervisor, guest: Guest) -> None:
     c, _ = probe(hv, guest, "addr=0x2000020 write=0x1234")
     page = 0x7100
