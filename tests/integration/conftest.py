@@ -62,6 +62,13 @@ class GuestRun:
         return f"status={self.status}\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr[-4000:]}"
 
 
+def stats_line(stderr: str, kind: str = "exits") -> dict[str, int]:
+    """One `hv1 run --stats` line (hv1/cli.py format_run_stats): exits, hypercalls, rdmsr or wrmsr."""
+    head = f"hv1: {kind}: "
+    body = next(ln for ln in stderr.splitlines() if ln.startswith(head))[len(head) :]
+    return {} if body == "none" else {k: int(v) for k, v in (kv.split("=") for kv in body.split(", "))}
+
+
 def run_hv1(*args: str, timeout: float = 60) -> GuestRun:
     cmd = [sys.executable, "-m", "hv1", *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)

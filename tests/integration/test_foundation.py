@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hv1.backends.kvm import host_workarounds
-from tests.integration.conftest import ROOT, requires_kvm, run_hv1
+from tests.integration.conftest import ROOT, requires_kvm, run_hv1, stats_line
 
 pytestmark = [requires_kvm, pytest.mark.timeout(180)]
 
@@ -188,12 +188,6 @@ def test_64_vcpus(guest: Guest, apic: str) -> None:
     _assert_all_pass(r)
 
 
-def _stats_line(stderr: str, kind: str) -> dict[str, int]:
-    head = f"hv1: {kind}: "
-    body = next(ln for ln in stderr.splitlines() if ln.startswith(head))[len(head) :]
-    return {} if body == "none" else {k: int(v) for k, v in (kv.split("=") for kv in body.split(", "))}
-
-
 def test_stats_count_each_hypercall_and_msr_as_traced(guest: Guest) -> None:
     """`--stats` per call (issue 12): hv_hypercalls makes defined, undefined (by hex code) and
     rejected calls; every call that returned is counted once under its trace name, and the synthetic
@@ -206,10 +200,10 @@ def test_stats_count_each_hypercall_and_msr_as_traced(guest: Guest) -> None:
     for m in re.finditer(r"\bhypercalls\s+vp\d+\s+(Hv(?:Ext)?Call\w+) .*?status=(\S+)", r.stderr):
         if m.group(2) not in ("CONTINUE", "#UD"):
             traced[m.group(1)] = traced.get(m.group(1), 0) + 1
-    calls = _stats_line(r.stderr, "hypercalls")
+    calls = stats_line(r.stderr, "hypercalls")
     assert calls == traced and any(k.startswith("HvCall0x") for k in calls), (calls, traced)
     writes: dict[str, int] = {}
     for m in re.finditer(r"\bmsrs\s+vp\d+\s+wrmsr msr=(\S+)", r.stderr):
         writes[m.group(1)] = writes.get(m.group(1), 0) + 1
-    counted = _stats_line(r.stderr, "wrmsr")
+    counted = stats_line(r.stderr, "wrmsr")
     assert {k: counted.get(k, 0) for k in writes} == writes and writes, (counted, writes)

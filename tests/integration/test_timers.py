@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import requires_kvm, run_hv1
+from tests.integration.conftest import requires_kvm, run_hv1, stats_line
 
 pytestmark = [requires_kvm, pytest.mark.timeout(240)]
 
@@ -39,13 +39,6 @@ def test_minimal_profile_hides_time(guest: Guest) -> None:
     assert r.status == 1 and not r.failed, r.describe()
 
 
-def _exits(stderr: str, kind: str = "exits") -> dict[str, int]:
-    """One `--stats` line (hv1/cli.py format_run_stats): exits, hypercalls, rdmsr or wrmsr."""
-    head = f"hv1: {kind}: "
-    line = next(ln for ln in stderr.splitlines() if ln.startswith(head))[len(head) :]
-    return {} if line == "none" else {k: int(v) for k, v in (kv.split("=") for kv in line.split(", "))}
-
-
 def test_tsc_page_read_takes_no_exit(guest: Guest) -> None:
     """The reference TSC page is read with no exit at all (TLFS timers.md "Partition Reference Time
     Enlightenment"). time_bench.c's count= modes run one loop 1000 times and print one fixed line, so
@@ -56,7 +49,7 @@ def test_tsc_page_read_takes_no_exit(guest: Guest) -> None:
     for mode in ("none", "page", "msr"):
         r = run_hv1("run", k, "--stats", "--append", f"count={mode} count_n=1000", "--timeout", "120")
         assert r.status == 1, r.describe()
-        counts[mode], reads[mode] = _exits(r.stderr), _exits(r.stderr, "rdmsr")
+        counts[mode], reads[mode] = stats_line(r.stderr), stats_line(r.stderr, "rdmsr")
     total = {m: sum(c.values()) for m, c in counts.items()}
     assert total["page"] == total["none"], counts
     assert counts["msr"].get("rdmsr", 0) - counts["none"].get("rdmsr", 0) == 1000, counts
