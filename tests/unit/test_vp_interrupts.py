@@ -73,6 +73,7 @@ def make_vp(
     vp.init_pending = False
     vp.started = True
     vp.exit_counts = [0] * 64
+    vp.rdmsr_counts, vp.wrmsr_counts = collections.Counter(), collections.Counter()
     vp._trace_exits = False
     vp.nmi_pending = False
     vp.hv_vp = SimpleNamespace(preempt_requested=False)  # type: ignore[assignment]
