@@ -5,6 +5,7 @@
 
 volatile int counter = 5;
 volatile uint32_t ap_ticks[MAX_CPUS];
+volatile uint32_t ap_done;
 
 __attribute__((noinline)) void bump(void)
 {
@@ -14,11 +15,17 @@ __attribute__((noinline)) void bump(void)
 static void ap_main_fn(uint32_t cpu)
 {
     ap_ticks[cpu] = ap_ticks[cpu] + 1;
+    __atomic_fetch_add(&ap_done, 1, __ATOMIC_RELEASE);
 }
 
 void kmain(const struct boot_info *bi)
 {
-    smp_start(ap_main_fn);
+    uint32_t aps = smp_start(ap_main_fn);
+    /* The bumps wait for every AP's store: a gdb stop at that store (a watch on ap_ticks) then comes
+     * before the first bump, so a watch on `counter` set at that stop sees 5 -> 6 (without the wait
+     * VP 0 could bump before the all-stop reached it). */
+    while (__atomic_load_n(&ap_done, __ATOMIC_ACQUIRE) < aps)
+        pause();
     bump();
     bump();
     bump();

@@ -306,8 +306,15 @@ class Session:
 
     # ---- execution ----
     def _resume(self, step: int | None, run: frozenset[int]) -> None:
-        self.t.resume(step, run)
+        # Running before the guest is let go: a guest that exits at once makes the main thread call
+        # finish(), which waits for the W report only for a session it sees running (else gdb got
+        # "Remote connection closed" instead of the exit code).
         self.running = True
+        try:
+            self.t.resume(step, run)
+        except BaseException:
+            self.running = False
+            raise
 
     def _set_pc(self, vp: int, arg: bytes) -> None:
         if arg:
