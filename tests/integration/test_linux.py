@@ -51,7 +51,7 @@ pytestmark = [
 # and hv1 does: without this the boot ends on "Switched to clocksource tsc-early". The test is about
 # hv1's TSC page, so Linux is asked for it by name.
 CLOCKSOURCE = "clocksource=hyperv_clocksource_tsc_page"
-# Where ring 0 is emulated: 363-381 s (--apic user) and 837-1,120 s (--apic kernel) to "Run /init"
+# Where ring 0 is emulated: 357-381 s (--apic user) and 837-1,120 s (--apic kernel) to "Run /init"
 # measured on 2026-12-02 (host 6.18.44-fc-v1098, 2 cores shared with other KVM guests at load 1-6), so
 # 1,500 s; elsewhere a boot takes seconds.
 # HV1_LINUX_BOOT_TIMEOUT overrides it (seconds).
@@ -163,7 +163,7 @@ SLOW_HOST = host_workarounds.detect().enabled
 # Where ring 0 is emulated one boot costs minutes of a core, so a run boots one APIC mode unless asked
 # for both; elsewhere both modes boot, in about a second each. The one is `--apic user`: it exercises
 # more of Hv#1 (the VP assist page, HV_X64_MSR_EOI, the APIC MSRs, the IPI hypercalls; kernel mode
-# grants no AccessIntrCtrlRegs) and reached Run /init in 363-381 s here against 837-1,120 s for
+# grants no AccessIntrCtrlRegs) and reached Run /init in 357-381 s here against 837-1,120 s for
 # `--apic kernel` (2026-12-02, README "Booting Linux").
 BOTH_MODES = not SLOW_HOST or os.environ.get("HV1_LINUX_BOTH_MODES") == "1"
 ONE_MODE_REASON = "ring 0 is emulated here: one Linux boot (minutes) a run; HV1_LINUX_BOTH_MODES=1 boots both"
