@@ -32,6 +32,38 @@ EFER_LMA = 1 << 10
 GPRS_BY_NUMBER = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
                   "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
 LEGACY_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+SEGMENT_OVERRIDES = {0x26: "es", 0x2E: "cs", 0x36: "ss", 0x3E: "ds", 0x64: "fs", 0x65: "gs"}
+
+
+@dataclass(frozen=True)
+class Prefixes:
+    """What the prefixes of one instruction say (SDM Vol. 2 §2.1.1, §2.2.1): `end` is the opcode's index."""
+
+    end: int
+    opsize66: bool
+    addr67: bool
+    rep: bool  # F2 or F3
+    seg: str | None  # a segment override
+    rex: int  # 0 when none (64-bit mode only)
+
+
+_NO_LOCK = LEGACY_PREFIXES - {0xF0}
+_NO_LOCK_OR_REP = LEGACY_PREFIXES - {0xF0, 0xF2, 0xF3}
+
+
+def scan_prefixes(code: bytes, long_mode: bool, allowed: frozenset[int] = LEGACY_PREFIXES) -> Prefixes:
+    """The legacy prefixes of `code` that are in `allowed`, then a REX byte in 64-bit mode."""
+    i, opsize66, addr67, rep, seg, rex = 0, False, False, False, None, 0
+    while i < len(code) and code[i] in allowed:
+        opsize66 |= code[i] == 0x66
+        addr67 |= code[i] == 0x67
+        rep |= code[i] in (0xF2, 0xF3)
+        seg = SEGMENT_OVERRIDES.get(code[i], seg)
+        i += 1
+    if long_mode and i < len(code) and 0x40 <= code[i] <= 0x4F:
+        rex = code[i]
+        i += 1
+    return Prefixes(i, opsize66, addr67, rep, seg, rex)
 
 
 def io_instruction_length(code: bytes) -> int | None:
@@ -107,14 +139,8 @@ def _mov_store_matches(
     AL/eAX (A2/A3) with its prefixes that writes `size` bytes of `value`."""
     n = len(code)
     mask = (1 << (8 * size)) - 1
-    i, opsize66, addr67, rex = 0, False, False, 0
-    while i < n and code[i] in LEGACY_PREFIXES:
-        opsize66 |= code[i] == 0x66
-        addr67 |= code[i] == 0x67
-        i += 1
-    if long_mode and i < n and 0x40 <= code[i] <= 0x4F:
-        rex = code[i]
-        i += 1
+    p = scan_prefixes(code, long_mode)
+    i, opsize66, addr67, rex = p.end, p.opsize66, p.addr67, p.rex
     if i >= n:
         return False
     op = code[i]
@@ -168,7 +194,6 @@ def store_instruction_start(
 
 
 RFLAGS_DF = 1 << 10
-SEGMENT_OVERRIDES = {0x26: "es", 0x2E: "cs", 0x36: "ss", 0x3E: "ds", 0x64: "fs", 0x65: "gs"}
 # Register numbers (Intel SDM Vol. 2 §2.1.5) used by the string and stack forms.
 RAX, RCX, RSP, RSI, RDI = 0, 1, 4, 6, 7
 
@@ -207,16 +232,9 @@ def _with_low(old: int, new: int, width: int) -> int:
 def _string_store(code: bytes, view: StoreView) -> tuple[int, int, bool, str, int] | None:
     """(opcode, element width, REP, source segment, address size) if `code` is exactly one STOS
     (AA/AB) or MOVS (A4/A5) with prefixes (66, 67, F2/F3, a segment override, REX); else None."""
-    i, opsize66, addr67, rep, seg, rex = 0, False, False, False, "ds", 0
-    while i < len(code) and code[i] in LEGACY_PREFIXES and code[i] != 0xF0:
-        opsize66 |= code[i] == 0x66
-        addr67 |= code[i] == 0x67
-        rep |= code[i] in (0xF2, 0xF3)  # both repeat STOS/MOVS: neither checks ZF (SDM REP)
-        seg = SEGMENT_OVERRIDES.get(code[i], seg)
-        i += 1
-    if view.long_mode and i < len(code) and 0x40 <= code[i] <= 0x4F:
-        rex = code[i]
-        i += 1
+    p = scan_prefixes(code, view.long_mode, _NO_LOCK)
+    # F2 and F3 both repeat STOS/MOVS: neither checks ZF (SDM REP).
+    i, opsize66, addr67, rep, seg, rex = p.end, p.opsize66, p.addr67, p.rep, p.seg or "ds", p.rex
     if i != len(code) - 1 or code[i] not in (0xA4, 0xA5, 0xAA, 0xAB):
         return None
     op = code[i]
@@ -279,13 +297,8 @@ def _push_rewind(
     """The rewind (RSP back up) of the PUSH `code` (50+r, 6A ib, 68 iw/id, FF /6; SDM PUSH) whose
     store of `size` bytes of `value` to `addr`, at SS:rSP, has happened; None if it is not one."""
     n = len(code)
-    i, opsize66, rex = 0, False, 0
-    while i < n and code[i] in LEGACY_PREFIXES and code[i] not in (0xF0, 0xF2, 0xF3):
-        opsize66 |= code[i] == 0x66
-        i += 1
-    if view.long_mode and i < n and 0x40 <= code[i] <= 0x4F:
-        rex = code[i]
-        i += 1
+    p = scan_prefixes(code, view.long_mode, _NO_LOCK_OR_REP)
+    i, opsize66, rex = p.end, p.opsize66, p.rex
     if i >= n:
         return None
     op = code[i]
